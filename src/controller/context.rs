@@ -1,0 +1,108 @@
+//! What every reconcile shares: the client, the configuration, read caches of the owned
+//! objects, the event reporter and per-tenant backoff state.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::Client;
+use kube::runtime::events::Reporter;
+use kube::runtime::reflector::{Store, store::Writer};
+
+use crate::config::OperatorConfig;
+
+/// Read caches of everything the operator manages, filled by the controller's watches.
+/// Reconciles read from here, so an unchanged tenant costs no API call at all.
+#[derive(Clone)]
+pub struct Stores {
+    pub namespaces: Store<Namespace>,
+    pub quotas: Store<ResourceQuota>,
+    pub limits: Store<LimitRange>,
+    pub network_policies: Store<NetworkPolicy>,
+    pub service_accounts: Store<ServiceAccount>,
+    pub deployments: Store<Deployment>,
+    pub services: Store<Service>,
+    pub pdbs: Store<PodDisruptionBudget>,
+}
+
+/// The writing halves of [`Stores`], consumed by the watches (or by tests).
+pub struct Writers {
+    pub namespaces: Writer<Namespace>,
+    pub quotas: Writer<ResourceQuota>,
+    pub limits: Writer<LimitRange>,
+    pub network_policies: Writer<NetworkPolicy>,
+    pub service_accounts: Writer<ServiceAccount>,
+    pub deployments: Writer<Deployment>,
+    pub services: Writer<Service>,
+    pub pdbs: Writer<PodDisruptionBudget>,
+}
+
+impl Stores {
+    /// Empty caches and their writers.
+    pub fn new() -> (Stores, Writers) {
+        let w = Writers {
+            namespaces: Writer::default(),
+            quotas: Writer::default(),
+            limits: Writer::default(),
+            network_policies: Writer::default(),
+            service_accounts: Writer::default(),
+            deployments: Writer::default(),
+            services: Writer::default(),
+            pdbs: Writer::default(),
+        };
+        let s = Stores {
+            namespaces: w.namespaces.as_reader(),
+            quotas: w.quotas.as_reader(),
+            limits: w.limits.as_reader(),
+            network_policies: w.network_policies.as_reader(),
+            service_accounts: w.service_accounts.as_reader(),
+            deployments: w.deployments.as_reader(),
+            services: w.services.as_reader(),
+            pdbs: w.pdbs.as_reader(),
+        };
+        (s, w)
+    }
+}
+
+/// Shared by all reconciles.
+pub struct Context {
+    pub client: Client,
+    pub config: OperatorConfig,
+    pub stores: Stores,
+    pub reporter: Reporter,
+    /// Consecutive failures per tenant, for backoff; cleared by a successful pass.
+    pub failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, config: OperatorConfig, stores: Stores) -> Self {
+        Self {
+            client,
+            config,
+            stores,
+            reporter: Reporter {
+                controller: crate::desired::names::FIELD_MANAGER.into(),
+                instance: std::env::var("POD_NAME").ok(),
+            },
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records one more failure of `tenant` and returns how many came before it.
+    pub fn note_failure(&self, tenant: &str) -> u32 {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let n = f.entry(tenant.to_string()).or_insert(0);
+        let before = *n;
+        *n = n.saturating_add(1);
+        before
+    }
+
+    /// Forgets `tenant`'s failures after a good pass.
+    pub fn note_success(&self, tenant: &str) {
+        let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        f.remove(tenant);
+    }
+}

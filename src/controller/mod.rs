@@ -1,0 +1,114 @@
+//! The controller: watches DealerTenants and everything they own, and reconciles each.
+
+pub mod apply;
+pub mod context;
+pub mod error;
+pub mod reconcile;
+pub mod status;
+
+use std::sync::Arc;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::{ObjectRef, reflector, store::Writer};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tracing::{info, warn};
+
+pub use context::{Context, Stores};
+pub use error::Error;
+pub use reconcile::reconcile;
+
+use crate::api::DealerTenant;
+use crate::config::OperatorConfig;
+use crate::desired::names;
+
+/// After a failure: back off per tenant, faster for transient errors.
+pub fn error_policy(tenant: Arc<DealerTenant>, err: &Error, ctx: Arc<Context>) -> Action {
+    if let Error::CleanupPending(what) = err.root() {
+        info!(
+            tenant = tenant.tenant_name(),
+            "{what}; checking again shortly"
+        );
+        return Action::requeue(std::time::Duration::from_secs(5));
+    }
+    let attempt = ctx.note_failure(tenant.tenant_name());
+    let delay = error::backoff(attempt, err.is_transient());
+    warn!(tenant = tenant.tenant_name(), error = %err, attempt, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// A watch of one owned kind, filtered to what this operator manages, feeding a cache.
+/// Managed fields are dropped from the cache: they are large and never read.
+fn owned<K>(
+    client: &Client,
+    writer: Writer<K>,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let cfg = watcher::Config::default().labels(&names::managed_selector());
+    reflector(
+        writer,
+        watcher(api, cfg).modify(|o: &mut K| o.managed_fields_mut().clear()),
+    )
+    .default_backoff()
+    .touched_objects()
+}
+
+/// Runs the controller until SIGINT/SIGTERM.
+pub async fn run(client: Client, config: OperatorConfig) -> anyhow::Result<()> {
+    let tenants: Api<DealerTenant> = Api::all(client.clone());
+    // Fail fast with a clear message when the CRD is missing or we may not list tenants.
+    if let Err(e) = tenants
+        .list(&kube::api::ListParams::default().limit(1))
+        .await
+    {
+        anyhow::bail!(
+            "cannot list DealerTenants ({e}); install the CRD with `kubectl apply -f crds/dealertenant.yaml` \
+             and check the operator's RBAC (deploy/)"
+        );
+    }
+    let (stores, w) = Stores::new();
+    let ctx = Arc::new(Context::new(client.clone(), config, stores));
+
+    // The namespace carries no owner reference (so `Retain` can keep it); map it by label.
+    let by_tenant_label = |ns: Namespace| {
+        ns.labels()
+            .get(names::TENANT_LABEL)
+            .map(|t| ObjectRef::<DealerTenant>::new(t))
+    };
+    info!("starting dealertenant controller");
+    Controller::new(tenants, watcher::Config::default().any_semantic())
+        .watches_stream(owned::<Namespace>(&client, w.namespaces), by_tenant_label)
+        .owns_stream(owned::<ResourceQuota>(&client, w.quotas))
+        .owns_stream(owned::<LimitRange>(&client, w.limits))
+        .owns_stream(owned::<NetworkPolicy>(&client, w.network_policies))
+        .owns_stream(owned::<ServiceAccount>(&client, w.service_accounts))
+        .owns_stream(owned::<Deployment>(&client, w.deployments))
+        .owns_stream(owned::<Service>(&client, w.services))
+        .owns_stream(owned::<PodDisruptionBudget>(&client, w.pdbs))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|res| async move {
+            match res {
+                Ok((obj, _)) => tracing::debug!(tenant = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+            }
+        })
+        .await;
+    info!("controller stopped");
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! dealertenant-operator: one `DealerTenant` becomes a customer's complete, isolated,
+//! EU-only stack.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod config;
+pub mod controller;
+pub mod desired;
