@@ -305,7 +305,8 @@ fn credential_key(v: &serde_json::Value, path: &str) -> Option<String> {
 }
 
 fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or_default().to_string()
+    let line = s.lines().next().unwrap_or_default();
+    line.strip_prefix("error: ").unwrap_or(line).to_string()
 }
 
 #[cfg(test)]

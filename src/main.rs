@@ -30,6 +30,10 @@ enum Command {
         /// Log as JSON lines instead of text.
         #[arg(long, env = "DEALERTENANT_LOG_JSON")]
         log_json: bool,
+        /// Install or update the DealerTenant CRD before starting (needs permission to
+        /// write CustomResourceDefinitions; for development clusters).
+        #[arg(long)]
+        install_crd: bool,
     },
     /// Print the DealerTenant CustomResourceDefinition as YAML.
     Crd,
@@ -49,7 +53,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate { files } => validate_files(&files),
-        Command::Run { config, log_json } => {
+        Command::Run {
+            config,
+            log_json,
+            install_crd,
+        } => {
             init_logging(log_json);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -58,7 +66,7 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fail(e.into()),
             };
-            match runtime.block_on(run(config)) {
+            match runtime.block_on(run(config, install_crd)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
@@ -67,7 +75,11 @@ fn main() -> ExitCode {
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {
-    eprintln!("error: {e:#}");
+    eprintln!("error: {e}");
+    let root = e.root_cause().to_string();
+    if root != e.to_string() {
+        eprintln!("  cause: {root}");
+    }
     ExitCode::FAILURE
 }
 
@@ -133,7 +145,7 @@ fn init_logging(json: bool) {
     }
 }
 
-async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run(config: Option<PathBuf>, install_crd: bool) -> anyhow::Result<()> {
     let config = match config {
         Some(path) => OperatorConfig::load(&path)?,
         None => OperatorConfig::default(),
@@ -147,5 +159,8 @@ async fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
         .apiserver_version()
         .await
         .context("the Kubernetes API server named by the current kube context does not answer")?;
+    if install_crd {
+        dealertenant_operator::controller::install_crd(&client).await?;
+    }
     dealertenant_operator::controller::run(client, config).await
 }

@@ -2,6 +2,7 @@
 
 pub mod apply;
 pub mod context;
+pub mod rbac;
 pub mod error;
 pub mod reconcile;
 pub mod status;
@@ -66,6 +67,28 @@ where
     )
     .default_backoff()
     .touched_objects()
+}
+
+/// Applies the DealerTenant CRD (server-side apply) and waits until it is established.
+pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::CustomResourceExt;
+    use kube::api::{Patch, PatchParams};
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = DealerTenant::crd();
+    let name = crd.name_any();
+    crds.patch(&name, &PatchParams::apply(names::FIELD_MANAGER).force(), &Patch::Apply(&crd))
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot install the CRD {name}: {e}"))?;
+    let established = kube::runtime::wait::conditions::is_crd_established();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        kube::runtime::wait::await_condition(crds, &name, established),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the CRD {name} was not established within 30s"))??;
+    info!(crd = %name, "CRD installed");
+    Ok(())
 }
 
 /// Runs the controller until SIGINT/SIGTERM.

@@ -1,0 +1,70 @@
+//! deploy/ stays in step with the code: the ClusterRole grants exactly what the code uses,
+//! the shipped configuration is valid, and the operator Pod is restricted.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use dealertenant_operator::config::OperatorConfig;
+use dealertenant_operator::controller::rbac::REQUIRED;
+use serde_json::Value;
+
+fn docs(file: &str) -> Vec<Value> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(file);
+    let text = std::fs::read_to_string(&path).unwrap();
+    serde_saphyr::from_multiple(&text).unwrap()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"))
+}
+
+#[test]
+fn cluster_role_grants_exactly_what_the_code_uses() {
+    let docs = docs("rbac.yaml");
+    let role = find(&docs, "ClusterRole");
+    let mut granted = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        for g in rule["apiGroups"].as_array().unwrap() {
+            for r in rule["resources"].as_array().unwrap() {
+                for v in rule["verbs"].as_array().unwrap() {
+                    let v = v.as_str().unwrap();
+                    assert_ne!(v, "*", "no wildcard verbs");
+                    granted.insert((g.as_str().unwrap().to_string(), r.as_str().unwrap().to_string(), v.to_string()));
+                }
+            }
+        }
+    }
+    let required: BTreeSet<_> = REQUIRED
+        .iter()
+        .flat_map(|(g, r, vs)| vs.iter().map(move |v| (g.to_string(), r.to_string(), v.to_string())))
+        .collect();
+    let missing: Vec<_> = required.difference(&granted).collect();
+    let extra: Vec<_> = granted.difference(&required).collect();
+    assert!(missing.is_empty(), "deploy/rbac.yaml lacks {missing:?}");
+    assert!(extra.is_empty(), "deploy/rbac.yaml grants more than the code uses: {extra:?}");
+}
+
+#[test]
+fn shipped_configuration_is_valid() {
+    let docs = docs("config.yaml");
+    let cm = find(&docs, "ConfigMap");
+    let text = cm["data"]["config.yaml"].as_str().unwrap();
+    let cfg = OperatorConfig::from_yaml(text).unwrap();
+    assert_eq!(cfg.operator_namespace, "dealertenant-system");
+}
+
+#[test]
+fn operator_pod_is_restricted_and_reads_its_config() {
+    let docs = docs("deployment.yaml");
+    let dep = find(&docs, "Deployment");
+    let pod = &dep["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let c = &pod["containers"][0];
+    assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
+    let args: Vec<_> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(&args[..3], ["run", "--config", "/etc/dealertenant/config.yaml"]);
+    assert_eq!(pod["serviceAccountName"], "dealertenant-operator");
+}
