@@ -9,13 +9,17 @@ use dealertenant_operator::controller::rbac::REQUIRED;
 use serde_json::Value;
 
 fn docs(file: &str) -> Vec<Value> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy")
+        .join(file);
     let text = std::fs::read_to_string(&path).unwrap();
     serde_saphyr::from_multiple(&text).unwrap()
 }
 
 fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
-    docs.iter().find(|d| d["kind"] == kind).unwrap_or_else(|| panic!("no {kind}"))
+    docs.iter()
+        .find(|d| d["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind}"))
 }
 
 #[test]
@@ -29,19 +33,29 @@ fn cluster_role_grants_exactly_what_the_code_uses() {
                 for v in rule["verbs"].as_array().unwrap() {
                     let v = v.as_str().unwrap();
                     assert_ne!(v, "*", "no wildcard verbs");
-                    granted.insert((g.as_str().unwrap().to_string(), r.as_str().unwrap().to_string(), v.to_string()));
+                    granted.insert((
+                        g.as_str().unwrap().to_string(),
+                        r.as_str().unwrap().to_string(),
+                        v.to_string(),
+                    ));
                 }
             }
         }
     }
     let required: BTreeSet<_> = REQUIRED
         .iter()
-        .flat_map(|(g, r, vs)| vs.iter().map(move |v| (g.to_string(), r.to_string(), v.to_string())))
+        .flat_map(|(g, r, vs)| {
+            vs.iter()
+                .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
+        })
         .collect();
     let missing: Vec<_> = required.difference(&granted).collect();
     let extra: Vec<_> = granted.difference(&required).collect();
     assert!(missing.is_empty(), "deploy/rbac.yaml lacks {missing:?}");
-    assert!(extra.is_empty(), "deploy/rbac.yaml grants more than the code uses: {extra:?}");
+    assert!(
+        extra.is_empty(),
+        "deploy/rbac.yaml grants more than the code uses: {extra:?}"
+    );
 }
 
 #[test]
@@ -59,12 +73,23 @@ fn operator_pod_is_restricted_and_reads_its_config() {
     let dep = find(&docs, "Deployment");
     let pod = &dep["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
-    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     let c = &pod["containers"][0];
     assert_eq!(c["securityContext"]["allowPrivilegeEscalation"], false);
     assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
     assert_eq!(c["securityContext"]["capabilities"]["drop"][0], "ALL");
-    let args: Vec<_> = c["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-    assert_eq!(&args[..3], ["run", "--config", "/etc/dealertenant/config.yaml"]);
+    let args: Vec<_> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        &args[..3],
+        ["run", "--config", "/etc/dealertenant/config.yaml"]
+    );
     assert_eq!(pod["serviceAccountName"], "dealertenant-operator");
 }

@@ -56,7 +56,10 @@ fn status_body(code: u16, reason: &str, message: &str) -> Value {
 impl FakeApi {
     fn answer(&self, call: &Call) -> (StatusCode, Value) {
         if self.fail_path.is_some_and(|p| call.path.ends_with(p)) && call.method == "PATCH" {
-            return (StatusCode::INTERNAL_SERVER_ERROR, status_body(500, "InternalError", "etcd is unhappy"));
+            return (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                status_body(500, "InternalError", "etcd is unhappy"),
+            );
         }
         match call.method.as_str() {
             "PATCH" if call.path.ends_with("/status") => {
@@ -87,7 +90,10 @@ impl FakeApi {
             }
             "POST" => (StatusCode::CREATED, call.body.clone()),
             "DELETE" => match self.ns_delete {
-                NamespaceDelete::Gone => (StatusCode::NOT_FOUND, status_body(404, "NotFound", "namespaces not found")),
+                NamespaceDelete::Gone => (
+                    StatusCode::NOT_FOUND,
+                    status_body(404, "NotFound", "namespaces not found"),
+                ),
                 NamespaceDelete::Terminating => (
                     StatusCode::OK,
                     json!({"apiVersion": "v1", "kind": "Namespace",
@@ -95,7 +101,10 @@ impl FakeApi {
                            "status": {"phase": "Terminating"}}),
                 ),
             },
-            _ => (StatusCode::NOT_FOUND, status_body(404, "NotFound", "not found")),
+            _ => (
+                StatusCode::NOT_FOUND,
+                status_body(404, "NotFound", "not found"),
+            ),
         }
     }
 }
@@ -106,7 +115,12 @@ struct Harness {
     server: tokio::task::JoinHandle<()>,
 }
 
-fn harness(tenant: &DealerTenant, writers_setup: impl FnOnce(&mut Writers), ns_delete: NamespaceDelete, fail_path: Option<&'static str>) -> Harness {
+fn harness(
+    tenant: &DealerTenant,
+    writers_setup: impl FnOnce(&mut Writers),
+    ns_delete: NamespaceDelete,
+    fail_path: Option<&'static str>,
+) -> Harness {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let calls = Arc::new(Mutex::new(Vec::new()));
@@ -149,10 +163,16 @@ fn harness(tenant: &DealerTenant, writers_setup: impl FnOnce(&mut Writers), ns_d
 }
 
 impl Harness {
-    async fn run(self, tenant: DealerTenant) -> (Result<kube::runtime::controller::Action, Error>, Vec<Call>) {
+    async fn run(
+        self,
+        tenant: DealerTenant,
+    ) -> (Result<kube::runtime::controller::Action, Error>, Vec<Call>) {
         let result = reconcile(Arc::new(tenant), self.ctx).await;
         // The context (and with it the client) is gone: the fake server stops.
-        tokio::time::timeout(std::time::Duration::from_secs(5), self.server).await.unwrap().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(5), self.server)
+            .await
+            .unwrap()
+            .unwrap();
         let calls = self.calls.lock().unwrap().clone();
         (result, calls)
     }
@@ -202,7 +222,10 @@ fn owned_object_paths(with_pdb: bool) -> Vec<String> {
 fn converged(t: &DealerTenant) -> impl FnOnce(&mut Writers) {
     let d = desired::build(t, &OperatorConfig::default(), &[]);
     move |w: &mut Writers| {
-        fn put<K: Resource<DynamicType = ()> + Clone>(w: &mut kube::runtime::reflector::store::Writer<K>, mut obj: K) {
+        fn put<K: Resource<DynamicType = ()> + Clone>(
+            w: &mut kube::runtime::reflector::store::Writer<K>,
+            mut obj: K,
+        ) {
             obj.meta_mut().uid = Some("server-uid".into());
             obj.meta_mut().generation = Some(1);
             w.apply_watcher_event(&watcher::Event::Apply(obj));
@@ -212,7 +235,8 @@ fn converged(t: &DealerTenant) -> impl FnOnce(&mut Writers) {
             phase: Some("Active".into()),
             ..Default::default()
         });
-        ns.labels_mut().insert("kubernetes.io/metadata.name".into(), "tenant-acme".into());
+        ns.labels_mut()
+            .insert("kubernetes.io/metadata.name".into(), "tenant-acme".into());
         put(&mut w.namespaces, ns);
         put(&mut w.quotas, d.quota);
         put(&mut w.limits, d.limits);
@@ -263,7 +287,11 @@ async fn the_first_pass_applies_exactly_the_owned_objects_and_writes_status_once
     assert_eq!(lines(&calls), want);
     for c in calls.iter().filter(|c| c.method == "PATCH") {
         assert_eq!(c.content_type, "application/apply-patch+yaml", "{}", c.path);
-        assert!(c.query.contains("fieldManager=dealertenant-operator"), "{}", c.query);
+        assert!(
+            c.query.contains("fieldManager=dealertenant-operator"),
+            "{}",
+            c.query
+        );
         assert!(c.query.contains("force=true"), "{}", c.query);
     }
     // The Deployment controller has not seen the Deployment yet: provisioning, not ready.
@@ -271,7 +299,15 @@ async fn the_first_pass_applies_exactly_the_owned_objects_and_writes_status_once
     assert_eq!(status["phase"], "Provisioning");
     assert_eq!(status["observedGeneration"], 1);
     assert_eq!(status["namespace"], "tenant-acme");
-    let cond = |t: &str| status["conditions"].as_array().unwrap().iter().find(|c| c["type"] == t).unwrap().clone();
+    let cond = |t: &str| {
+        status["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap()
+            .clone()
+    };
     assert_eq!(cond("Ready")["status"], "False");
     assert_eq!(cond("Ready")["reason"], "RolloutPending");
     assert_eq!(cond("NamespaceReady")["status"], "True");
@@ -279,7 +315,10 @@ async fn the_first_pass_applies_exactly_the_owned_objects_and_writes_status_once
     assert_eq!(cond("ServerReady")["observedGeneration"], 1);
     // The namespace is not owned (Retain keeps it); everything in it is.
     assert!(calls[0].body["metadata"].get("ownerReferences").is_none());
-    assert_eq!(calls[1].body["metadata"]["ownerReferences"][0]["uid"], "tenant-uid");
+    assert_eq!(
+        calls[1].body["metadata"]["ownerReferences"][0]["uid"],
+        "tenant-uid"
+    );
     let event = &calls.last().unwrap().body;
     assert_eq!(event["reason"], "RolloutPending");
     assert_eq!(event["regarding"]["name"], "acme");
@@ -287,22 +326,35 @@ async fn the_first_pass_applies_exactly_the_owned_objects_and_writes_status_once
 
 #[tokio::test]
 async fn more_than_one_replica_adds_a_disruption_budget() {
-    let t = with_finalizer(tenant("{displayName: Acme, region: europe-west3, server: {replicas: 3}}"));
+    let t = with_finalizer(tenant(
+        "{displayName: Acme, region: europe-west3, server: {replicas: 3}}",
+    ));
     let h = harness(&t, |_| {}, NamespaceDelete::Gone, None);
     let (result, calls) = h.run(t).await;
     result.unwrap();
-    let objects: Vec<_> = lines(&calls).into_iter().filter(|l| !l.contains("dealertenants") && !l.contains("events")).collect();
+    let objects: Vec<_> = lines(&calls)
+        .into_iter()
+        .filter(|l| !l.contains("dealertenants") && !l.contains("events"))
+        .collect();
     assert_eq!(objects, owned_object_paths(true));
 }
 
 #[tokio::test]
 async fn a_converged_tenant_becomes_ready_then_costs_no_call_at_all() {
-    let t = with_finalizer(tenant("{displayName: Acme, region: europe-west3, server: {replicas: 0}}"));
+    let t = with_finalizer(tenant(
+        "{displayName: Acme, region: europe-west3, server: {replicas: 0}}",
+    ));
     // Pass 1: everything is in place (replicas 0 needs no Pod): one status write, one Event.
     let h = harness(&t, converged(&t), NamespaceDelete::Gone, None);
     let (result, calls) = h.run(t.clone()).await;
     result.unwrap();
-    assert_eq!(lines(&calls), [format!("PATCH {TENANT_PATH}/status"), format!("POST {EVENTS}")]);
+    assert_eq!(
+        lines(&calls),
+        [
+            format!("PATCH {TENANT_PATH}/status"),
+            format!("POST {EVENTS}")
+        ]
+    );
     let status = calls[0].body["status"].clone();
     assert_eq!(status["phase"], "Ready");
     assert_eq!(calls[1].body["reason"], "AllComponentsReady");
@@ -319,16 +371,26 @@ async fn a_converged_tenant_becomes_ready_then_costs_no_call_at_all() {
 
 #[tokio::test]
 async fn drift_is_repaired_by_applying_only_the_drifted_object() {
-    let t = with_finalizer(tenant("{displayName: Acme, region: europe-west3, server: {replicas: 0}}"));
+    let t = with_finalizer(tenant(
+        "{displayName: Acme, region: europe-west3, server: {replicas: 0}}",
+    ));
     let mut drifted = t.clone();
     drifted.spec.server.replicas = 4; // someone scaled the Deployment by hand
     let fill = converged(&drifted);
-    let h = harness(&t, |w| {
-        fill(w);
-    }, NamespaceDelete::Gone, None);
+    let h = harness(
+        &t,
+        |w| {
+            fill(w);
+        },
+        NamespaceDelete::Gone,
+        None,
+    );
     let (result, calls) = h.run(t).await;
     result.unwrap();
-    let objects: Vec<_> = lines(&calls).into_iter().filter(|l| !l.contains("dealertenants") && !l.contains("events")).collect();
+    let objects: Vec<_> = lines(&calls)
+        .into_iter()
+        .filter(|l| !l.contains("dealertenants") && !l.contains("events"))
+        .collect();
     // replicas 4 -> 0 also drops the PDB that 4 replicas had.
     assert_eq!(
         objects,
@@ -337,17 +399,28 @@ async fn drift_is_repaired_by_applying_only_the_drifted_object() {
             "DELETE /apis/policy/v1/namespaces/tenant-acme/poddisruptionbudgets/server".to_string(),
         ]
     );
-    let dep = calls.iter().find(|c| c.path.ends_with("deployments/server")).unwrap();
+    let dep = calls
+        .iter()
+        .find(|c| c.path.ends_with("deployments/server"))
+        .unwrap();
     assert_eq!(dep.body["spec"]["replicas"], 0);
 }
 
 #[tokio::test]
 async fn pausing_writes_only_the_status_and_a_paused_tenant_costs_nothing() {
-    let mut t = with_finalizer(tenant("{displayName: Acme, region: europe-west3, paused: true}"));
+    let mut t = with_finalizer(tenant(
+        "{displayName: Acme, region: europe-west3, paused: true}",
+    ));
     let h = harness(&t, |_| {}, NamespaceDelete::Gone, None);
     let (result, calls) = h.run(t.clone()).await;
     result.unwrap();
-    assert_eq!(lines(&calls), [format!("PATCH {TENANT_PATH}/status"), format!("POST {EVENTS}")]);
+    assert_eq!(
+        lines(&calls),
+        [
+            format!("PATCH {TENANT_PATH}/status"),
+            format!("POST {EVENTS}")
+        ]
+    );
     let status = calls[0].body["status"].clone();
     assert_eq!(status["phase"], "Paused");
     assert_eq!(status["conditions"][0]["reason"], "Paused");
@@ -376,7 +449,9 @@ fn calls_status_paused() -> Value {
 
 fn deleting(spec: &str) -> DealerTenant {
     let mut t = with_finalizer(tenant(spec));
-    t.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()));
+    t.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        jiff::Timestamp::now(),
+    ));
     t
 }
 
@@ -395,7 +470,10 @@ async fn deleting_under_retain_keeps_the_namespace_and_releases_the_finalizer() 
         ]
     );
     assert!(calls.iter().all(|c| c.method != "DELETE"));
-    assert_eq!(calls[0].body["metadata"]["labels"]["dealerdesk.de/retained"], "true");
+    assert_eq!(
+        calls[0].body["metadata"]["labels"]["dealerdesk.de/retained"],
+        "true"
+    );
     assert_eq!(calls[1].body["reason"], "Retained");
     assert_eq!(calls[2].content_type, "application/json-patch+json");
     assert!(calls[2].body.to_string().contains("remove"));
@@ -443,24 +521,48 @@ async fn a_non_eu_region_that_slipped_past_the_api_server_builds_nothing() {
     let h = harness(&t, |_| {}, NamespaceDelete::Gone, None);
     let (result, calls) = h.run(t).await;
     result.unwrap();
-    assert_eq!(lines(&calls), [format!("PATCH {TENANT_PATH}/status"), format!("POST {EVENTS}")]);
+    assert_eq!(
+        lines(&calls),
+        [
+            format!("PATCH {TENANT_PATH}/status"),
+            format!("POST {EVENTS}")
+        ]
+    );
     let status = &calls[0].body["status"];
     assert_eq!(status["phase"], "Failed");
     assert_eq!(status["conditions"][0]["reason"], "InvalidSpec");
-    assert!(status["conditions"][0]["message"].as_str().unwrap().contains("London, United Kingdom"));
+    assert!(
+        status["conditions"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("London, United Kingdom")
+    );
     assert_eq!(calls[1].body["type"], "Warning");
 }
 
 #[tokio::test]
 async fn an_api_error_is_recorded_in_status_and_returned_as_transient() {
     let t = with_finalizer(tenant("{displayName: Acme, region: europe-west3}"));
-    let h = harness(&t, |_| {}, NamespaceDelete::Gone, Some("deployments/server"));
+    let h = harness(
+        &t,
+        |_| {},
+        NamespaceDelete::Gone,
+        Some("deployments/server"),
+    );
     let (result, calls) = h.run(t).await;
     let err = result.unwrap_err();
     assert!(err.is_transient(), "{err}");
     let status = calls.iter().find(|c| c.path.ends_with("/status")).unwrap();
-    assert_eq!(status.body["status"]["conditions"][0]["reason"], "ApplyFailed");
-    assert!(status.body["status"]["conditions"][0]["message"].as_str().unwrap().contains("Deployment tenant-acme/server"));
+    assert_eq!(
+        status.body["status"]["conditions"][0]["reason"],
+        "ApplyFailed"
+    );
+    assert!(
+        status.body["status"]["conditions"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Deployment tenant-acme/server")
+    );
     let event = calls.iter().find(|c| c.path == EVENTS).unwrap();
     assert_eq!(event.body["type"], "Warning");
 }

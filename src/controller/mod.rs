@@ -2,8 +2,8 @@
 
 pub mod apply;
 pub mod context;
-pub mod rbac;
 pub mod error;
+pub mod rbac;
 pub mod reconcile;
 pub mod status;
 
@@ -77,9 +77,13 @@ pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = DealerTenant::crd();
     let name = crd.name_any();
-    crds.patch(&name, &PatchParams::apply(names::FIELD_MANAGER).force(), &Patch::Apply(&crd))
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot install the CRD {name}: {e}"))?;
+    crds.patch(
+        &name,
+        &PatchParams::apply(names::FIELD_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot install the CRD {name}: {e}"))?;
     let established = kube::runtime::wait::conditions::is_crd_established();
     tokio::time::timeout(
         std::time::Duration::from_secs(30),

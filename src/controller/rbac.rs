@@ -4,21 +4,53 @@
 /// `(apiGroup, resource, verbs)`.
 pub const REQUIRED: &[(&str, &str, &[&str])] = &[
     // Watched; finalizer added and removed with JSON patches.
-    ("dealerdesk.de", "dealertenants", &["get", "list", "watch", "patch"]),
+    (
+        "dealerdesk.de",
+        "dealertenants",
+        &["get", "list", "watch", "patch"],
+    ),
     // Status written with server-side apply.
     ("dealerdesk.de", "dealertenants/status", &["patch"]),
     // Owner references with blockOwnerDeletion need this.
     ("dealerdesk.de", "dealertenants/finalizers", &["update"]),
     // Applied (create + patch), watched, deleted under `Delete`.
-    ("", "namespaces", &["get", "list", "watch", "create", "patch", "delete"]),
-    ("", "resourcequotas", &["get", "list", "watch", "create", "patch"]),
-    ("", "limitranges", &["get", "list", "watch", "create", "patch"]),
-    ("", "serviceaccounts", &["get", "list", "watch", "create", "patch"]),
+    (
+        "",
+        "namespaces",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
+    (
+        "",
+        "resourcequotas",
+        &["get", "list", "watch", "create", "patch"],
+    ),
+    (
+        "",
+        "limitranges",
+        &["get", "list", "watch", "create", "patch"],
+    ),
+    (
+        "",
+        "serviceaccounts",
+        &["get", "list", "watch", "create", "patch"],
+    ),
     ("", "services", &["get", "list", "watch", "create", "patch"]),
-    ("networking.k8s.io", "networkpolicies", &["get", "list", "watch", "create", "patch"]),
-    ("apps", "deployments", &["get", "list", "watch", "create", "patch"]),
+    (
+        "networking.k8s.io",
+        "networkpolicies",
+        &["get", "list", "watch", "create", "patch"],
+    ),
+    (
+        "apps",
+        "deployments",
+        &["get", "list", "watch", "create", "patch"],
+    ),
     // Removed again when the server scales down to one replica.
-    ("policy", "poddisruptionbudgets", &["get", "list", "watch", "create", "patch", "delete"]),
+    (
+        "policy",
+        "poddisruptionbudgets",
+        &["get", "list", "watch", "create", "patch", "delete"],
+    ),
     // Events about tenants.
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
