@@ -11,8 +11,14 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::{Deserialize, Serialize};
 
+use crate::api::regions;
 use crate::api::validate::name_problem;
 use crate::desired::quantity;
+use crate::processors::Processor;
+use crate::providers::database::DatabaseConfig;
+use crate::providers::email::EmailConfig;
+use crate::providers::search::SearchConfig;
+use crate::providers::storage::StorageConfig;
 
 /// Environment variable that names the configuration file when `--config` is absent.
 pub const CONFIG_ENV: &str = "DEALERTENANT_CONFIG";
@@ -36,6 +42,61 @@ pub struct OperatorConfig {
     /// Seconds between full resyncs of a healthy tenant.
     #[serde(default = "default_resync")]
     pub resync_seconds: u64,
+    /// The cluster the tenant servers run in.
+    #[serde(default)]
+    pub cluster: ClusterConfig,
+    /// Tenant databases.
+    #[serde(default)]
+    pub database: DatabaseConfig,
+    /// Tenant buckets.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// Tenant email servers.
+    #[serde(default)]
+    pub email: EmailConfig,
+    /// Tenant search indices.
+    #[serde(default)]
+    pub search: SearchConfig,
+    /// Whether components may use processors outside the EU/EEA.
+    #[serde(default)]
+    pub third_country_processors: ThirdCountryPolicy,
+    /// Entries that extend or override the built-in processor catalog.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processors: Vec<Processor>,
+}
+
+/// Where the operator's cluster (and so every tenant namespace and server) runs.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Google Cloud region of the cluster (EU only).
+    pub region: String,
+    /// Processor that hosts it.
+    #[serde(default = "default_cluster_processor")]
+    pub processor: String,
+}
+
+fn default_cluster_processor() -> String {
+    crate::processors::ids::GOOGLE_CLOUD.into()
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            region: "europe-west3".into(),
+            processor: default_cluster_processor(),
+        }
+    }
+}
+
+/// `thirdCountryProcessors`: under `deny`, a component that would use a processor outside
+/// the EU/EEA is not provisioned, and its condition says why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ThirdCountryPolicy {
+    #[default]
+    Allow,
+    Deny,
 }
 
 /// The ingress controller whose Pods may reach tenant servers.
@@ -115,6 +176,13 @@ impl Default for OperatorConfig {
             server: ServerDefaults::default(),
             namespace: NamespaceDefaults::default(),
             resync_seconds: default_resync(),
+            cluster: ClusterConfig::default(),
+            database: DatabaseConfig::default(),
+            storage: StorageConfig::default(),
+            email: EmailConfig::default(),
+            search: SearchConfig::default(),
+            third_country_processors: ThirdCountryPolicy::default(),
+            processors: Vec::new(),
         }
     }
 }
@@ -248,6 +316,28 @@ impl OperatorConfig {
             return bad(format!(
                 "server.healthPath: \"{}\" must start with '/'",
                 self.server.health_path
+            ));
+        }
+        if let Some(why) = regions::why_not_eu(&self.cluster.region) {
+            return bad(format!("cluster.region: {why}"));
+        }
+        self.database.validate().map_err(ConfigError::Invalid)?;
+        self.storage.validate().map_err(ConfigError::Invalid)?;
+        self.email.validate().map_err(ConfigError::Invalid)?;
+        self.search.validate().map_err(ConfigError::Invalid)?;
+        let catalog = crate::processors::catalog(&self.processors);
+        for p in &self.processors {
+            if p.country.len() != 2 || !p.country.bytes().all(|b| b.is_ascii_uppercase()) {
+                return bad(format!(
+                    "processors.{}.country: \"{}\" is not an ISO 3166-1 alpha-2 code",
+                    p.id, p.country
+                ));
+            }
+        }
+        if !catalog.iter().any(|p| p.id == self.cluster.processor) {
+            return bad(format!(
+                "cluster.processor: \"{}\" is not in the processor catalog",
+                self.cluster.processor
             ));
         }
         if self.resync_seconds < 10 {

@@ -6,3 +6,6 @@ pub mod api;
 pub mod config;
 pub mod controller;
 pub mod desired;
+pub mod plan;
+pub mod processors;
+pub mod providers;

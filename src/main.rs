@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use dealertenant_operator::api::validate;
+use dealertenant_operator::api::{DealerTenant, validate};
 use dealertenant_operator::config::{CONFIG_ENV, OperatorConfig};
 
 #[derive(Parser)]
@@ -37,6 +37,17 @@ enum Command {
     },
     /// Print the DealerTenant CustomResourceDefinition as YAML.
     Crd,
+    /// Print every resource the operator would create for a manifest (offline, a dry run).
+    Plan {
+        /// The DealerTenant manifest.
+        file: PathBuf,
+        /// Operator configuration; the built-in defaults when absent.
+        #[arg(long, env = CONFIG_ENV)]
+        config: Option<PathBuf>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
+        output: Format,
+    },
     /// Check DealerTenant manifests offline, with the rules the API server applies.
     Validate {
         /// Manifest files (YAML, several documents allowed).
@@ -45,14 +56,25 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Text,
+    Json,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Crd => {
-            print!("{}", dealertenant_operator::api::crd_yaml());
+            out(&dealertenant_operator::api::crd_yaml());
             ExitCode::SUCCESS
         }
         Command::Validate { files } => validate_files(&files),
+        Command::Plan {
+            file,
+            config,
+            output,
+        } => plan_file(&file, config.as_deref(), output),
         Command::Run {
             config,
             log_json,
@@ -74,6 +96,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Prints to stdout; a closed pipe (`| head`) ends the program quietly instead of panicking.
+fn out(text: &str) {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(e) = stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(0);
+    }
+}
+
 fn fail(e: anyhow::Error) -> ExitCode {
     eprintln!("error: {e}");
     let root = e.root_cause().to_string();
@@ -81,6 +116,74 @@ fn fail(e: anyhow::Error) -> ExitCode {
         eprintln!("  cause: {root}");
     }
     ExitCode::FAILURE
+}
+
+fn load_config(path: Option<&std::path::Path>) -> anyhow::Result<OperatorConfig> {
+    Ok(match path {
+        Some(p) => OperatorConfig::load(p)?,
+        None => OperatorConfig::default(),
+    })
+}
+
+fn plan_file(file: &std::path::Path, config: Option<&std::path::Path>, output: Format) -> ExitCode {
+    let cfg = match load_config(config) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let tenants = match read_tenants(file) {
+        Ok(t) => t,
+        Err(lines) => {
+            for l in lines {
+                out(&format!("{l}\n"));
+            }
+            return ExitCode::FAILURE;
+        }
+    };
+    let plans: Vec<_> = tenants
+        .iter()
+        .map(|t| dealertenant_operator::plan::plan(t, &cfg))
+        .collect();
+    match output {
+        Format::Text => plans
+            .iter()
+            .for_each(|p| out(&dealertenant_operator::plan::to_text(p))),
+        Format::Json => {
+            let json = if plans.len() == 1 {
+                serde_json::to_string_pretty(&plans[0])
+            } else {
+                serde_json::to_string_pretty(&plans)
+            };
+            out(&format!("{}\n", json.expect("a plan serializes")));
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// Reads and validates a manifest file; on any problem, the lines `validate` would print.
+fn read_tenants(file: &std::path::Path) -> Result<Vec<DealerTenant>, Vec<String>> {
+    let shown = file.display().to_string();
+    let text =
+        std::fs::read_to_string(file).map_err(|e| vec![format!("{shown}: cannot read: {e}")])?;
+    let docs = validate::validate_text(&text).map_err(|p| vec![format!("{shown}: {p}")])?;
+    let mut lines = Vec::new();
+    for (label, problems) in &docs {
+        let prefix = if label.is_empty() {
+            shown.clone()
+        } else {
+            format!("{shown} ({label})")
+        };
+        lines.extend(problems.iter().map(|p| format!("{prefix}: {p}")));
+    }
+    if !lines.is_empty() {
+        return Err(lines);
+    }
+    let values: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&text).map_err(|e| vec![format!("{shown}: {e}")])?;
+    values
+        .into_iter()
+        .filter(|v| !v.is_null())
+        .map(|v| serde_json::from_value(v).map_err(|e| vec![format!("{shown}: {e}")]))
+        .collect()
 }
 
 fn validate_files(files: &[PathBuf]) -> ExitCode {
@@ -91,20 +194,20 @@ fn validate_files(files: &[PathBuf]) -> ExitCode {
             Ok(bytes) => match String::from_utf8(bytes) {
                 Ok(t) => t,
                 Err(_) => {
-                    println!("{shown}: the file is not UTF-8 text");
+                    out(&format!("{shown}: the file is not UTF-8 text\n"));
                     ok = false;
                     continue;
                 }
             },
             Err(e) => {
-                println!("{shown}: cannot read: {e}");
+                out(&format!("{shown}: cannot read: {e}\n"));
                 ok = false;
                 continue;
             }
         };
         match validate::validate_text(&text) {
             Err(problem) => {
-                println!("{shown}: {problem}");
+                out(&format!("{shown}: {problem}\n"));
                 ok = false;
             }
             Ok(docs) => {
@@ -115,7 +218,7 @@ fn validate_files(files: &[PathBuf]) -> ExitCode {
                         format!("{shown} ({label})")
                     };
                     for p in &problems {
-                        println!("{prefix}: {p}");
+                        out(&format!("{prefix}: {p}\n"));
                     }
                     if problems.is_empty() {
                         eprintln!("{prefix}: valid");
@@ -146,10 +249,7 @@ fn init_logging(json: bool) {
 }
 
 async fn run(config: Option<PathBuf>, install_crd: bool) -> anyhow::Result<()> {
-    let config = match config {
-        Some(path) => OperatorConfig::load(&path)?,
-        None => OperatorConfig::default(),
-    };
+    let config = load_config(config.as_deref())?;
     let client = kube::Client::try_default().await.context(
         "no Kubernetes cluster is reachable: set KUBECONFIG (or ~/.kube/config) to a cluster, \
          or run inside a Pod with a ServiceAccount",

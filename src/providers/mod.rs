@@ -1,0 +1,248 @@
+//! External components of a tenant's stack, one module per service, all behind one trait.
+//!
+//! The reconciler calls the enabled providers in a fixed order ([`Component::ORDER`]:
+//! database, storage, search, email) after the tenant namespace exists and before the
+//! server Deployment, which receives each component's Secret as environment.
+//!
+//! Every provider follows the same life cycle, modelled on Crossplane's external client:
+//! - [`Provider::plan`] (pure): the external resources a tenant gets, with deterministic
+//!   names and their location. `plan` prints it; the residency check uses it.
+//! - [`Provider::reconcile`]: observe by the deterministic name, then create what is missing
+//!   or bring drifted settings back, then report. Idempotent and crash-safe: a crash
+//!   after a create is healed by finding the resource by name on the next pass. Returns new
+//!   Secret data only when credentials had to be (re)issued.
+//! - [`Provider::delete`]: erase everything of the tenant at this service; absent is success.
+//! - abandon: a component the user marks abandoned (annotation
+//!   `dealerdesk.de/abandon: email,search`) is not deleted; the reconciler records it as
+//!   kept, and no provider call is made.
+
+pub mod database;
+pub mod email;
+pub mod error;
+pub mod residency;
+pub mod search;
+pub mod secret;
+pub mod storage;
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+pub use error::ProviderError;
+pub use secret::SecretData;
+
+use crate::api::DealerTenant;
+use crate::desired::names;
+
+/// A part of the tenant's stack that lives outside the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum Component {
+    Database,
+    Storage,
+    Search,
+    Email,
+}
+
+impl Component {
+    /// The fixed order in which the reconciler calls providers.
+    pub const ORDER: [Component; 4] = [
+        Component::Database,
+        Component::Storage,
+        Component::Search,
+        Component::Email,
+    ];
+
+    /// Its condition type, e.g. `DatabaseReady`.
+    pub fn condition_type(self) -> &'static str {
+        match self {
+            Component::Database => "DatabaseReady",
+            Component::Storage => "StorageReady",
+            Component::Search => "SearchReady",
+            Component::Email => "EmailReady",
+        }
+    }
+
+    /// Name of its Secret in the tenant namespace, also the `spec` field name.
+    pub fn key(self) -> &'static str {
+        match self {
+            Component::Database => "database",
+            Component::Storage => "storage",
+            Component::Search => "search",
+            Component::Email => "email",
+        }
+    }
+
+    /// Whether the tenant has this component switched on.
+    pub fn enabled_for(self, t: &DealerTenant) -> bool {
+        match self {
+            Component::Database => t.spec.database.enabled,
+            Component::Storage => t.spec.storage.enabled,
+            Component::Search => t.spec.search.enabled,
+            Component::Email => t.spec.email.enabled,
+        }
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.key())
+    }
+}
+
+/// What a provider needs to know about a tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TenantInfo {
+    /// `metadata.name`.
+    pub name: String,
+    /// `metadata.uid` (empty offline, in `plan`).
+    pub uid: String,
+    /// `spec.region`.
+    pub region: String,
+    /// `tenant-<name>`.
+    pub namespace: String,
+    /// The tenant's annotations (`dealerdesk.de/...` ways out, such as a Cloud SQL
+    /// instance-name suffix after a name was reserved).
+    pub annotations: std::collections::BTreeMap<String, String>,
+}
+
+impl TenantInfo {
+    pub fn of(t: &DealerTenant) -> Self {
+        Self {
+            name: t.tenant_name().to_string(),
+            uid: t.metadata.uid.clone().unwrap_or_default(),
+            region: t.spec.region.clone(),
+            namespace: names::namespace(t.tenant_name()),
+            annotations: t.metadata.annotations.clone().unwrap_or_default(),
+        }
+    }
+}
+
+/// One external resource, planned or observed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalResource {
+    /// `Database`, `DatabaseRole`, `CloudSqlInstance`, `Bucket`, `PostmarkServer`,
+    /// `ElasticsearchIndex`, `ElasticsearchRole`, `ElasticsearchApiKey`, ...
+    pub kind: String,
+    /// The deterministic name.
+    pub name: String,
+    /// Where it lives (a region ID), when the service has locations.
+    pub location: Option<String>,
+    /// The processor that holds it (an ID of the processor register).
+    pub processor: String,
+    /// The service's own identifier, once known (Postmark server ID, key ID, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+}
+
+impl ExternalResource {
+    pub fn new(
+        kind: &str,
+        name: impl Into<String>,
+        location: Option<String>,
+        processor: &str,
+    ) -> Self {
+        Self {
+            kind: kind.into(),
+            name: name.into(),
+            location,
+            processor: processor.into(),
+            id: None,
+        }
+    }
+
+    pub fn with_id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+}
+
+/// The result of one [`Provider::reconcile`].
+#[derive(Debug)]
+pub struct Reconciled {
+    /// Whether the component is usable now (false while e.g. an instance is being created).
+    pub ready: bool,
+    /// One human line for the condition message. Never contains a secret.
+    pub message: String,
+    /// New contents for the component Secret, when credentials were (re)issued.
+    pub secret: Option<SecretData>,
+    /// What exists at the service, with the location the service reports.
+    pub resources: Vec<ExternalResource>,
+}
+
+/// The result of one [`Provider::delete`]: what was erased (for the erasure receipt).
+#[derive(Debug, Default)]
+pub struct Erased {
+    pub resources: Vec<ExternalResource>,
+}
+
+/// An external service that holds part of a tenant's stack.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync {
+    /// Which component this provider serves.
+    fn component(&self) -> Component;
+
+    /// ID of the processor (in the processor register) that holds this component's data.
+    fn processor(&self) -> &str;
+
+    /// Pure: the external resources `tenant` gets, with names and locations.
+    fn plan(&self, tenant: &TenantInfo) -> Vec<ExternalResource>;
+
+    /// Observe, create or update, report. `secret` is the component's current Secret data,
+    /// `None` when the Secret does not exist (then credentials are issued anew).
+    async fn reconcile(
+        &self,
+        tenant: &TenantInfo,
+        secret: Option<&SecretData>,
+    ) -> Result<Reconciled, ProviderError>;
+
+    /// Erase every resource of `tenant` at this service. Idempotent.
+    async fn delete(&self, tenant: &TenantInfo) -> Result<Erased, ProviderError>;
+}
+
+/// The processor that holds `component`'s data under `cfg`.
+pub fn processor_of(component: Component, cfg: &crate::config::OperatorConfig) -> &'static str {
+    use crate::processors::ids;
+    match component {
+        Component::Database | Component::Storage => ids::GOOGLE_CLOUD,
+        Component::Search => ids::ELASTIC,
+        Component::Email => match cfg.email.provider {
+            email::EmailProviderKind::Postmark => ids::POSTMARK,
+        },
+    }
+}
+
+/// Pure: the external resources of `component` for `tenant` under `cfg`.
+pub fn plan(
+    component: Component,
+    cfg: &crate::config::OperatorConfig,
+    tenant: &TenantInfo,
+) -> Vec<ExternalResource> {
+    let processor = processor_of(component, cfg);
+    match component {
+        Component::Database => cfg.database.plan(tenant, processor),
+        Component::Storage => cfg.storage.plan(tenant, processor),
+        Component::Search => cfg.search.plan(tenant, processor),
+        Component::Email => cfg.email.plan(tenant, processor),
+    }
+}
+
+/// The providers the operator runs with, by component.
+#[derive(Clone, Default)]
+pub struct Providers {
+    pub by_component: Vec<Arc<dyn Provider>>,
+}
+
+impl Providers {
+    pub fn new(list: Vec<Arc<dyn Provider>>) -> Self {
+        Self { by_component: list }
+    }
+
+    /// The provider of `component`, if one is configured.
+    pub fn get(&self, component: Component) -> Option<&Arc<dyn Provider>> {
+        self.by_component
+            .iter()
+            .find(|p| p.component() == component)
+    }
+}
