@@ -23,6 +23,7 @@ pub mod residency;
 pub mod search;
 pub mod secret;
 pub mod storage;
+pub mod tls;
 
 use std::fmt;
 use std::sync::Arc;
