@@ -262,5 +262,6 @@ async fn run(config: Option<PathBuf>, install_crd: bool) -> anyhow::Result<()> {
     if install_crd {
         dealertenant_operator::controller::install_crd(&client).await?;
     }
-    dealertenant_operator::controller::run(client, config).await
+    let providers = dealertenant_operator::providers::from_config(&config).await?;
+    dealertenant_operator::controller::run(client, config, providers).await
 }

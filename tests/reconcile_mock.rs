@@ -9,6 +9,7 @@ use dealertenant_operator::config::OperatorConfig;
 use dealertenant_operator::controller::context::Writers;
 use dealertenant_operator::controller::{Context, Error, Stores, reconcile};
 use dealertenant_operator::desired;
+use dealertenant_operator::providers::Providers;
 use http::{Request, Response, StatusCode};
 use kube::client::Body;
 use kube::runtime::watcher;
@@ -121,6 +122,22 @@ fn harness(
     ns_delete: NamespaceDelete,
     fail_path: Option<&'static str>,
 ) -> Harness {
+    harness_with(
+        tenant,
+        writers_setup,
+        ns_delete,
+        fail_path,
+        Providers::default(),
+    )
+}
+
+fn harness_with(
+    tenant: &DealerTenant,
+    writers_setup: impl FnOnce(&mut Writers),
+    ns_delete: NamespaceDelete,
+    fail_path: Option<&'static str>,
+    providers: Providers,
+) -> Harness {
     let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let calls = Arc::new(Mutex::new(Vec::new()));
@@ -158,7 +175,12 @@ fn harness(
     });
     let (stores, mut writers) = Stores::new();
     writers_setup(&mut writers);
-    let ctx = Arc::new(Context::new(client, OperatorConfig::default(), stores));
+    let ctx = Arc::new(Context::new(
+        client,
+        OperatorConfig::default(),
+        stores,
+        providers,
+    ));
     Harness { ctx, calls, server }
 }
 
@@ -178,8 +200,12 @@ impl Harness {
     }
 }
 
+/// Components switched off: these tests are about the in-cluster objects.
+const NO_COMPONENTS: &str = "database: {enabled: false}, storage: {enabled: false}, search: {enabled: false}, email: {enabled: false}";
+
 fn tenant(spec: &str) -> DealerTenant {
-    let spec: DealerTenantSpec = serde_saphyr::from_str(spec).unwrap();
+    let spec = format!("{{{NO_COMPONENTS}, {}", spec.trim_start_matches('{'));
+    let spec: DealerTenantSpec = serde_saphyr::from_str(&spec).unwrap();
     let mut t = DealerTenant::new("acme", spec);
     t.metadata.uid = Some("tenant-uid".into());
     t.metadata.generation = Some(1);

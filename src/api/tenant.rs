@@ -207,6 +207,11 @@ pub struct DealerTenantStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
 
+    /// External resources that hold this tenant's data, with the location each service
+    /// reports and its processor.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub external_resources: Vec<crate::providers::ExternalResource>,
+
     /// `Ready` and one condition per component, by the Kubernetes API conventions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

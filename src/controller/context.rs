@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::Client;
@@ -13,6 +15,7 @@ use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{Store, store::Writer};
 
 use crate::config::OperatorConfig;
+use crate::providers::Providers;
 
 /// Read caches of everything the operator manages, filled by the controller's watches.
 /// Reconciles read from here, so an unchanged tenant costs no API call at all.
@@ -26,6 +29,7 @@ pub struct Stores {
     pub deployments: Store<Deployment>,
     pub services: Store<Service>,
     pub pdbs: Store<PodDisruptionBudget>,
+    pub secrets: Store<Secret>,
 }
 
 /// The writing halves of [`Stores`], consumed by the watches (or by tests).
@@ -38,6 +42,7 @@ pub struct Writers {
     pub deployments: Writer<Deployment>,
     pub services: Writer<Service>,
     pub pdbs: Writer<PodDisruptionBudget>,
+    pub secrets: Writer<Secret>,
 }
 
 impl Stores {
@@ -52,6 +57,7 @@ impl Stores {
             deployments: Writer::default(),
             services: Writer::default(),
             pdbs: Writer::default(),
+            secrets: Writer::default(),
         };
         let s = Stores {
             namespaces: w.namespaces.as_reader(),
@@ -62,6 +68,7 @@ impl Stores {
             deployments: w.deployments.as_reader(),
             services: w.services.as_reader(),
             pdbs: w.pdbs.as_reader(),
+            secrets: w.secrets.as_reader(),
         };
         (s, w)
     }
@@ -72,17 +79,24 @@ pub struct Context {
     pub client: Client,
     pub config: OperatorConfig,
     pub stores: Stores,
+    pub providers: Providers,
     pub reporter: Reporter,
     /// Consecutive failures per tenant, for backoff; cleared by a successful pass.
     pub failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, config: OperatorConfig, stores: Stores) -> Self {
+    pub fn new(
+        client: Client,
+        config: OperatorConfig,
+        stores: Stores,
+        providers: Providers,
+    ) -> Self {
         Self {
             client,
             config,
             stores,
+            providers,
             reporter: Reporter {
                 controller: crate::desired::names::FIELD_MANAGER.into(),
                 instance: std::env::var("POD_NAME").ok(),

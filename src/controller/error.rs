@@ -20,6 +20,12 @@ pub enum Error {
     /// Not a failure: the tenant is requeued soon and keeps its finalizer.
     #[error("cleanup in progress: {0}")]
     CleanupPending(String),
+    /// An external service failed (its condition says which and why).
+    #[error(transparent)]
+    Provider(#[from] crate::providers::ProviderError),
+    /// Erasure cannot finish without a person (e.g. Postmark refuses server deletion).
+    #[error("erasure blocked: {0}")]
+    ErasureBlocked(String),
     /// A serialization bug: our own objects did not serialize.
     #[error("could not serialize {0}: {1}")]
     Serialize(&'static str, #[source] serde_json::Error),
@@ -51,7 +57,8 @@ impl Error {
                 _ => true,
             },
             Error::CleanupPending(_) => true,
-            Error::Serialize(..) => false,
+            Error::Provider(e) => e.is_transient(),
+            Error::ErasureBlocked(_) | Error::Serialize(..) => false,
         }
     }
 

@@ -11,7 +11,9 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount,
+};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::runtime::controller::{Action, Controller};
@@ -96,7 +98,11 @@ pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
 }
 
 /// Runs the controller until SIGINT/SIGTERM.
-pub async fn run(client: Client, config: OperatorConfig) -> anyhow::Result<()> {
+pub async fn run(
+    client: Client,
+    config: OperatorConfig,
+    providers: crate::providers::Providers,
+) -> anyhow::Result<()> {
     let tenants: Api<DealerTenant> = Api::all(client.clone());
     // Fail fast with a clear message when the CRD is missing or we may not list tenants.
     if let Err(e) = tenants
@@ -109,17 +115,22 @@ pub async fn run(client: Client, config: OperatorConfig) -> anyhow::Result<()> {
         );
     }
     let (stores, w) = Stores::new();
-    let ctx = Arc::new(Context::new(client.clone(), config, stores));
+    let ctx = Arc::new(Context::new(client.clone(), config, stores, providers));
 
-    // The namespace carries no owner reference (so `Retain` can keep it); map it by label.
-    let by_tenant_label = |ns: Namespace| {
-        ns.labels()
+    // The namespace and the component Secrets carry no owner reference (so `Retain` can
+    // keep them); they are mapped to their tenant by label.
+    fn by_tenant_label<K: Resource>(obj: K) -> Option<ObjectRef<DealerTenant>> {
+        obj.labels()
             .get(names::TENANT_LABEL)
-            .map(|t| ObjectRef::<DealerTenant>::new(t))
-    };
+            .map(|t| ObjectRef::new(t))
+    }
     info!("starting dealertenant controller");
+    // Bounded concurrency: providers have per-project rate limits (Cloud SQL 180/min).
+    let controller_config = kube::runtime::controller::Config::default().concurrency(8);
     Controller::new(tenants, watcher::Config::default().any_semantic())
+        .with_config(controller_config)
         .watches_stream(owned::<Namespace>(&client, w.namespaces), by_tenant_label)
+        .watches_stream(owned::<Secret>(&client, w.secrets), by_tenant_label)
         .owns_stream(owned::<ResourceQuota>(&client, w.quotas))
         .owns_stream(owned::<LimitRange>(&client, w.limits))
         .owns_stream(owned::<NetworkPolicy>(&client, w.network_policies))

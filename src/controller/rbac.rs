@@ -35,6 +35,8 @@ pub const REQUIRED: &[(&str, &str, &[&str])] = &[
         &["get", "list", "watch", "create", "patch"],
     ),
     ("", "services", &["get", "list", "watch", "create", "patch"]),
+    // Component Secrets: the providers' connection details.
+    ("", "secrets", &["get", "list", "watch", "create", "patch"]),
     (
         "networking.k8s.io",
         "networkpolicies",

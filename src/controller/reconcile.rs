@@ -1,6 +1,7 @@
-//! One pass over one tenant: validate -> build -> apply -> observe -> update status.
-//! Only `apply` and `update_status` (and cleanup) touch the network.
+//! One pass over one tenant: validate -> build -> apply -> provision components -> observe
+//! -> update status. Only `apply`, the providers and `update_status` touch the network.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,15 @@ use super::status::{self, Observation, types};
 use crate::api::validate::name_problem;
 use crate::api::{DealerTenant, DeletionPolicy, FINALIZER, Phase, regions};
 use crate::desired::{self, Desired, names};
+use crate::plan::skip_reason;
+use crate::providers::{Component, ExternalResource, ProviderError, TenantInfo};
+
+/// Annotation listing components whose external resources are abandoned: not deleted when
+/// the tenant is deleted (e.g. `email` while Postmark has not enabled server deletion).
+pub const ABANDON_ANNOTATION: &str = "dealerdesk.de/abandon";
+
+/// How soon to look again at a component that is still being created.
+const PENDING_REQUEUE: Duration = Duration::from_secs(15);
 
 /// Entry point for the controller: wraps the work in the `dealerdesk.de/cleanup` finalizer.
 pub async fn reconcile(tenant: Arc<DealerTenant>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -55,51 +65,103 @@ fn spec_problem(t: &DealerTenant) -> Option<String> {
     regions::region_error(&t.spec.region).map(|why| format!("spec.region: {why}"))
 }
 
-async fn apply(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
-    let namespace = names::namespace(t.tenant_name());
-    if let Some(problem) = spec_problem(t) {
-        let obs = [Observation::not(types::READY, "InvalidSpec", problem)];
-        update_status(t, ctx, &obs, Phase::Failed, None).await?;
-        return Ok(Action::await_change());
-    }
-    let desired = desired::build(t, &ctx.config, &[]);
-    match apply_objects(ctx, &desired).await {
-        Ok((ns, deployment)) => {
-            let mut obs = vec![observe_namespace(&ns), observe_server(t, &deployment)];
-            let ready = status::summarize(&obs);
-            let phase = if ready.status {
-                Phase::Ready
-            } else {
-                Phase::Provisioning
-            };
-            obs.insert(0, ready);
-            update_status(t, ctx, &obs, phase, Some(namespace)).await?;
-            Ok(Action::requeue(Duration::from_secs(
-                ctx.config.resync_seconds,
-            )))
-        }
-        Err(err) => {
-            let phase = if err.is_transient() {
-                Phase::Provisioning
-            } else {
-                Phase::Failed
-            };
-            let obs = [Observation::not(
-                types::READY,
-                "ApplyFailed",
-                err.to_string(),
-            )];
-            if let Err(status_err) = update_status(t, ctx, &obs, phase, Some(namespace)).await {
-                warn!(tenant = t.tenant_name(), error = %status_err, "could not record the failure in status");
-            }
-            Err(err)
+/// The status a pass wants to write.
+struct StatusUpdate {
+    observations: Vec<Observation>,
+    phase: Phase,
+    namespace: Option<String>,
+    external_resources: Option<Vec<ExternalResource>>,
+    drop_types: Vec<&'static str>,
+}
+
+impl StatusUpdate {
+    fn new(observations: Vec<Observation>, phase: Phase, namespace: Option<String>) -> Self {
+        Self {
+            observations,
+            phase,
+            namespace,
+            external_resources: None,
+            drop_types: Vec::new(),
         }
     }
 }
 
-/// Applies every desired object in dependency order; returns the namespace and deployment
-/// as the API server has them.
-async fn apply_objects(ctx: &Context, d: &Desired) -> Result<(Namespace, Deployment), Error> {
+async fn apply(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
+    let namespace = names::namespace(t.tenant_name());
+    if let Some(problem) = spec_problem(t) {
+        let obs = vec![Observation::not(types::READY, "InvalidSpec", problem)];
+        update_status(t, ctx, StatusUpdate::new(obs, Phase::Failed, None)).await?;
+        return Ok(Action::await_change());
+    }
+    let desired = desired::build(t, &ctx.config, &[]);
+    let ns = match apply_namespace_objects(ctx, &desired).await {
+        Ok(ns) => ns,
+        Err(err) => return record_apply_failure(t, ctx, err, namespace).await,
+    };
+    let components = provision_components(t, ctx).await;
+    if let Some(err) = components.kube_error {
+        return record_apply_failure(t, ctx, err, namespace).await;
+    }
+    let desired = desired.with_component_secrets(t, &ctx.config, &components.secrets);
+    let deployment = match apply_server(ctx, &desired, &ns).await {
+        Ok(d) => d,
+        Err(err) => return record_apply_failure(t, ctx, err, namespace).await,
+    };
+
+    let mut obs = vec![observe_namespace(&ns), observe_server(t, &deployment)];
+    obs.extend(components.observations);
+    let ready = status::summarize(&obs);
+    let phase = if ready.status {
+        Phase::Ready
+    } else if components.permanent_failure {
+        Phase::Failed
+    } else {
+        Phase::Provisioning
+    };
+    obs.insert(0, ready);
+    let mut update = StatusUpdate::new(obs, phase, Some(namespace));
+    update.external_resources = Some(components.resources);
+    update.drop_types = components.disabled;
+    update_status(t, ctx, update).await?;
+
+    if let Some(err) = components.transient {
+        // Backed off by the error policy; the conditions already say what is wrong.
+        return Err(Error::Provider(err));
+    }
+    Ok(if components.pending {
+        Action::requeue(PENDING_REQUEUE)
+    } else {
+        Action::requeue(Duration::from_secs(ctx.config.resync_seconds))
+    })
+}
+
+async fn record_apply_failure(
+    t: &DealerTenant,
+    ctx: &Context,
+    err: Error,
+    namespace: String,
+) -> Result<Action, Error> {
+    let phase = if err.is_transient() {
+        Phase::Provisioning
+    } else {
+        Phase::Failed
+    };
+    let obs = vec![Observation::not(
+        types::READY,
+        "ApplyFailed",
+        err.to_string(),
+    )];
+    if let Err(status_err) =
+        update_status(t, ctx, StatusUpdate::new(obs, phase, Some(namespace))).await
+    {
+        warn!(tenant = t.tenant_name(), error = %status_err, "could not record the failure in status");
+    }
+    Err(err)
+}
+
+/// Applies the namespace and everything in it except the server; returns the namespace
+/// as the API server has it.
+async fn apply_namespace_objects(ctx: &Context, d: &Desired) -> Result<Namespace, Error> {
     let (c, s) = (&ctx.client, &ctx.stores);
     let ns = ensure(c, &s.namespaces, &d.namespace).await?.object;
     ensure(c, &s.quotas, &d.quota).await?;
@@ -109,6 +171,12 @@ async fn apply_objects(ctx: &Context, d: &Desired) -> Result<(Namespace, Deploym
     }
     ensure(c, &s.service_accounts, &d.service_account).await?;
     ensure(c, &s.services, &d.service).await?;
+    Ok(ns)
+}
+
+/// Applies the server Deployment and its disruption budget.
+async fn apply_server(ctx: &Context, d: &Desired, ns: &Namespace) -> Result<Deployment, Error> {
+    let (c, s) = (&ctx.client, &ctx.stores);
     let deployment = ensure(c, &s.deployments, &d.deployment).await?.object;
     match &d.pdb {
         Some(pdb) => {
@@ -118,7 +186,93 @@ async fn apply_objects(ctx: &Context, d: &Desired) -> Result<(Namespace, Deploym
             remove_stale(c, &s.pdbs, &ns.name_any(), names::SERVER).await?;
         }
     }
-    Ok((ns, deployment))
+    Ok(deployment)
+}
+
+/// What the component step found.
+#[derive(Default)]
+struct ComponentsOutcome {
+    observations: Vec<Observation>,
+    /// Secrets (by name) that exist for the server to read.
+    secrets: Vec<String>,
+    resources: Vec<ExternalResource>,
+    /// Condition types of switched-off components.
+    disabled: Vec<&'static str>,
+    pending: bool,
+    permanent_failure: bool,
+    transient: Option<ProviderError>,
+    kube_error: Option<Error>,
+}
+
+/// Calls every enabled component's provider in the fixed order and writes the Secrets
+/// they issue. One component failing does not stop the others.
+async fn provision_components(t: &DealerTenant, ctx: &Context) -> ComponentsOutcome {
+    let info = TenantInfo::of(t);
+    let mut out = ComponentsOutcome::default();
+    for component in Component::ORDER {
+        let ctype = component.condition_type();
+        if !component.enabled_for(t) {
+            out.disabled.push(ctype);
+            continue;
+        }
+        if let Some(reason) = skip_reason(component, t, &ctx.config) {
+            out.observations.push(Observation::not(
+                ctype,
+                "ThirdCountryProcessorDenied",
+                reason,
+            ));
+            out.permanent_failure = true;
+            continue;
+        }
+        let Some(provider) = ctx.providers.get(component) else {
+            out.observations.push(Observation::not(
+                ctype,
+                "NotConfigured",
+                format!("no {component} provider is configured in the operator"),
+            ));
+            out.permanent_failure = true;
+            continue;
+        };
+        let key = ObjectRef::new(component.key()).within(&info.namespace);
+        let cached = ctx.stores.secrets.get(&key);
+        let current = cached.as_deref().map(desired::secret::secret_data);
+        match provider.reconcile(&info, current.as_ref()).await {
+            Ok(done) => {
+                if let Some(data) = &done.secret {
+                    let secret =
+                        desired::secret::component_secret(&info.name, component.key(), data);
+                    if let Err(e) = ensure(&ctx.client, &ctx.stores.secrets, &secret).await {
+                        out.kube_error = Some(e);
+                        return out;
+                    }
+                }
+                if done.secret.is_some() || current.is_some() {
+                    out.secrets.push(component.key().to_string());
+                }
+                out.resources.extend(done.resources);
+                out.pending |= !done.ready;
+                out.observations.push(if done.ready {
+                    Observation::ok(ctype, "Provisioned", done.message)
+                } else {
+                    Observation::not(ctype, "Provisioning", done.message)
+                });
+            }
+            Err(e) => {
+                warn!(tenant = %info.name, %component, error = %e, "component not provisioned");
+                if current.is_some() {
+                    out.secrets.push(component.key().to_string());
+                }
+                out.observations
+                    .push(Observation::not(ctype, e.reason(), e.to_string()));
+                if e.is_transient() {
+                    out.transient.get_or_insert(e);
+                } else {
+                    out.permanent_failure = true;
+                }
+            }
+        }
+    }
+    out
 }
 
 fn observe_namespace(ns: &Namespace) -> Observation {
@@ -172,6 +326,19 @@ fn observe_server(t: &DealerTenant, d: &Deployment) -> Observation {
     }
 }
 
+/// Components the user abandoned with the `dealerdesk.de/abandon` annotation.
+pub fn abandoned(t: &DealerTenant) -> BTreeSet<String> {
+    t.annotations()
+        .get(ABANDON_ANNOTATION)
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Erases or keeps the tenant's data, by its deletion policy.
 async fn cleanup(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
     let ns_name = names::namespace(t.tenant_name());
@@ -198,11 +365,14 @@ async fn cleanup(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
             }
             info!(tenant = t.tenant_name(), namespace = %ns_name, "tenant deleted; data retained");
             publish(&recorder, t, EventType::Normal, "Retained", format!(
-                "deletionPolicy Retain: namespace {ns_name} and its Secrets are kept, labelled {}=true", names::RETAINED_LABEL
-            )).await;
+                "deletionPolicy Retain: namespace {ns_name}, its Secrets and every external resource are kept; namespace labelled {}=true",
+                names::RETAINED_LABEL
+            ))
+            .await;
             Ok(Action::await_change())
         }
         DeletionPolicy::Delete => {
+            erase_components(t, ctx, &recorder).await?;
             let cached = ctx.stores.namespaces.get(&ObjectRef::new(&ns_name));
             if cached
                 .as_ref()
@@ -228,12 +398,17 @@ async fn cleanup(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
                 }
                 Err(e) => Err(Error::kube(format!("delete namespace {ns_name}"), e)),
                 Ok(_) => {
-                    let obs = [Observation::not(
+                    let obs = vec![Observation::not(
                         types::READY,
                         "Deleting",
                         format!("waiting for namespace {ns_name} to be deleted"),
                     )];
-                    update_status(t, ctx, &obs, Phase::Deleting, Some(ns_name.clone())).await?;
+                    update_status(
+                        t,
+                        ctx,
+                        StatusUpdate::new(obs, Phase::Deleting, Some(ns_name.clone())),
+                    )
+                    .await?;
                     Err(Error::CleanupPending(format!(
                         "namespace {ns_name} is terminating"
                     )))
@@ -243,30 +418,102 @@ async fn cleanup(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
     }
 }
 
+/// Deletes the tenant at every configured provider (all of them, enabled or not: a
+/// component switched off earlier may still hold data), in reverse order. A failure keeps
+/// the finalizer, and the status names the components that still hold data.
+async fn erase_components(
+    t: &DealerTenant,
+    ctx: &Context,
+    recorder: &Recorder,
+) -> Result<(), Error> {
+    let info = TenantInfo::of(t);
+    let abandoned = abandoned(t);
+    let mut failures: Vec<(Component, ProviderError)> = Vec::new();
+    for component in Component::ORDER.iter().rev().copied() {
+        if abandoned.contains(component.key()) {
+            continue;
+        }
+        let Some(provider) = ctx.providers.get(component) else {
+            continue;
+        };
+        match provider.delete(&info).await {
+            Ok(erased) => {
+                for r in &erased.resources {
+                    info!(tenant = %info.name, %component, kind = %r.kind, name = %r.name, "erased");
+                }
+            }
+            Err(e) => failures.push((component, e)),
+        }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let mut obs: Vec<Observation> = failures
+        .iter()
+        .map(|(c, e)| Observation::not(c.condition_type(), e.reason(), e.to_string()))
+        .collect();
+    let still = failures
+        .iter()
+        .map(|(c, _)| c.key())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let summary = format!("deletion waits: {still} still hold data");
+    obs.insert(
+        0,
+        Observation::not(types::READY, "ErasureIncomplete", summary.clone()),
+    );
+    update_status(
+        t,
+        ctx,
+        StatusUpdate::new(obs, Phase::Deleting, Some(info.namespace.clone())),
+    )
+    .await?;
+    publish(
+        recorder,
+        t,
+        EventType::Warning,
+        "ErasureIncomplete",
+        summary.clone(),
+    )
+    .await;
+    let transient = failures.iter().all(|(_, e)| e.is_transient());
+    let (_, first) = failures.swap_remove(0);
+    if transient {
+        Err(Error::Provider(first))
+    } else {
+        Err(Error::ErasureBlocked(summary))
+    }
+}
+
 async fn paused(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
     let message = if t.metadata.deletion_timestamp.is_some() {
         "spec.paused is true: deletion is on hold until it is unpaused"
     } else {
         "spec.paused is true: the operator changes nothing for this tenant"
     };
-    let obs = [Observation::not(types::READY, "Paused", message)];
+    let obs = vec![Observation::not(types::READY, "Paused", message)];
     let namespace = t.status.as_ref().and_then(|s| s.namespace.clone());
-    update_status(t, ctx, &obs, Phase::Paused, namespace).await?;
+    update_status(t, ctx, StatusUpdate::new(obs, Phase::Paused, namespace)).await?;
     Ok(Action::await_change())
 }
 
 /// Writes the status (server-side apply on the status subresource) only when it changed,
-/// and publishes an Event for every condition that changed.
-async fn update_status(
-    t: &DealerTenant,
-    ctx: &Context,
-    obs: &[Observation],
-    phase: Phase,
-    namespace: Option<String>,
-) -> Result<(), Error> {
+/// and publishes an Event for every condition that changed in a way a person should see.
+async fn update_status(t: &DealerTenant, ctx: &Context, update: StatusUpdate) -> Result<(), Error> {
     let now = Time(jiff::Timestamp::now());
     let old = t.status.as_ref();
-    let new = status::next_status(old, obs, phase, namespace, t.metadata.generation, &now);
+    let mut new = status::next_status(
+        old,
+        &update.observations,
+        update.phase,
+        update.namespace,
+        t.metadata.generation,
+        &now,
+    );
+    status::drop_conditions(&mut new.conditions, &update.drop_types);
+    if let Some(resources) = update.external_resources {
+        new.external_resources = resources;
+    }
     if old == Some(&new) {
         return Ok(());
     }
@@ -285,22 +532,42 @@ async fn update_status(
     .map_err(|e| Error::kube("write status", e))?;
     let old_conditions = old.map(|s| s.conditions.as_slice()).unwrap_or_default();
     let changed = status::transitions(old_conditions, &new.conditions);
-    if !changed.is_empty() {
+    let worth_an_event: Vec<_> = changed
+        .into_iter()
+        .filter(|c| c.type_ == types::READY || (c.status == "False" && is_failure(&c.reason)))
+        .collect();
+    if !worth_an_event.is_empty() {
         let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-        for c in changed.into_iter().filter(|c| c.type_ == types::READY) {
+        for c in worth_an_event {
             let kind = if c.status == "True" || !is_failure(&c.reason) {
                 EventType::Normal
             } else {
                 EventType::Warning
             };
-            publish(&recorder, t, kind, &c.reason, c.message.clone()).await;
+            let note = if c.type_ == types::READY {
+                c.message.clone()
+            } else {
+                format!("{}: {}", c.type_, c.message)
+            };
+            publish(&recorder, t, kind, &c.reason, note).await;
         }
     }
     Ok(())
 }
 
 fn is_failure(reason: &str) -> bool {
-    matches!(reason, "ApplyFailed" | "InvalidSpec")
+    matches!(
+        reason,
+        "ApplyFailed"
+            | "InvalidSpec"
+            | "ProviderUnavailable"
+            | "ProviderRefused"
+            | "ResidencyViolation"
+            | "NotConfigured"
+            | "DeletionBlocked"
+            | "ThirdCountryProcessorDenied"
+            | "ErasureIncomplete"
+    )
 }
 
 async fn publish(

@@ -118,8 +118,17 @@ pub fn next_status(
         observed_generation: generation,
         phase: Some(phase),
         namespace,
+        external_resources: old
+            .map(|s| s.external_resources.clone())
+            .unwrap_or_default(),
         conditions: merge_conditions(old_conditions, observed, generation, now),
     }
+}
+
+/// Drops conditions of components that are switched off (a condition that does not
+/// apply is absent, by the API conventions).
+pub fn drop_conditions(conditions: &mut Vec<Condition>, types: &[&str]) {
+    conditions.retain(|c| !types.contains(&c.type_.as_str()));
 }
 
 /// Conditions whose status changed (or that are new): these get an Event.

@@ -6,6 +6,7 @@ pub mod names;
 pub mod namespace;
 pub mod network;
 pub mod quantity;
+pub mod secret;
 pub mod server;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -59,6 +60,21 @@ pub fn build(tenant: &DealerTenant, cfg: &OperatorConfig, component_secrets: &[S
 }
 
 impl Desired {
+    /// Rebuilds the server Deployment so that it receives `component_secrets`, once the
+    /// providers have said which Secrets exist.
+    pub fn with_component_secrets(
+        mut self,
+        tenant: &DealerTenant,
+        cfg: &OperatorConfig,
+        component_secrets: &[String],
+    ) -> Self {
+        let ns = self.deployment.metadata.namespace.clone();
+        self.deployment =
+            server::deployment(tenant, &owner_reference(tenant), cfg, component_secrets);
+        self.deployment.metadata.namespace = ns;
+        self
+    }
+
     fn in_namespace(mut self, ns: &str) -> Self {
         let set = |m: &mut ObjectMeta| m.namespace = Some(ns.to_string());
         set(&mut self.quota.metadata);

@@ -1,0 +1,454 @@
+//! The reconciler with every external component: providers are called in order, their
+//! Secrets reach the server, a converged tenant costs nothing, deletion follows policy, and
+//! a crash at any request (of the API server or a provider) never leaves a duplicate.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use dealertenant_operator::api::{DealerTenant, DealerTenantSpec};
+use dealertenant_operator::config::{OperatorConfig, ThirdCountryPolicy};
+use dealertenant_operator::providers::{Component, Provider, Providers};
+use support::fake_kube::{World, pass};
+use support::fake_provider::{FakeProvider, Fault, Injector};
+
+struct Stack {
+    world: Arc<std::sync::Mutex<World>>,
+    fakes: Vec<Arc<FakeProvider>>,
+    providers: Providers,
+    injector: Arc<Injector>,
+    config: OperatorConfig,
+}
+
+fn stack(spec: &str) -> Stack {
+    let spec: DealerTenantSpec = serde_saphyr::from_str(spec).unwrap();
+    let tenant = DealerTenant::new("acme", spec);
+    let injector = Injector::new();
+    let fakes: Vec<_> = Component::ORDER
+        .iter()
+        .map(|c| FakeProvider::new(*c, "europe-west3", injector.clone()))
+        .collect();
+    let providers = Providers::new(
+        fakes
+            .iter()
+            .map(|f| f.clone() as Arc<dyn Provider>)
+            .collect(),
+    );
+    Stack {
+        world: World::new(&tenant),
+        fakes,
+        providers,
+        injector,
+        config: OperatorConfig::default(),
+    }
+}
+
+impl Stack {
+    /// Runs passes until a pass writes nothing and the tenant is Ready (or gone); returns
+    /// the number of passes.
+    async fn converge(&self, max: usize) -> usize {
+        for n in 1..=max {
+            let Some(_result) =
+                pass(&self.world, &self.config, &self.providers, &self.injector).await
+            else {
+                return n;
+            };
+            let w = self.world.lock().unwrap();
+            let phase = w
+                .tenant()
+                .and_then(|t| t.status)
+                .and_then(|s| s.phase)
+                .map(|p| p.to_string());
+            if w.writes == 0 && phase.as_deref() == Some("Ready") {
+                return n;
+            }
+        }
+        let w = self.world.lock().unwrap();
+        panic!(
+            "no convergence in {max} passes; status: {}; last pass: {:?}",
+            w.tenant["status"], w.log
+        );
+    }
+
+    fn secret(&self, component: &str) -> Option<String> {
+        let w = self.world.lock().unwrap();
+        let s = w.object(&format!(
+            "/api/v1/namespaces/tenant-acme/secrets/{component}"
+        ))?;
+        let fake = self
+            .fakes
+            .iter()
+            .find(|f| f.component().key() == component)
+            .unwrap();
+        let b64 = s["data"][fake.credential_key()].as_str()?;
+        Some(String::from_utf8(base64_decode(b64)).unwrap())
+    }
+
+    fn assert_one_resource_each_and_secrets_current(&self) {
+        for f in &self.fakes {
+            let resources = f.resources.lock().unwrap().clone();
+            assert_eq!(resources.len(), 1, "{}: {resources:?}", f.component());
+            let current = resources.values().next().unwrap().clone();
+            assert_eq!(
+                self.secret(f.component().key()),
+                Some(current),
+                "{} Secret is stale",
+                f.component()
+            );
+        }
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    // k8s-openapi's ByteString serializes as standard base64.
+    let v: k8s_openapi::ByteString =
+        serde_json::from_value(serde_json::Value::String(s.into())).unwrap();
+    v.0
+}
+
+const SPEC: &str = "{displayName: Acme, region: europe-west3, server: {replicas: 0}}";
+
+#[tokio::test]
+async fn every_component_becomes_ready_with_its_secret_and_then_costs_nothing() {
+    let s = stack(SPEC);
+    s.converge(5).await;
+    s.assert_one_resource_each_and_secrets_current();
+    let writes: usize = s
+        .fakes
+        .iter()
+        .map(|f| f.writes.load(Ordering::SeqCst))
+        .sum();
+    assert_eq!(writes, 4, "one create per component");
+
+    {
+        let w = s.world.lock().unwrap();
+        let status = w.tenant().unwrap().status.unwrap();
+        for c in [
+            "Ready",
+            "NamespaceReady",
+            "ServerReady",
+            "DatabaseReady",
+            "StorageReady",
+            "SearchReady",
+            "EmailReady",
+        ] {
+            let cond = status
+                .conditions
+                .iter()
+                .find(|x| x.type_ == c)
+                .unwrap_or_else(|| panic!("{c}"));
+            assert_eq!(cond.status, "True", "{c}: {}", cond.message);
+        }
+        assert_eq!(status.external_resources.len(), 4);
+        let dep = w
+            .object("/apis/apps/v1/namespaces/tenant-acme/deployments/server")
+            .unwrap();
+        let env_from: Vec<_> = dep["spec"]["template"]["spec"]["containers"][0]["envFrom"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["secretRef"]["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(env_from, ["database", "storage", "search", "email"]);
+    }
+
+    // One more pass: no write anywhere.
+    pass(&s.world, &s.config, &s.providers, &s.injector)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.world.lock().unwrap().writes, 0);
+    let writes: usize = s
+        .fakes
+        .iter()
+        .map(|f| f.writes.load(Ordering::SeqCst))
+        .sum();
+    assert_eq!(writes, 4);
+}
+
+#[tokio::test]
+async fn deleting_a_secret_rotates_that_credential_only() {
+    let s = stack(SPEC);
+    s.converge(5).await;
+    let before = s.secret("database").unwrap();
+    let storage_before = s.secret("storage").unwrap();
+    s.world
+        .lock()
+        .unwrap()
+        .objects
+        .remove("/api/v1/namespaces/tenant-acme/secrets/database");
+    s.converge(5).await;
+    let after = s.secret("database").unwrap();
+    assert_ne!(before, after);
+    assert_eq!(s.secret("storage").unwrap(), storage_before);
+    s.assert_one_resource_each_and_secrets_current();
+}
+
+#[tokio::test]
+async fn switched_off_components_are_neither_called_nor_required() {
+    let s = stack(
+        "{displayName: Acme, region: europe-west3, server: {replicas: 0}, email: {enabled: false}, search: {enabled: false}}",
+    );
+    s.converge(5).await;
+    let by = |c: Component| {
+        s.fakes
+            .iter()
+            .find(|f| f.component() == c)
+            .unwrap()
+            .resources
+            .lock()
+            .unwrap()
+            .len()
+    };
+    assert_eq!((by(Component::Database), by(Component::Storage)), (1, 1));
+    assert_eq!((by(Component::Search), by(Component::Email)), (0, 0));
+    let status = s.world.lock().unwrap().tenant().unwrap().status.unwrap();
+    assert!(
+        status
+            .conditions
+            .iter()
+            .all(|c| c.type_ != "EmailReady" && c.type_ != "SearchReady")
+    );
+}
+
+#[tokio::test]
+async fn third_country_processors_denied_keeps_email_out_with_a_reason() {
+    let mut s = stack(SPEC);
+    s.config.third_country_processors = ThirdCountryPolicy::Deny;
+    for _ in 0..3 {
+        pass(&s.world, &s.config, &s.providers, &s.injector).await;
+    }
+    let email = s
+        .fakes
+        .iter()
+        .find(|f| f.component() == Component::Email)
+        .unwrap();
+    assert_eq!(email.resources.lock().unwrap().len(), 0);
+    let status = s.world.lock().unwrap().tenant().unwrap().status.unwrap();
+    let cond = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "EmailReady")
+        .unwrap();
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("False", "ThirdCountryProcessorDenied")
+    );
+    assert!(cond.message.contains("ActiveCampaign"), "{}", cond.message);
+    assert_eq!(status.phase.unwrap().to_string(), "Failed");
+}
+
+async fn delete_tenant(s: &Stack) {
+    let mut w = s.world.lock().unwrap();
+    w.tenant["metadata"]["deletionTimestamp"] = serde_json::json!("2026-11-27T00:00:00Z");
+}
+
+#[tokio::test]
+async fn delete_policy_erases_every_component_and_the_namespace() {
+    let s = stack(
+        "{displayName: Acme, region: europe-west3, server: {replicas: 0}, deletionPolicy: Delete}",
+    );
+    s.converge(5).await;
+    delete_tenant(&s).await;
+    for _ in 0..5 {
+        if pass(&s.world, &s.config, &s.providers, &s.injector)
+            .await
+            .is_none()
+        {
+            break;
+        }
+    }
+    let w = s.world.lock().unwrap();
+    assert!(
+        w.tenant.is_null(),
+        "tenant still there: {}",
+        w.tenant["status"]
+    );
+    assert!(
+        w.objects.keys().all(|p| !p.contains("tenant-acme")),
+        "{:?}",
+        w.objects.keys()
+    );
+    for f in &s.fakes {
+        assert!(
+            f.resources.lock().unwrap().is_empty(),
+            "{} not erased",
+            f.component()
+        );
+    }
+}
+
+#[tokio::test]
+async fn retain_policy_keeps_every_component_the_namespace_and_the_secrets() {
+    let s = stack(SPEC);
+    s.converge(5).await;
+    delete_tenant(&s).await;
+    for _ in 0..5 {
+        if pass(&s.world, &s.config, &s.providers, &s.injector)
+            .await
+            .is_none()
+        {
+            break;
+        }
+    }
+    assert!(s.world.lock().unwrap().tenant.is_null());
+    s.assert_one_resource_each_and_secrets_current();
+    let w = s.world.lock().unwrap();
+    let ns = w.object("/api/v1/namespaces/tenant-acme").unwrap();
+    assert_eq!(ns["metadata"]["labels"]["dealerdesk.de/retained"], "true");
+}
+
+/// Fails every request of a full provisioning, one at a time, before and after it is
+/// performed; every time the tenant must converge with exactly one resource per component
+/// and Secrets that hold the current credentials.
+#[tokio::test]
+async fn a_crash_at_any_call_leaves_no_duplicate_and_converges() {
+    let clean = stack(SPEC);
+    clean.converge(5).await;
+    let total = clean.injector.calls();
+    assert!(total > 20, "a full provisioning makes {total} calls");
+    for n in 1..=total {
+        for fault in [Fault::Before, Fault::After] {
+            let s = stack(SPEC);
+            s.injector.arm(n, fault);
+            s.converge(8).await;
+            s.assert_one_resource_each_and_secrets_current();
+        }
+    }
+}
+
+/// A provider that always fails the same way.
+struct Broken(Component, dealertenant_operator::providers::ProviderError);
+
+#[async_trait::async_trait]
+impl Provider for Broken {
+    fn component(&self) -> Component {
+        self.0
+    }
+    fn processor(&self) -> &str {
+        "google-cloud"
+    }
+    fn plan(
+        &self,
+        _: &dealertenant_operator::providers::TenantInfo,
+    ) -> Vec<dealertenant_operator::providers::ExternalResource> {
+        Vec::new()
+    }
+    async fn reconcile(
+        &self,
+        _: &dealertenant_operator::providers::TenantInfo,
+        _: Option<&dealertenant_operator::providers::SecretData>,
+    ) -> Result<
+        dealertenant_operator::providers::Reconciled,
+        dealertenant_operator::providers::ProviderError,
+    > {
+        Err(self.1.clone())
+    }
+    async fn delete(
+        &self,
+        _: &dealertenant_operator::providers::TenantInfo,
+    ) -> Result<
+        dealertenant_operator::providers::Erased,
+        dealertenant_operator::providers::ProviderError,
+    > {
+        Err(self.1.clone())
+    }
+}
+
+fn with_broken_storage(s: &mut Stack, err: dealertenant_operator::providers::ProviderError) {
+    let mut list: Vec<Arc<dyn Provider>> = s
+        .fakes
+        .iter()
+        .filter(|f| f.component() != Component::Storage)
+        .map(|f| f.clone() as Arc<dyn Provider>)
+        .collect();
+    list.push(Arc::new(Broken(Component::Storage, err)));
+    s.providers = Providers::new(list);
+}
+
+#[tokio::test]
+async fn a_permanent_provider_error_is_a_clear_condition_not_a_hot_loop() {
+    use dealertenant_operator::providers::ProviderError;
+    let mut s = stack(SPEC);
+    with_broken_storage(
+        &mut s,
+        ProviderError::Refused {
+            service: "Cloud Storage",
+            message: "HTTP 403: project quota exceeded".into(),
+        },
+    );
+    let mut last = None;
+    for _ in 0..3 {
+        last = pass(&s.world, &s.config, &s.providers, &s.injector).await;
+    }
+    // Permanent: the pass succeeds (no error-policy retry loop) and waits for the resync.
+    let action = last
+        .unwrap()
+        .expect("a permanent provider error is not a reconcile error");
+    assert_eq!(
+        format!("{action:?}"),
+        format!(
+            "{:?}",
+            kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(600))
+        )
+    );
+    let status = s.world.lock().unwrap().tenant().unwrap().status.unwrap();
+    let cond = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "StorageReady")
+        .unwrap();
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("False", "ProviderRefused")
+    );
+    assert!(cond.message.contains("quota exceeded"));
+    assert_eq!(status.phase.unwrap().to_string(), "Failed");
+    // The other components went ahead.
+    let db = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "DatabaseReady")
+        .unwrap();
+    assert_eq!(db.status, "True");
+    // The last pass changed nothing: no status churn either.
+    assert_eq!(s.world.lock().unwrap().writes, 0);
+}
+
+#[tokio::test]
+async fn a_transient_provider_error_is_retried_with_backoff_and_shown() {
+    use dealertenant_operator::providers::ProviderError;
+    let mut s = stack(SPEC);
+    with_broken_storage(
+        &mut s,
+        ProviderError::Unavailable {
+            service: "Cloud Storage",
+            message: "HTTP 503: backend error".into(),
+        },
+    );
+    pass(&s.world, &s.config, &s.providers, &s.injector).await;
+    let err = pass(&s.world, &s.config, &s.providers, &s.injector)
+        .await
+        .unwrap()
+        .unwrap_err();
+    assert!(err.is_transient(), "{err}");
+    let status = s.world.lock().unwrap().tenant().unwrap().status.unwrap();
+    let cond = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "StorageReady")
+        .unwrap();
+    assert_eq!(cond.reason, "ProviderUnavailable");
+    assert_eq!(status.phase.unwrap().to_string(), "Provisioning");
+    // Once the service is back, the tenant converges.
+    let fakes = s.fakes.clone();
+    s.providers = Providers::new(
+        fakes
+            .iter()
+            .map(|f| f.clone() as Arc<dyn Provider>)
+            .collect(),
+    );
+    s.converge(5).await;
+    s.assert_one_resource_each_and_secrets_current();
+}

@@ -1,0 +1,175 @@
+//! An in-memory provider for reconciler tests: it keeps resources by their deterministic
+//! name, issues a credential per resource, and can fail any numbered call either before
+//! performing it or after (the "crash after the create succeeded" case). It follows the
+//! contract of `dealertenant_operator::providers::Provider`, not any one service.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use dealertenant_operator::providers::{
+    Component, Erased, ExternalResource, Provider, ProviderError, Reconciled, SecretData,
+    TenantInfo,
+};
+
+/// Where an injected failure strikes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The call is not performed; the caller gets an error.
+    Before,
+    /// The call is performed; the caller gets an error instead of the answer.
+    After,
+}
+
+/// Numbers every call of the fake API server and the fake providers, and fails one.
+#[derive(Default)]
+pub struct Injector {
+    count: AtomicUsize,
+    fail_at: Mutex<Option<(usize, Fault)>>,
+}
+
+impl Injector {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Fail call number `n` (1-based) with `fault`.
+    pub fn arm(&self, n: usize, fault: Fault) {
+        *self.fail_at.lock().unwrap() = Some((n, fault));
+    }
+
+    /// Counts one call; says whether (and how) it fails.
+    pub fn next(&self) -> Option<Fault> {
+        let n = self.count.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut armed = self.fail_at.lock().unwrap();
+        match *armed {
+            Some((at, fault)) if at == n => {
+                *armed = None;
+                Some(fault)
+            }
+            _ => None,
+        }
+    }
+
+    pub fn calls(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+/// Resources by name, each with its current credential.
+pub struct FakeProvider {
+    component: Component,
+    location: String,
+    pub resources: Mutex<BTreeMap<String, String>>,
+    pub writes: AtomicUsize,
+    injector: Arc<Injector>,
+}
+
+impl FakeProvider {
+    pub fn new(component: Component, location: &str, injector: Arc<Injector>) -> Arc<Self> {
+        Arc::new(Self {
+            component,
+            location: location.into(),
+            resources: Mutex::new(BTreeMap::new()),
+            writes: AtomicUsize::new(0),
+            injector,
+        })
+    }
+
+    fn name(&self, t: &TenantInfo) -> String {
+        format!("{}-{}", self.component.key(), t.name)
+    }
+
+    /// The Secret key that carries the credential.
+    pub fn credential_key(&self) -> String {
+        format!("{}_CREDENTIAL", self.component.key().to_uppercase())
+    }
+
+    fn call<T>(&self, op: impl FnOnce() -> T) -> Result<T, ProviderError> {
+        let unavailable = || ProviderError::Unavailable {
+            service: "fake",
+            message: "injected failure".into(),
+        };
+        match self.injector.next() {
+            Some(Fault::Before) => Err(unavailable()),
+            Some(Fault::After) => {
+                op();
+                Err(unavailable())
+            }
+            None => Ok(op()),
+        }
+    }
+
+    fn issue(&self, name: &str) -> String {
+        let credential = format!("cred-{}-{}", name, fastrand::u64(..));
+        self.resources
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), credential.clone());
+        self.writes.fetch_add(1, Ordering::SeqCst);
+        credential
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for FakeProvider {
+    fn component(&self) -> Component {
+        self.component
+    }
+
+    fn processor(&self) -> &str {
+        "google-cloud"
+    }
+
+    fn plan(&self, t: &TenantInfo) -> Vec<ExternalResource> {
+        vec![ExternalResource::new(
+            "Fake",
+            self.name(t),
+            Some(self.location.clone()),
+            "google-cloud",
+        )]
+    }
+
+    async fn reconcile(
+        &self,
+        t: &TenantInfo,
+        secret: Option<&SecretData>,
+    ) -> Result<Reconciled, ProviderError> {
+        let name = self.name(t);
+        let existing = self.call(|| self.resources.lock().unwrap().get(&name).cloned())?;
+        let key = self.credential_key();
+        let credential = match (existing, secret.and_then(|s| s.get(&key))) {
+            (Some(current), Some(held)) if current == held => None,
+            // Absent: create. Present but the Secret is missing or stale: reissue.
+            _ => Some(self.call(|| self.issue(&name))?),
+        };
+        Ok(Reconciled {
+            ready: true,
+            message: format!("{name} is ready"),
+            secret: credential.map(|c| SecretData::new().with(&key, c)),
+            resources: vec![ExternalResource::new(
+                "Fake",
+                &name,
+                Some(self.location.clone()),
+                "google-cloud",
+            )],
+        })
+    }
+
+    async fn delete(&self, t: &TenantInfo) -> Result<Erased, ProviderError> {
+        let name = self.name(t);
+        let removed = self.call(|| self.resources.lock().unwrap().remove(&name))?;
+        Ok(Erased {
+            resources: removed
+                .map(|_| {
+                    vec![ExternalResource::new(
+                        "Fake",
+                        &name,
+                        Some(self.location.clone()),
+                        "google-cloud",
+                    )]
+                })
+                .unwrap_or_default(),
+        })
+    }
+}
