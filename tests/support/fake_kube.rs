@@ -32,6 +32,8 @@ pub struct World {
     pub writes: usize,
     /// Every request line of the last pass.
     pub log: Vec<String>,
+    /// Every request body sent outside Secrets, over all passes (to look for leaks).
+    pub bodies: Vec<String>,
 }
 
 impl World {
@@ -44,6 +46,7 @@ impl World {
             objects: BTreeMap::new(),
             writes: 0,
             log: Vec::new(),
+            bodies: Vec::new(),
         }))
     }
 
@@ -206,6 +209,9 @@ pub async fn pass(
             let (code, answer) = {
                 let mut w = server_world.lock().unwrap();
                 w.log.push(format!("{} {}", parts.method, parts.uri.path()));
+                if !parts.uri.path().contains("/secrets/") {
+                    w.bodies.push(body.to_string());
+                }
                 match fault {
                     Some(Fault::Before) => (
                         StatusCode::INTERNAL_SERVER_ERROR,
