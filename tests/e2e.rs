@@ -1,0 +1,1157 @@
+//! End-to-end test of the operator against the real cluster that `KUBECONFIG` names.
+//!
+//! ```text
+//! KUBECONFIG=~/.kube/config cargo test --test e2e -- --nocapture
+//! ```
+//!
+//! Without `KUBECONFIG` (unset or empty) the test prints a notice and passes, so CI stays
+//! green without a cluster.
+//!
+//! What the cluster needs:
+//! - a Kubernetes 1.36 API server with kube-controller-manager (namespace, garbage collector,
+//!   Deployment, ReplicaSet, disruption and resource-quota controllers). Nodes are not
+//!   needed: server Pods are created and stay Pending.
+//! - a caller that may create CustomResourceDefinitions and cluster-scoped objects
+//!   (Namespaces, DealerTenants) and everything inside a namespace; cluster-admin is simplest.
+//! - no other dealertenant-operator running against the cluster, since two would fight over
+//!   the same tenants.
+//!
+//! What the test does: it server-side applies the DealerTenant CRD (and leaves it installed),
+//! starts the operator binary cargo built for this test as a child process (its log goes to
+//! `dealertenant-e2e-<run id>.log` in the temp directory; the path is printed at the start
+//! and on failure), then drives tenants named `e2e-<run id>-<suffix>` through their life.
+//! The tenants switch their external components (database, storage, email, search) off:
+//! the suite is about the in-cluster part, and the default configuration has no provider
+//! for those. At the end, also when a check fails, it deletes every tenant and `tenant-e2e-<run id>-*`
+//! namespace it created and stops the operator.
+//!
+//! All scenarios run in order inside one test function: `cargo test` runs test functions
+//! in parallel threads, and only one operator process may run at a time.
+
+use std::fs::File;
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use dealertenant_operator::api::{DealerTenant, DeletionPolicy, Phase};
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::core::v1::{
+    LimitRange, Namespace, Pod, ResourceQuota, Service, ServiceAccount,
+};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, CustomResourceExt, Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+/// Field manager of every write this test makes.
+const FIELD_MANAGER: &str = "dealertenant-e2e";
+/// Label naming the tenant an object belongs to.
+const TENANT_LABEL: &str = "dealerdesk.de/tenant";
+/// Interval between two looks at the cluster.
+const POLL: Duration = Duration::from_secs(1);
+/// How long the operator (and the controllers it relies on) may take for one step.
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the ReplicaSet controller may take to create a server Pod.
+const POD_TIMEOUT: Duration = Duration::from_secs(90);
+/// How long the namespace controller may take to empty and delete a namespace.
+const NAMESPACE_GONE_TIMEOUT: Duration = Duration::from_secs(180);
+/// Upper bound for the cleanup at the end.
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[tokio::test]
+async fn dealertenant_operator_end_to_end() {
+    let Some(kubeconfig) = kubeconfig() else {
+        // Written to stderr directly rather than with eprintln!, which the test harness
+        // captures: the notice shows in CI logs without --nocapture.
+        let _ = writeln!(
+            std::io::stderr(),
+            "skipping e2e: KUBECONFIG is not set \
+             (run: KUBECONFIG=~/.kube/config cargo test --test e2e -- --nocapture)"
+        );
+        return;
+    };
+    let e2e = E2e::start(&kubeconfig).await;
+
+    e2e.api_server_rejects_invalid_tenants().await;
+    // Both tenants converge concurrently while the first is checked.
+    let ready = e2e
+        .create_tenant(
+            "ready",
+            without_components(json!({
+                "displayName": "Autohaus Müller GmbH & Co. KG",
+                "region": "europe-west3",
+                "server": {"replicas": 0},
+            })),
+        )
+        .await;
+    let pods = e2e
+        .create_tenant(
+            "pods",
+            without_components(json!({
+                "displayName": "Autohaus Schmidt",
+                "region": "europe-west1",
+                "server": {"replicas": 1},
+                "deletionPolicy": "Delete",
+            })),
+        )
+        .await;
+
+    e2e.a_tenant_without_replicas_becomes_ready(&ready).await;
+    e2e.printer_columns_show_region_and_readiness(&ready).await;
+    e2e.region_is_immutable(&ready).await;
+    e2e.server_pods_pass_pod_security(&pods).await;
+    e2e.a_disruption_budget_follows_replicas(&pods).await;
+    e2e.a_paused_tenant_is_left_alone(&ready).await;
+    e2e.deletion_policy_delete_erases_the_namespace(&pods).await;
+    e2e.deletion_policy_retain_keeps_the_namespace(&ready).await;
+    eprintln!("e2e: all checks passed");
+}
+
+/// Switches the external components off. The operator runs with its built-in default
+/// configuration, which has no provider for them, and an enabled component without a
+/// provider keeps a tenant from becoming Ready; this suite is about the in-cluster part.
+fn without_components(mut spec: Value) -> Value {
+    for component in ["database", "storage", "email", "search"] {
+        spec[component] = json!({"enabled": false});
+    }
+    spec
+}
+
+fn kubeconfig() -> Option<String> {
+    std::env::var("KUBECONFIG")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+}
+
+/// One run: the client, the operator process, and what to clean up. Dropping it (also
+/// while a failed check unwinds) deletes what the run created and stops the operator.
+struct E2e {
+    client: Client,
+    run_id: String,
+    log: PathBuf,
+    operator: Mutex<Option<Operator>>,
+    created: Mutex<Vec<String>>,
+}
+
+impl E2e {
+    /// Connects, installs the CRD and starts the operator.
+    async fn start(kubeconfig: &str) -> Self {
+        let client = Client::try_default()
+            .await
+            .unwrap_or_else(|e| panic!("cannot build a client from KUBECONFIG={kubeconfig}: {e}"));
+        let version = client.apiserver_version().await.unwrap_or_else(|e| {
+            panic!("the API server named by KUBECONFIG={kubeconfig} does not answer: {e}")
+        });
+        let run_id = random_id();
+        let log = std::env::temp_dir().join(format!("dealertenant-e2e-{run_id}.log"));
+        eprintln!(
+            "e2e: run {run_id} against Kubernetes {}; operator log: {}",
+            version.git_version,
+            log.display()
+        );
+        let e2e = Self {
+            client,
+            run_id,
+            log,
+            operator: Mutex::new(None),
+            created: Mutex::new(Vec::new()),
+        };
+        install_crd(&e2e.client).await;
+        let operator = Operator::spawn(&e2e.log);
+        *e2e.operator.lock().unwrap_or_else(PoisonError::into_inner) = Some(operator);
+        e2e
+    }
+
+    fn tenants(&self) -> Api<DealerTenant> {
+        Api::all(self.client.clone())
+    }
+
+    fn namespaces(&self) -> Api<Namespace> {
+        Api::all(self.client.clone())
+    }
+
+    fn in_namespace<K>(&self, tenant: &DealerTenant) -> Api<K>
+    where
+        K: Resource<Scope = NamespaceResourceScope>,
+        <K as Resource>::DynamicType: Default,
+    {
+        Api::namespaced(self.client.clone(), &namespace_of(tenant))
+    }
+
+    /// `e2e-<run id>-<suffix>`.
+    fn name(&self, suffix: &str) -> String {
+        format!("e2e-{}-{suffix}", self.run_id)
+    }
+
+    /// Creates a tenant, remembering its name for the cleanup even if the API server
+    /// refuses it.
+    async fn try_create(&self, name: &str, spec: Value) -> kube::Result<DealerTenant> {
+        self.created
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(name.to_string());
+        let tenant: DealerTenant = serde_json::from_value(json!({
+            "apiVersion": "dealerdesk.de/v1alpha1",
+            "kind": "DealerTenant",
+            "metadata": {"name": name},
+            "spec": spec,
+        }))
+        .expect("the test's manifest is a DealerTenant");
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        self.tenants().create(&params, &tenant).await
+    }
+
+    async fn create_tenant(&self, suffix: &str, spec: Value) -> DealerTenant {
+        let name = self.name(suffix);
+        assert!(name.len() <= 40, "{name} is too long for a tenant");
+        eprintln!("e2e: creating tenant {name}");
+        self.try_create(&name, spec)
+            .await
+            .unwrap_or_else(|e| panic!("create tenant {name}: {e}"))
+    }
+
+    /// JSON-merge-patches the tenant's spec.
+    async fn patch_spec(&self, name: &str, spec: Value) -> DealerTenant {
+        eprintln!("e2e: patching tenant {name} with spec {spec}");
+        self.tenants()
+            .patch(name, &merge_params(), &Patch::Merge(json!({"spec": &spec})))
+            .await
+            .unwrap_or_else(|e| panic!("patch tenant {name} with spec {spec}: {e}"))
+    }
+
+    async fn delete_tenant(&self, name: &str) {
+        eprintln!("e2e: deleting tenant {name}");
+        self.tenants()
+            .delete(name, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete tenant {name}: {e}"));
+    }
+
+    /// Fails at once when the operator has exited: nothing would converge any more.
+    fn assert_operator_running(&self) {
+        let exited = self
+            .operator
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+            .and_then(Operator::exited);
+        if let Some(status) = exited {
+            // Dropping `E2e` prints the end of the log.
+            panic!(
+                "the operator exited early ({status}); its log: {}",
+                self.log.display()
+            );
+        }
+    }
+
+    /// Calls `check` every second until it yields a value; `None` after `timeout`.
+    async fn poll<T>(
+        &self,
+        timeout: Duration,
+        mut check: impl AsyncFnMut() -> Option<T>,
+    ) -> Option<T> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.assert_operator_running();
+            if let Some(value) = check().await {
+                return Some(value);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Like [`Self::poll`], but a timeout fails the test with the tenant's current state,
+    /// its namespace's, and the operator log.
+    async fn wait_for<T>(
+        &self,
+        tenant: &str,
+        what: &str,
+        timeout: Duration,
+        check: impl AsyncFnMut() -> Option<T>,
+    ) -> T {
+        eprintln!("e2e: waiting for {what}");
+        let started = Instant::now();
+        match self.poll(timeout, check).await {
+            Some(value) => {
+                eprintln!("e2e:   done after {}s", started.elapsed().as_secs());
+                value
+            }
+            None => {
+                let ns = format!("tenant-{tenant}");
+                panic!(
+                    "timed out after {}s waiting for {what}\n\
+                     tenant {tenant}: {}\n\
+                     namespace {ns}: {}\n\
+                     operator log: {}",
+                    timeout.as_secs(),
+                    self.tenant_json(tenant).await,
+                    self.namespace_json(&ns).await,
+                    self.log.display()
+                )
+            }
+        }
+    }
+
+    /// Waits until the tenant satisfies `pred` and returns it.
+    async fn wait_tenant(
+        &self,
+        name: &str,
+        what: &str,
+        pred: impl Fn(&DealerTenant) -> bool,
+    ) -> DealerTenant {
+        let api = self.tenants();
+        let what = format!("tenant {name}: {what}");
+        self.wait_for(name, &what, STEP_TIMEOUT, async || {
+            api.get(name).await.ok().filter(|t| pred(t))
+        })
+        .await
+    }
+
+    async fn wait_tenant_gone(&self, name: &str, timeout: Duration) {
+        let api = self.tenants();
+        let what = format!("tenant {name} to be gone");
+        self.wait_for(name, &what, timeout, async || gone(&api, name).await)
+            .await;
+    }
+
+    async fn tenant_json(&self, name: &str) -> String {
+        match self.tenants().get_opt(name).await {
+            Ok(Some(t)) => pretty(&json!({
+                "generation": t.metadata.generation,
+                "deletionTimestamp": t.metadata.deletion_timestamp,
+                "finalizers": t.metadata.finalizers,
+                "spec": t.spec,
+                "status": t.status,
+            })),
+            Ok(None) => "<does not exist>".into(),
+            Err(e) => format!("<cannot read it: {e}>"),
+        }
+    }
+
+    async fn namespace_json(&self, name: &str) -> String {
+        match self.namespaces().get_opt(name).await {
+            Ok(Some(ns)) => pretty(&json!({
+                "labels": ns.metadata.labels,
+                "deletionTimestamp": ns.metadata.deletion_timestamp,
+                "finalizers": ns.metadata.finalizers,
+                "spec": ns.spec,
+                "status": ns.status,
+            })),
+            Ok(None) => "<does not exist>".into(),
+            Err(e) => format!("<cannot read it: {e}>"),
+        }
+    }
+
+    /// Reads an object in the tenant's namespace and checks that the tenant controls it.
+    async fn assert_owned<K>(&self, tenant: &DealerTenant, name: &str) -> K
+    where
+        K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + DeserializeOwned
+            + std::fmt::Debug,
+    {
+        let kind = K::kind(&());
+        let ns = namespace_of(tenant);
+        let obj: K = self
+            .in_namespace(tenant)
+            .get(name)
+            .await
+            .unwrap_or_else(|e| panic!("{kind} {ns}/{name}: {e}"));
+        let owner = obj
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .unwrap_or_else(|| panic!("{kind} {ns}/{name} has no controller owner reference"));
+        assert_eq!(
+            (
+                owner.kind.as_str(),
+                owner.name.clone(),
+                Some(owner.uid.clone())
+            ),
+            ("DealerTenant", tenant.name_any(), tenant.uid()),
+            "{kind} {ns}/{name}: owner reference"
+        );
+        assert_eq!(
+            obj.labels().get(TENANT_LABEL),
+            Some(&tenant.name_any()),
+            "{kind} {ns}/{name}: label {TENANT_LABEL}"
+        );
+        obj
+    }
+
+    // ---- scenarios ----
+
+    /// The CRD's schema and CEL rules make the API server itself refuse a region outside
+    /// the EU and a name too long for the derived names.
+    async fn api_server_rejects_invalid_tenants(&self) {
+        eprintln!("e2e: the API server rejects a non-EU region and a too long name");
+        let london = self
+            .try_create(
+                &self.name("london"),
+                json!({"displayName": "London Motors Ltd", "region": "europe-west2"}),
+            )
+            .await;
+        expect_invalid(
+            london,
+            "supported values",
+            "a tenant in europe-west2 (London)",
+        );
+
+        let long = self.name("this-name-is-much-too-long-for-a-tenant");
+        assert!(long.len() > 40, "{long}");
+        let too_long = self
+            .try_create(
+                &long,
+                json!({"displayName": "Long Name", "region": "europe-west3"}),
+            )
+            .await;
+        expect_invalid(
+            too_long,
+            "DNS-1123",
+            &format!("a tenant name of {} characters", long.len()),
+        );
+    }
+
+    /// With no replicas to wait for, a tenant becomes Ready on a cluster without nodes,
+    /// with its namespace and every object in it.
+    async fn a_tenant_without_replicas_becomes_ready(&self, t: &DealerTenant) {
+        let name = t.name_any();
+        let ns = namespace_of(t);
+        let ready = self.wait_tenant(&name, "Ready", is_ready).await;
+        let status = ready.status.as_ref().expect("a Ready tenant has a status");
+        assert_eq!(
+            status.namespace.as_deref(),
+            Some(ns.as_str()),
+            "status.namespace"
+        );
+        for type_ in ["Ready", "NamespaceReady", "ServerReady"] {
+            let c = condition(&ready, type_)
+                .unwrap_or_else(|| panic!("tenant {name} has no {type_} condition"));
+            assert_eq!(c.status, "True", "{type_}: {c:?}");
+            assert_eq!(c.observed_generation, ready.metadata.generation, "{c:?}");
+        }
+
+        let namespace = self
+            .namespaces()
+            .get(&ns)
+            .await
+            .unwrap_or_else(|e| panic!("namespace {ns}: {e}"));
+        for (key, value) in [
+            (TENANT_LABEL, name.as_str()),
+            ("app.kubernetes.io/managed-by", "dealertenant-operator"),
+            ("pod-security.kubernetes.io/enforce", "restricted"),
+        ] {
+            assert_eq!(
+                namespace.labels().get(key).map(String::as_str),
+                Some(value),
+                "namespace {ns}: label {key}"
+            );
+        }
+        assert!(
+            namespace.owner_references().is_empty(),
+            "namespace {ns} must not be owned by the tenant (Retain keeps it): {:?}",
+            namespace.owner_references()
+        );
+
+        self.assert_owned::<ResourceQuota>(t, "tenant-quota").await;
+        self.assert_owned::<LimitRange>(t, "tenant-limits").await;
+        for policy in [
+            "default-deny-ingress",
+            "allow-same-namespace",
+            "allow-ingress-controller",
+        ] {
+            self.assert_owned::<NetworkPolicy>(t, policy).await;
+        }
+        self.assert_owned::<ServiceAccount>(t, "server").await;
+        self.assert_owned::<Service>(t, "server").await;
+        let deployment = self.assert_owned::<Deployment>(t, "server").await;
+        assert_eq!(deployment.spec.and_then(|s| s.replicas), Some(0));
+        self.assert_no_pdb(t).await;
+    }
+
+    /// `kubectl get dt` columns, read from the API server's Table output.
+    async fn printer_columns_show_region_and_readiness(&self, t: &DealerTenant) {
+        let name = t.name_any();
+        eprintln!("e2e: printer columns of tenant {name}");
+        let request =
+            http::Request::get(format!("/apis/dealerdesk.de/v1alpha1/dealertenants/{name}"))
+                .header(
+                    http::header::ACCEPT,
+                    "application/json;as=Table;v=v1;g=meta.k8s.io",
+                )
+                .body(Vec::new())
+                .expect("a valid request");
+        let table: Value = self
+            .client
+            .request(request)
+            .await
+            .unwrap_or_else(|e| panic!("GET tenant {name} as a Table: {e}"));
+        assert_eq!(table["kind"], "Table", "{table:#}");
+        let columns: Vec<(&str, i64)> = table["columnDefinitions"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no columnDefinitions: {table:#}"))
+            .iter()
+            .map(|c| {
+                let name = c["name"].as_str().unwrap_or_default();
+                (name, c["priority"].as_i64().unwrap_or(0))
+            })
+            .collect();
+        let with_priority = |priority: i64| -> Vec<&str> {
+            columns
+                .iter()
+                .filter(|(_, p)| *p == priority)
+                .map(|(n, _)| *n)
+                .collect()
+        };
+        assert_eq!(
+            with_priority(0),
+            ["Name", "Region", "Ready", "Phase", "Age"],
+            "columns of `kubectl get dt`"
+        );
+        assert_eq!(
+            with_priority(1),
+            ["Display Name", "Reason", "Namespace", "Deletion", "Paused"],
+            "extra columns of `kubectl get dt -o wide`"
+        );
+
+        let cells = table["rows"][0]["cells"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no row: {table:#}"));
+        assert_eq!(cells.len(), columns.len(), "{table:#}");
+        let cell = |column: &str| {
+            let i = columns.iter().position(|(n, _)| *n == column).unwrap();
+            &cells[i]
+        };
+        for (column, want) in [
+            ("Name", json!(name)),
+            ("Region", json!(t.spec.region)),
+            ("Ready", json!("True")),
+            ("Phase", json!("Ready")),
+            ("Display Name", json!(t.spec.display_name)),
+            ("Reason", json!("AllComponentsReady")),
+            ("Namespace", json!(namespace_of(t))),
+            ("Deletion", json!("Retain")),
+            ("Paused", json!(false)),
+        ] {
+            assert_eq!(
+                cell(column),
+                &want,
+                "column {column}; row {:#}",
+                table["rows"][0]
+            );
+        }
+        assert!(cell("Age").is_string(), "Age: {}", cell("Age"));
+
+        kubectl_shows_the_columns(&name, &t.spec.region);
+    }
+
+    /// A transition rule keeps `spec.region` as it was created.
+    async fn region_is_immutable(&self, t: &DealerTenant) {
+        let name = t.name_any();
+        eprintln!("e2e: the region of tenant {name} is immutable");
+        let moved = self
+            .tenants()
+            .patch(
+                &name,
+                &merge_params(),
+                &Patch::Merge(json!({"spec": {"region": "europe-west1"}})),
+            )
+            .await;
+        expect_invalid(
+            moved,
+            "region is immutable",
+            &format!(
+                "moving tenant {name} from {} to europe-west1",
+                t.spec.region
+            ),
+        );
+        let now = self
+            .tenants()
+            .get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("get tenant {name}: {e}"));
+        assert_eq!(now.spec.region, t.spec.region);
+    }
+
+    /// The server Pod template passes Pod Security Admission `restricted`, which the
+    /// tenant namespace enforces: the ReplicaSet controller manages to create a Pod.
+    async fn server_pods_pass_pod_security(&self, t: &DealerTenant) {
+        let name = t.name_any();
+        // No node will ever run the Pod: the tenant says so instead of becoming Ready.
+        let waiting = self
+            .wait_tenant(&name, "ServerReady=False, reason Progressing", |t| {
+                observed(t)
+                    && condition(t, "ServerReady")
+                        .is_some_and(|c| c.status == "False" && c.reason == "Progressing")
+            })
+            .await;
+        assert_eq!(phase(&waiting), Some(Phase::Provisioning));
+        let ready = condition(&waiting, "Ready").expect("a Ready condition");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Progressing")
+        );
+
+        let pods: Api<Pod> = self.in_namespace(t);
+        let replica_sets: Api<ReplicaSet> = self.in_namespace(t);
+        let by_tenant = ListParams::default().labels(&format!("{TENANT_LABEL}={name}"));
+        eprintln!("e2e: waiting for a server Pod of tenant {name}");
+        let pod = self
+            .poll(POD_TIMEOUT, async || {
+                let sets = replica_sets.list(&ListParams::default()).await.ok()?;
+                if let Some(refused) = failed_creates(&sets.items)
+                    .into_iter()
+                    .find(|m| m.contains("PodSecurity"))
+                {
+                    panic!(
+                        "Pod Security Admission refused the server Pod of tenant {name}: {refused}"
+                    );
+                }
+                pods.list(&by_tenant).await.ok()?.items.into_iter().next()
+            })
+            .await;
+
+        match pod {
+            Some(pod) => {
+                eprintln!("e2e:   Pod {} was admitted", pod.name_any());
+                // An earlier attempt may have failed for a passing reason (the quota
+                // controller had not yet computed the new ResourceQuota's usage); the
+                // ReplicaSet controller clears that condition on its next good sync.
+                let clean = self
+                    .poll(Duration::from_secs(30), async || {
+                        let sets = replica_sets.list(&ListParams::default()).await.ok()?;
+                        failed_creates(&sets.items).is_empty().then_some(())
+                    })
+                    .await;
+                if clean.is_none() {
+                    let sets = replica_sets.list(&ListParams::default()).await;
+                    let failures = sets.map(|s| failed_creates(&s.items));
+                    panic!(
+                        "a ReplicaSet of tenant {name} still reports FailedCreate: {failures:?}"
+                    );
+                }
+            }
+            None => {
+                // A refusal by Pod Security Admission shows as a FailedCreate condition on
+                // the ReplicaSet, which is what this scenario is about. No Pod without such
+                // a condition means the ReplicaSet controller has not got round to it yet
+                // (it backs off exponentially after earlier failures, e.g. while the new
+                // ResourceQuota's usage was still unknown): slow, but no evidence of a
+                // refusal. That is acceptable only if the ReplicaSet exists at all.
+                let sets = replica_sets
+                    .list(&ListParams::default())
+                    .await
+                    .unwrap_or_else(|e| panic!("list ReplicaSets of tenant {name}: {e}"));
+                let failures = failed_creates(&sets.items);
+                assert!(
+                    failures.is_empty(),
+                    "the ReplicaSet controller could not create the server Pod of tenant {name}: {failures:?}"
+                );
+                assert!(
+                    !sets.items.is_empty(),
+                    "no ReplicaSet for the server Deployment of tenant {name} after {}s",
+                    POD_TIMEOUT.as_secs()
+                );
+                eprintln!(
+                    "e2e: notice: no server Pod of tenant {name} after {}s, but its ReplicaSet \
+                     exists and reports no FailedCreate; accepting",
+                    POD_TIMEOUT.as_secs()
+                );
+            }
+        }
+    }
+
+    /// A PodDisruptionBudget exists exactly while the server runs more than one replica.
+    async fn a_disruption_budget_follows_replicas(&self, t: &DealerTenant) {
+        let name = t.name_any();
+        self.assert_no_pdb(t).await;
+        let pdbs: Api<PodDisruptionBudget> = self.in_namespace(t);
+
+        self.patch_spec(&name, json!({"server": {"replicas": 2}}))
+            .await;
+        self.wait_for(
+            &name,
+            "a PodDisruptionBudget with 2 replicas",
+            STEP_TIMEOUT,
+            async || pdbs.get_opt("server").await.ok().flatten(),
+        )
+        .await;
+        self.assert_owned::<PodDisruptionBudget>(t, "server").await;
+
+        self.patch_spec(&name, json!({"server": {"replicas": 1}}))
+            .await;
+        self.wait_for(
+            &name,
+            "the PodDisruptionBudget to go with 1 replica",
+            STEP_TIMEOUT,
+            async || gone(&pdbs, "server").await,
+        )
+        .await;
+    }
+
+    /// A paused tenant is not repaired; unpausing repairs it.
+    async fn a_paused_tenant_is_left_alone(&self, t: &DealerTenant) {
+        let name = t.name_any();
+        let deployments: Api<Deployment> = self.in_namespace(t);
+
+        self.patch_spec(&name, json!({"paused": true})).await;
+        let paused = self
+            .wait_tenant(&name, "phase Paused", |t| {
+                observed(t) && phase(t) == Some(Phase::Paused)
+            })
+            .await;
+        let ready = condition(&paused, "Ready").expect("a Ready condition");
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("False", "Paused")
+        );
+
+        eprintln!("e2e: deleting Deployment server of paused tenant {name} by hand");
+        deployments
+            .delete("server", &DeleteParams::background())
+            .await
+            .unwrap_or_else(|e| panic!("delete Deployment server of tenant {name}: {e}"));
+        self.wait_for(
+            &name,
+            "Deployment server to be deleted",
+            Duration::from_secs(30),
+            async || gone(&deployments, "server").await,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        self.assert_operator_running();
+        let recreated = deployments
+            .get_opt("server")
+            .await
+            .unwrap_or_else(|e| panic!("get Deployment server of tenant {name}: {e}"));
+        assert!(
+            recreated.is_none(),
+            "the operator recreated the Deployment of paused tenant {name}; log: {}",
+            self.log.display()
+        );
+        let still = self
+            .tenants()
+            .get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("get tenant {name}: {e}"));
+        assert_eq!(
+            phase(&still),
+            Some(Phase::Paused),
+            "{}",
+            self.tenant_json(&name).await
+        );
+
+        self.patch_spec(&name, json!({"paused": false})).await;
+        self.wait_for(
+            &name,
+            "Deployment server to be recreated after unpausing",
+            STEP_TIMEOUT,
+            async || deployments.get_opt("server").await.ok().flatten(),
+        )
+        .await;
+        self.assert_owned::<Deployment>(t, "server").await;
+        self.wait_tenant(&name, "Ready again after unpausing", is_ready)
+            .await;
+    }
+
+    /// `deletionPolicy: Delete` erases the namespace before the tenant goes.
+    async fn deletion_policy_delete_erases_the_namespace(&self, t: &DealerTenant) {
+        let name = t.name_any();
+        let ns = namespace_of(t);
+        assert_eq!(t.spec.deletion_policy, DeletionPolicy::Delete);
+        self.delete_tenant(&name).await;
+        let (tenants, namespaces) = (self.tenants(), self.namespaces());
+        self.wait_for(
+            &name,
+            &format!("tenant {name} and namespace {ns} to be gone"),
+            NAMESPACE_GONE_TIMEOUT,
+            async || {
+                let tenant_gone = gone(&tenants, &name).await.is_some();
+                let namespace_gone = gone(&namespaces, &ns).await.is_some();
+                (tenant_gone && namespace_gone).then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// `deletionPolicy: Retain` (the default) lets the tenant go and keeps its namespace,
+    /// labelled as retained.
+    async fn deletion_policy_retain_keeps_the_namespace(&self, t: &DealerTenant) {
+        let name = t.name_any();
+        let ns = namespace_of(t);
+        assert_eq!(t.spec.deletion_policy, DeletionPolicy::Retain);
+        self.delete_tenant(&name).await;
+        self.wait_tenant_gone(&name, STEP_TIMEOUT).await;
+
+        let kept = self
+            .namespaces()
+            .get_opt(&ns)
+            .await
+            .unwrap_or_else(|e| panic!("get namespace {ns}: {e}"))
+            .unwrap_or_else(|| panic!("deletionPolicy Retain, yet namespace {ns} is gone"));
+        assert!(
+            kept.metadata.deletion_timestamp.is_none(),
+            "deletionPolicy Retain, yet namespace {ns} is being deleted"
+        );
+        assert_eq!(
+            kept.labels()
+                .get("dealerdesk.de/retained")
+                .map(String::as_str),
+            Some("true"),
+            "namespace {ns}: label dealerdesk.de/retained; labels {:?}",
+            kept.labels()
+        );
+
+        eprintln!("e2e: deleting retained namespace {ns}");
+        self.namespaces()
+            .delete(&ns, &DeleteParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("delete namespace {ns}: {e}"));
+    }
+
+    async fn assert_no_pdb(&self, t: &DealerTenant) {
+        let pdb = self
+            .in_namespace::<PodDisruptionBudget>(t)
+            .get_opt("server")
+            .await
+            .unwrap_or_else(|e| panic!("get PodDisruptionBudget of tenant {}: {e}", t.name_any()));
+        assert!(
+            pdb.is_none(),
+            "tenant {} with {} replica(s) must have no PodDisruptionBudget",
+            t.name_any(),
+            t.spec.server.replicas
+        );
+    }
+}
+
+impl Drop for E2e {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "e2e failed; operator log {}, last lines:\n{}",
+                self.log.display(),
+                log_tail(&self.log)
+            );
+        }
+        let operator = self
+            .operator
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let tenants = std::mem::take(
+            self.created
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        let namespace_prefix = format!("tenant-e2e-{}-", self.run_id);
+        // Drop cannot await, and the test's runtime cannot be blocked on from inside: clean
+        // up on a thread of its own, with its own runtime and client.
+        let cleanup = std::thread::spawn(move || {
+            let mut operator = operator;
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => {
+                    // The timer must be made inside the runtime.
+                    let work = async {
+                        let work = clean_up(&tenants, &namespace_prefix, &mut operator);
+                        tokio::time::timeout(CLEANUP_TIMEOUT, work).await
+                    };
+                    if rt.block_on(work).is_err() {
+                        eprintln!("e2e cleanup: gave up after {}s", CLEANUP_TIMEOUT.as_secs());
+                    }
+                }
+                Err(e) => eprintln!("e2e cleanup: no runtime: {e}"),
+            }
+            // Dropping the operator (if still here) stops it.
+            drop(operator);
+        });
+        if cleanup.join().is_err() {
+            eprintln!("e2e cleanup: panicked");
+        }
+    }
+}
+
+/// Deletes every tenant of the run, letting the operator finalize them for a while, then
+/// stops the operator, releases whatever is still stuck on its finalizer, and deletes the
+/// run's namespaces. Best effort: reports problems, never fails.
+async fn clean_up(tenants: &[String], namespace_prefix: &str, operator: &mut Option<Operator>) {
+    let client = match Client::try_default().await {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("e2e cleanup: no client: {e}");
+            return;
+        }
+    };
+    let api: Api<DealerTenant> = Api::all(client.clone());
+    let mut left: Vec<&str> = Vec::new();
+    for name in tenants {
+        match api.delete(name, &DeleteParams::default()).await {
+            Ok(_) => left.push(name),
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => {
+                eprintln!("e2e cleanup: delete tenant {name}: {e}");
+                left.push(name);
+            }
+        }
+    }
+    let operator_running = operator.as_mut().is_some_and(|o| o.exited().is_none());
+    if operator_running && !left.is_empty() {
+        eprintln!("e2e cleanup: waiting for the operator to finalize {left:?}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !left.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(POLL).await;
+            let mut remaining = Vec::new();
+            for name in left {
+                if gone(&api, name).await.is_none() {
+                    remaining.push(name);
+                }
+            }
+            left = remaining;
+        }
+    }
+    drop(operator.take());
+    for name in left {
+        eprintln!("e2e cleanup: removing the finalizers of tenant {name}");
+        let release = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+        match api.patch(name, &merge_params(), &release).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => eprintln!("e2e cleanup: release tenant {name}: {e}"),
+        }
+    }
+    let namespaces: Api<Namespace> = Api::all(client);
+    match namespaces.list(&ListParams::default()).await {
+        Ok(list) => {
+            let leftovers = list.items.into_iter().filter(|ns| {
+                ns.name_any().starts_with(namespace_prefix)
+                    && ns.metadata.deletion_timestamp.is_none()
+            });
+            for ns in leftovers {
+                let ns = ns.name_any();
+                eprintln!("e2e cleanup: deleting namespace {ns}");
+                if let Err(e) = namespaces.delete(&ns, &DeleteParams::default()).await {
+                    eprintln!("e2e cleanup: delete namespace {ns}: {e}");
+                }
+            }
+        }
+        Err(e) => eprintln!("e2e cleanup: list namespaces: {e}"),
+    }
+}
+
+/// The operator binary cargo built for this test, running `run` with the built-in default
+/// configuration. Dropping it kills it.
+struct Operator {
+    child: Child,
+}
+
+impl Operator {
+    fn spawn(log: &Path) -> Self {
+        let stdout = File::create(log)
+            .unwrap_or_else(|e| panic!("create operator log {}: {e}", log.display()));
+        let stderr = stdout.try_clone().expect("a second handle to the log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_dealertenant-operator"))
+            .arg("run")
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("DEALERTENANT_CONFIG")
+            .env_remove("DEALERTENANT_LOG_JSON")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the operator: {e}"));
+        eprintln!("e2e: operator started (pid {})", child.id());
+        Self { child }
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if self.exited().is_none() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Server-side applies the CRD this build generates and waits until it is served.
+async fn install_crd(client: &Client) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = DealerTenant::crd();
+    let name = crd.name_any();
+    eprintln!("e2e: installing CRD {name}");
+    crds.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("server-side apply CRD {name}: {e}"));
+    let established = await_condition(crds, &name, conditions::is_crd_established());
+    match tokio::time::timeout(Duration::from_secs(60), established).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => panic!("watch CRD {name}: {e}"),
+        Err(_) => panic!("CRD {name} is not Established after 60s"),
+    }
+}
+
+/// `kubectl get dt <name>` prints the default columns; skipped when kubectl is absent.
+fn kubectl_shows_the_columns(name: &str, region: &str) {
+    let output = match Command::new("kubectl")
+        .args(["get", "dt", name, "--request-timeout=30s"])
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            eprintln!("e2e: notice: kubectl is not on PATH; skipping the `kubectl get dt` check");
+            return;
+        }
+        Err(e) => panic!("run kubectl: {e}"),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "kubectl get dt {name} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut lines = stdout.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    for column in ["NAME", "REGION", "READY", "PHASE", "AGE"] {
+        assert!(
+            header.contains(&column),
+            "kubectl get dt: no {column} column in\n{stdout}"
+        );
+    }
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    for value in [name, region, "True", "Ready"] {
+        assert!(
+            row.contains(&value),
+            "kubectl get dt: no {value} in\n{stdout}"
+        );
+    }
+}
+
+/// Asserts that the API server refused a write as invalid (422) and said why.
+fn expect_invalid(result: kube::Result<DealerTenant>, reason: &str, what: &str) {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 422 => assert!(
+            status
+                .message
+                .to_lowercase()
+                .contains(&reason.to_lowercase()),
+            "{what}: refused, but the message does not mention {reason:?}: {}",
+            status.message
+        ),
+        Err(e) => panic!("{what}: expected 422 Unprocessable Entity, got: {e}"),
+        Ok(t) => panic!(
+            "{what}: the API server accepted it (tenant {}); the CRD does not validate it",
+            t.name_any()
+        ),
+    }
+}
+
+/// `Some(())` once the object is gone; a failed read does not count as gone.
+async fn gone<K>(api: &Api<K>, name: &str) -> Option<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    matches!(api.get_opt(name).await, Ok(None)).then_some(())
+}
+
+/// Messages of the `ReplicaFailure` conditions with reason `FailedCreate`: the
+/// ReplicaSet controller could not create a Pod (an admission plugin refused it).
+fn failed_creates(replica_sets: &[ReplicaSet]) -> Vec<String> {
+    replica_sets
+        .iter()
+        .filter_map(|rs| rs.status.as_ref()?.conditions.as_ref())
+        .flatten()
+        .filter(|c| {
+            c.type_ == "ReplicaFailure"
+                && c.status == "True"
+                && c.reason.as_deref() == Some("FailedCreate")
+        })
+        .map(|c| c.message.clone().unwrap_or_default())
+        .collect()
+}
+
+fn namespace_of(t: &DealerTenant) -> String {
+    format!("tenant-{}", t.name_any())
+}
+
+fn condition<'a>(t: &'a DealerTenant, type_: &str) -> Option<&'a Condition> {
+    t.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+}
+
+fn phase(t: &DealerTenant) -> Option<Phase> {
+    t.status.as_ref()?.phase
+}
+
+/// The status describes the current spec.
+fn observed(t: &DealerTenant) -> bool {
+    t.metadata.generation.is_some()
+        && t.status.as_ref().and_then(|s| s.observed_generation) == t.metadata.generation
+}
+
+fn is_ready(t: &DealerTenant) -> bool {
+    observed(t)
+        && phase(t) == Some(Phase::Ready)
+        && condition(t, "Ready").is_some_and(|c| c.status == "True")
+}
+
+fn merge_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    }
+}
+
+/// Six random lowercase letters and digits.
+fn random_id() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..6)
+        .map(|_| char::from(ALPHABET[fastrand::usize(..ALPHABET.len())]))
+        .collect()
+}
+
+fn pretty(v: &Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string())
+}
+
+/// The last lines of the operator log, for failure messages.
+fn log_tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(60)..].join("\n")
+}
