@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One processor (sub-processor, in the company's published list).
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Processor {
     /// Stable ID used by components and configuration, e.g. `google-cloud`.
@@ -183,4 +183,71 @@ mod tests {
             "hosting"
         );
     }
+}
+
+/// A processor that holds one tenant's data, with the components it serves.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TenantProcessor {
+    pub id: String,
+    pub name: String,
+    pub entity: String,
+    pub country: String,
+    pub third_country: bool,
+    pub safeguard: String,
+    pub purpose: String,
+    pub data_categories: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<String>,
+    /// What it holds for this tenant: `hosting`, `database`, `storage`, `search`, `email`.
+    pub components: Vec<String>,
+}
+
+/// The processors that hold a tenant's data, from `(component, processor id)` pairs, in
+/// catalog order. Unknown IDs are reported as such rather than dropped.
+pub fn for_tenant(used: &[(String, String)], catalog: &[Processor]) -> Vec<TenantProcessor> {
+    let mut out: Vec<TenantProcessor> = Vec::new();
+    for (component, id) in used {
+        if let Some(existing) = out.iter_mut().find(|p| &p.id == id) {
+            if !existing.components.contains(component) {
+                existing.components.push(component.clone());
+            }
+            continue;
+        }
+        let p = catalog
+            .iter()
+            .find(|p| &p.id == id)
+            .cloned()
+            .unwrap_or_else(|| Processor {
+                id: id.clone(),
+                name: id.clone(),
+                entity: "unknown: not in the processor catalog".into(),
+                country: "ZZ".into(),
+                third_country: true,
+                safeguard: "unknown".into(),
+                purpose: "unknown".into(),
+                data_categories: Vec::new(),
+                retention: None,
+            });
+        out.push(TenantProcessor {
+            id: p.id,
+            name: p.name,
+            entity: p.entity,
+            country: p.country,
+            third_country: p.third_country,
+            safeguard: p.safeguard,
+            purpose: p.purpose,
+            data_categories: p.data_categories,
+            retention: p.retention,
+            components: vec![component.clone()],
+        });
+    }
+    let position = |id: &str| {
+        catalog
+            .iter()
+            .position(|p| p.id == id)
+            .unwrap_or(usize::MAX)
+    };
+    out.sort_by_key(|p| position(&p.id));
+    out
 }

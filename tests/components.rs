@@ -452,3 +452,81 @@ async fn a_transient_provider_error_is_retried_with_backoff_and_shown() {
     s.converge(5).await;
     s.assert_one_resource_each_and_secrets_current();
 }
+
+#[tokio::test]
+async fn a_location_reported_outside_the_eu_flips_residency_compliant() {
+    let mut s = stack(SPEC);
+    let injector = s.injector.clone();
+    let mut list: Vec<Arc<dyn Provider>> = s
+        .fakes
+        .iter()
+        .filter(|f| f.component() != Component::Storage)
+        .map(|f| f.clone() as Arc<dyn Provider>)
+        .collect();
+    // A bucket that the service reports in the United States.
+    list.push(FakeProvider::new(
+        Component::Storage,
+        "US-CENTRAL1",
+        injector,
+    ));
+    s.providers = Providers::new(list);
+    for _ in 0..3 {
+        pass(&s.world, &s.config, &s.providers, &s.injector).await;
+    }
+    let w = s.world.lock().unwrap();
+    let status = w.tenant().unwrap().status.unwrap();
+    let cond = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ResidencyCompliant")
+        .unwrap();
+    assert_eq!(
+        (cond.status.as_str(), cond.reason.as_str()),
+        ("False", "ResidencyViolation")
+    );
+    assert!(
+        cond.message.contains("storage-acme in US-CENTRAL1"),
+        "{}",
+        cond.message
+    );
+    assert_ne!(status.phase.unwrap().to_string(), "Ready");
+    assert!(
+        w.bodies
+            .iter()
+            .any(|b| b.contains("\"type\":\"Warning\"") && b.contains("ResidencyViolation")),
+        "a Warning Event names the violation"
+    );
+}
+
+#[tokio::test]
+async fn status_lists_the_processors_that_hold_the_tenants_data() {
+    let s = stack(SPEC);
+    s.converge(5).await;
+    let status = s.world.lock().unwrap().tenant().unwrap().status.unwrap();
+    let ids: Vec<_> = status.processors.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["google-cloud", "postmark", "elastic"]);
+    let postmark = &status.processors[1];
+    assert!(postmark.third_country);
+    assert_eq!(postmark.country, "US");
+    assert_eq!(postmark.components, ["email"]);
+    let google = &status.processors[0];
+    assert_eq!(google.components, ["hosting", "database", "storage"]);
+    let cond = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "ResidencyCompliant")
+        .unwrap();
+    assert_eq!(cond.status, "True");
+
+    let s = stack(
+        "{displayName: Acme, region: europe-west3, server: {replicas: 0}, email: {enabled: false}}",
+    );
+    s.converge(5).await;
+    let status = s.world.lock().unwrap().tenant().unwrap().status.unwrap();
+    assert!(
+        status
+            .processors
+            .iter()
+            .all(|p| p.id != "postmark" && !p.third_country)
+    );
+}

@@ -212,6 +212,11 @@ pub struct DealerTenantStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub external_resources: Vec<crate::providers::ExternalResource>,
 
+    /// The processors that hold this tenant's data (from what is enabled and provisioned):
+    /// the register entry of each, and which components it serves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processors: Vec<crate::processors::TenantProcessor>,
+
     /// `Ready` and one condition per component, by the Kubernetes API conventions.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]

@@ -80,6 +80,7 @@ pub struct Context {
     pub config: OperatorConfig,
     pub stores: Stores,
     pub providers: Providers,
+    pub metrics: super::metrics::Metrics,
     pub reporter: Reporter,
     /// Consecutive failures per tenant, for backoff; cleared by a successful pass.
     pub failures: Mutex<HashMap<String, u32>>,
@@ -97,6 +98,7 @@ impl Context {
             config,
             stores,
             providers,
+            metrics: super::metrics::Metrics::default(),
             reporter: Reporter {
                 controller: crate::desired::names::FIELD_MANAGER.into(),
                 instance: std::env::var("POD_NAME").ok(),

@@ -3,6 +3,7 @@
 pub mod apply;
 pub mod context;
 pub mod error;
+pub mod metrics;
 pub mod rbac;
 pub mod reconcile;
 pub mod status;
@@ -40,6 +41,15 @@ pub fn error_policy(tenant: Arc<DealerTenant>, err: &Error, ctx: Arc<Context>) -
         );
         return Action::requeue(std::time::Duration::from_secs(5));
     }
+    let kind = if err.is_transient() {
+        "transient"
+    } else {
+        "permanent"
+    };
+    ctx.metrics
+        .failures
+        .get_or_create(&metrics::ErrorLabels { kind: kind.into() })
+        .inc();
     let attempt = ctx.note_failure(tenant.tenant_name());
     let delay = error::backoff(attempt, err.is_transient());
     warn!(tenant = tenant.tenant_name(), error = %err, attempt, retry_in = ?delay, "reconcile failed");

@@ -25,7 +25,8 @@ use crate::api::validate::name_problem;
 use crate::api::{DealerTenant, DeletionPolicy, FINALIZER, Phase, regions};
 use crate::desired::{self, Desired, names};
 use crate::plan::skip_reason;
-use crate::providers::{Component, ExternalResource, ProviderError, TenantInfo};
+use crate::processors::{self, TenantProcessor};
+use crate::providers::{self, Component, ExternalResource, ProviderError, TenantInfo};
 
 /// Annotation listing components whose external resources are abandoned: not deleted when
 /// the tenant is deleted (e.g. `email` while Postmark has not enabled server deletion).
@@ -36,6 +37,7 @@ const PENDING_REQUEUE: Duration = Duration::from_secs(15);
 
 /// Entry point for the controller: wraps the work in the `dealerdesk.de/cleanup` finalizer.
 pub async fn reconcile(tenant: Arc<DealerTenant>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciles.inc();
     let name = tenant.tenant_name().to_string();
     if tenant.spec.paused {
         // Not even the finalizer is touched: a paused tenant is left exactly as it is.
@@ -71,6 +73,7 @@ struct StatusUpdate {
     phase: Phase,
     namespace: Option<String>,
     external_resources: Option<Vec<ExternalResource>>,
+    processors: Option<Vec<TenantProcessor>>,
     drop_types: Vec<&'static str>,
 }
 
@@ -81,6 +84,7 @@ impl StatusUpdate {
             phase,
             namespace,
             external_resources: None,
+            processors: None,
             drop_types: Vec::new(),
         }
     }
@@ -108,7 +112,12 @@ async fn apply(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
         Err(err) => return record_apply_failure(t, ctx, err, namespace).await,
     };
 
-    let mut obs = vec![observe_namespace(&ns), observe_server(t, &deployment)];
+    let residency = observe_residency(ctx, &components);
+    let mut obs = vec![
+        observe_namespace(&ns),
+        observe_server(t, &deployment),
+        residency,
+    ];
     obs.extend(components.observations);
     let ready = status::summarize(&obs);
     let phase = if ready.status {
@@ -120,6 +129,7 @@ async fn apply(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
     };
     obs.insert(0, ready);
     let mut update = StatusUpdate::new(obs, phase, Some(namespace));
+    update.processors = Some(tenant_processors(ctx, &components.holding));
     update.external_resources = Some(components.resources);
     update.drop_types = components.disabled;
     update_status(t, ctx, update).await?;
@@ -202,6 +212,10 @@ struct ComponentsOutcome {
     permanent_failure: bool,
     transient: Option<ProviderError>,
     kube_error: Option<Error>,
+    /// Components that hold data now (provisioned, or with credentials issued).
+    holding: Vec<Component>,
+    /// Residency violations: (component, resource, location).
+    residency: Vec<(Component, String, String)>,
 }
 
 /// Calls every enabled component's provider in the fixed order and writes the Secrets
@@ -249,6 +263,9 @@ async fn provision_components(t: &DealerTenant, ctx: &Context) -> ComponentsOutc
                 if done.secret.is_some() || current.is_some() {
                     out.secrets.push(component.key().to_string());
                 }
+                if done.secret.is_some() || current.is_some() || !done.resources.is_empty() {
+                    out.holding.push(component);
+                }
                 out.resources.extend(done.resources);
                 out.pending |= !done.ready;
                 out.observations.push(if done.ready {
@@ -273,6 +290,77 @@ async fn provision_components(t: &DealerTenant, ctx: &Context) -> ComponentsOutc
         }
     }
     out
+}
+
+/// Layer 4 of residency: every location a service reported (or a provider refused) must be
+/// an EU region, except at processors registered as third-country ones (Postmark), which
+/// the processor register and the cluster policy govern instead.
+fn observe_residency(ctx: &Context, c: &ComponentsOutcome) -> Observation {
+    let catalog = processors::catalog(&ctx.config.processors);
+    let third_country = |id: &str| catalog.iter().any(|p| p.id == id && p.third_country);
+    let mut violations: Vec<(String, String, String)> = c
+        .residency
+        .iter()
+        .map(|(comp, res, loc)| (comp.key().to_string(), res.clone(), loc.clone()))
+        .collect();
+    for r in &c.resources {
+        let location = r.location.as_deref().unwrap_or("unknown");
+        if !third_country(&r.processor) && !regions::is_eu_region(&location.to_ascii_lowercase()) {
+            violations.push((
+                r.kind.clone(),
+                format!("{} {}", r.kind, r.name),
+                location.to_string(),
+            ));
+        }
+    }
+    for (component, _, _) in &violations {
+        ctx.metrics
+            .residency_violations
+            .get_or_create(&super::metrics::ResidencyLabels {
+                component: component.clone(),
+            })
+            .inc();
+    }
+    if violations.is_empty() {
+        let checked = c
+            .resources
+            .iter()
+            .filter(|r| !third_country(&r.processor))
+            .count();
+        Observation::ok(
+            types::RESIDENCY,
+            "InEU",
+            format!(
+                "{checked} external resources checked; every reported location is an EU region"
+            ),
+        )
+    } else {
+        let list: Vec<String> = violations
+            .iter()
+            .map(|(_, res, loc)| format!("{res} in {loc}"))
+            .collect();
+        Observation::not(
+            types::RESIDENCY,
+            "ResidencyViolation",
+            format!(
+                "outside the EU: {}; writes to these resources are stopped",
+                list.join(", ")
+            ),
+        )
+    }
+}
+
+/// The processor register entries of what holds this tenant's data: the cluster's host
+/// always, then each component that holds data.
+fn tenant_processors(ctx: &Context, holding: &[Component]) -> Vec<TenantProcessor> {
+    let mut used = vec![("hosting".to_string(), ctx.config.cluster.processor.clone())];
+    used.extend(holding.iter().map(|c| {
+        (
+            c.key().to_string(),
+            providers::processor_of(*c, &ctx.config).to_string(),
+        )
+    }));
+    processors::for_tenant(&used, &processors::catalog(&ctx.config.processors))
 }
 
 fn observe_namespace(ns: &Namespace) -> Observation {
@@ -513,6 +601,9 @@ async fn update_status(t: &DealerTenant, ctx: &Context, update: StatusUpdate) ->
     status::drop_conditions(&mut new.conditions, &update.drop_types);
     if let Some(resources) = update.external_resources {
         new.external_resources = resources;
+    }
+    if let Some(processors) = update.processors {
+        new.processors = processors;
     }
     if old == Some(&new) {
         return Ok(());

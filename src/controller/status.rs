@@ -12,6 +12,7 @@ pub mod types {
     pub const READY: &str = "Ready";
     pub const NAMESPACE: &str = "NamespaceReady";
     pub const SERVER: &str = "ServerReady";
+    pub const RESIDENCY: &str = "ResidencyCompliant";
 }
 
 /// What the reconciler observed about one condition.
@@ -93,6 +94,7 @@ fn order(type_: &str) -> usize {
         types::READY,
         types::NAMESPACE,
         types::SERVER,
+        types::RESIDENCY,
         "DatabaseReady",
         "StorageReady",
         "EmailReady",
@@ -121,6 +123,7 @@ pub fn next_status(
         external_resources: old
             .map(|s| s.external_resources.clone())
             .unwrap_or_default(),
+        processors: old.map(|s| s.processors.clone()).unwrap_or_default(),
         conditions: merge_conditions(old_conditions, observed, generation, now),
     }
 }

@@ -1,0 +1,98 @@
+//! Prometheus metrics, served with a health endpoint on `--metrics-addr`.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    /// `transient` or `permanent`.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResidencyLabels {
+    pub component: String,
+}
+
+/// The operator's metrics.
+#[derive(Clone)]
+pub struct Metrics {
+    pub reconciles: Counter,
+    pub failures: Family<ErrorLabels, Counter>,
+    /// Locations outside the EU, refused before a create or reported by a service.
+    pub residency_violations: Family<ResidencyLabels, Counter>,
+    pub registry: Arc<Registry>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("dealertenant");
+        let reconciles = Counter::default();
+        let failures = Family::<ErrorLabels, Counter>::default();
+        let residency_violations = Family::<ResidencyLabels, Counter>::default();
+        registry.register("reconciles", "Reconcile passes started", reconciles.clone());
+        registry.register(
+            "reconcile_failures",
+            "Reconcile passes that failed",
+            failures.clone(),
+        );
+        registry.register(
+            "residency_violations",
+            "External resources whose location is outside the EU (refused or reported)",
+            residency_violations.clone(),
+        );
+        Self {
+            reconciles,
+            failures,
+            residency_violations,
+            registry: Arc::new(registry),
+        }
+    }
+}
+
+impl Metrics {
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Serves `/metrics` and `/healthz` until the process ends.
+pub async fn serve(addr: std::net::SocketAddr, metrics: Metrics) -> anyhow::Result<()> {
+    use axum::routing::get;
+    let app = axum::Router::new()
+        .route("/metrics", get(move || async move { metrics.render() }))
+        .route("/healthz", get(|| async { "ok" }));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics: {e}"))?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_show_in_the_exposition() {
+        let m = Metrics::default();
+        m.residency_violations
+            .get_or_create(&ResidencyLabels {
+                component: "storage".into(),
+            })
+            .inc();
+        let text = m.render();
+        assert!(
+            text.contains("dealertenant_residency_violations_total{component=\"storage\"} 1"),
+            "{text}"
+        );
+    }
+}
