@@ -191,8 +191,10 @@ mod tests {
         );
         assert_eq!(p.skipped[0].component, "email");
 
-        let mut cfg = OperatorConfig::default();
-        cfg.third_country_processors = ThirdCountryPolicy::Deny;
+        let cfg = OperatorConfig {
+            third_country_processors: ThirdCountryPolicy::Deny,
+            ..Default::default()
+        };
         let p = plan(&tenant("{displayName: A, region: europe-west3}"), &cfg);
         assert!(p.resources.iter().all(|r| r.processor != "postmark"));
         assert!(p.skipped[0].reason.contains("third country"));
