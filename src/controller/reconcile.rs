@@ -242,7 +242,7 @@ async fn provision_components(t: &DealerTenant, ctx: &Context) -> ComponentsOutc
             out.observations.push(Observation::not(
                 ctype,
                 "NotConfigured",
-                format!("no {component} provider is configured in the operator"),
+                ctx.providers.why_unavailable(component),
             ));
             out.permanent_failure = true;
             continue;

@@ -233,11 +233,17 @@ pub fn plan(
 #[derive(Clone, Default)]
 pub struct Providers {
     pub by_component: Vec<Arc<dyn Provider>>,
+    /// Components whose provider could not be built, with the reason (shown in their
+    /// condition; the operator still runs for the other components).
+    pub unavailable: Vec<(Component, String)>,
 }
 
 impl Providers {
     pub fn new(list: Vec<Arc<dyn Provider>>) -> Self {
-        Self { by_component: list }
+        Self {
+            by_component: list,
+            unavailable: Vec::new(),
+        }
     }
 
     /// The provider of `component`, if one is configured.
@@ -246,9 +252,39 @@ impl Providers {
             .iter()
             .find(|p| p.component() == component)
     }
+
+    /// Why `component` has no provider.
+    pub fn why_unavailable(&self, component: Component) -> String {
+        self.unavailable
+            .iter()
+            .find(|(c, _)| *c == component)
+            .map(|(_, why)| why.clone())
+            .unwrap_or_else(|| format!("no {component} provider is configured in the operator"))
+    }
+
+    fn add(&mut self, component: Component, built: Result<Arc<dyn Provider>, ProviderError>) {
+        match built {
+            Ok(p) => self.by_component.push(p),
+            Err(e) => {
+                tracing::warn!(%component, error = %e, "provider unavailable; tenants using it will show NotConfigured");
+                self.unavailable.push((component, e.to_string()));
+            }
+        }
+    }
 }
 
-/// Builds the providers the configuration selects, reading their credentials.
-pub async fn from_config(_cfg: &crate::config::OperatorConfig) -> anyhow::Result<Providers> {
-    Ok(Providers::default())
+/// Builds the providers the configuration selects, reading their credentials. A provider
+/// that cannot be built (a credential missing, say) is left out with its reason, so that
+/// the operator still serves the other components and says what is missing.
+pub async fn from_config(cfg: &crate::config::OperatorConfig) -> anyhow::Result<Providers> {
+    tls::ensure_crypto_provider();
+    let mut providers = Providers::default();
+    let email: Result<Arc<dyn Provider>, ProviderError> = match cfg.email.provider {
+        email::EmailProviderKind::Postmark => {
+            email::postmark::PostmarkProvider::from_config(&cfg.email.postmark)
+                .map(|p| Arc::new(p) as Arc<dyn Provider>)
+        }
+    };
+    providers.add(Component::Email, email);
+    Ok(providers)
 }
