@@ -37,6 +37,15 @@ enum Command {
     },
     /// Print the DealerTenant CustomResourceDefinition as YAML.
     Crd,
+    /// Print the ValidatingAdmissionPolicy, its binding and parameter ConfigMap as YAML.
+    AdmissionPolicy {
+        /// Namespace of the parameter ConfigMap (the operator's namespace).
+        #[arg(long, default_value = "dealertenant-system")]
+        namespace: String,
+        /// Cluster policy for third-country processors.
+        #[arg(long, value_enum, default_value_t = Policy::Allow)]
+        third_country_processors: Policy,
+    },
     /// Print every resource the operator would create for a manifest (offline, a dry run).
     Plan {
         /// The DealerTenant manifest.
@@ -57,6 +66,12 @@ enum Command {
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
+enum Policy {
+    Allow,
+    Deny,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
 enum Format {
     Text,
     Json,
@@ -67,6 +82,20 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Crd => {
             out(&dealertenant_operator::api::crd_yaml());
+            ExitCode::SUCCESS
+        }
+        Command::AdmissionPolicy {
+            namespace,
+            third_country_processors,
+        } => {
+            use dealertenant_operator::config::ThirdCountryPolicy;
+            let policy = match third_country_processors {
+                Policy::Allow => ThirdCountryPolicy::Allow,
+                Policy::Deny => ThirdCountryPolicy::Deny,
+            };
+            out(&dealertenant_operator::desired::admission::yaml(
+                &namespace, policy,
+            ));
             ExitCode::SUCCESS
         }
         Command::Validate { files } => validate_files(&files),

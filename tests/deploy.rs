@@ -93,3 +93,22 @@ fn operator_pod_is_restricted_and_reads_its_config() {
     );
     assert_eq!(pod["serviceAccountName"], "dealertenant-operator");
 }
+
+#[test]
+fn admission_policy_is_what_the_code_generates() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/admission-policy.yaml");
+    let stored = std::fs::read_to_string(path).unwrap();
+    let generated = dealertenant_operator::desired::admission::yaml(
+        "dealertenant-system",
+        dealertenant_operator::config::ThirdCountryPolicy::Allow,
+    );
+    assert!(
+        stored == generated,
+        "deploy/admission-policy.yaml is stale: run `cargo run -- admission-policy > deploy/admission-policy.yaml`"
+    );
+    let kustomization = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kustomization.yaml"),
+    )
+    .unwrap();
+    assert!(kustomization.contains("admission-policy.yaml"));
+}
