@@ -1,0 +1,962 @@
+//! The `cloudsql` database provider through the real `google-cloud-sql-v1` client against
+//! the Cloud SQL Admin API double (`support::cloudsql`), which validates every request
+//! against Google's discovery document.
+
+mod support;
+
+use std::collections::BTreeMap;
+
+use dealertenant_operator::providers::database::cloudsql::{
+    CloudSqlConfig, CloudSqlProvider, SUFFIX_ANNOTATION, from_config,
+};
+use dealertenant_operator::providers::{
+    Provider, ProviderError, Reconciled, SecretData, TenantInfo,
+};
+use serde_json::json;
+use support::cloudsql::{CloudSqlDouble, FaultMode, Spec};
+
+const PROJECT: &str = "dd-test";
+const SECRET_KEYS: [&str; 6] = [
+    "DATABASE_HOST",
+    "DATABASE_INSTANCE",
+    "DATABASE_NAME",
+    "DATABASE_PASSWORD",
+    "DATABASE_PORT",
+    "DATABASE_USER",
+];
+
+fn cfg(d: &CloudSqlDouble) -> CloudSqlConfig {
+    CloudSqlConfig {
+        project: PROJECT.into(),
+        endpoint: Some(d.endpoint()),
+        anonymous_credentials: true,
+        timeout_seconds: 10,
+        ..CloudSqlConfig::default()
+    }
+}
+
+fn tenant(name: &str, region: &str) -> TenantInfo {
+    TenantInfo {
+        name: name.into(),
+        uid: "uid-1".into(),
+        region: region.into(),
+        namespace: format!("tenant-{name}"),
+        annotations: BTreeMap::new(),
+    }
+}
+
+async fn provider(d: &CloudSqlDouble) -> CloudSqlProvider {
+    from_config(&cfg(d)).await.expect("provider builds")
+}
+
+/// Runs passes like the operator does (keeping the Secret it is handed) until a pass is
+/// ready and issues nothing. Returns the last result.
+async fn converge(
+    p: &CloudSqlProvider,
+    t: &TenantInfo,
+    secret: &mut Option<SecretData>,
+    max: usize,
+) -> Reconciled {
+    for _ in 0..max {
+        let r = p
+            .reconcile(t, secret.as_ref())
+            .await
+            .expect("pass succeeds");
+        if let Some(s) = &r.secret {
+            *secret = Some(s.clone());
+        }
+        if r.ready && r.secret.is_none() {
+            return r;
+        }
+    }
+    panic!("did not converge in {max} passes");
+}
+
+fn assert_clean(d: &CloudSqlDouble) {
+    assert_eq!(d.violations(), Vec::<String>::new(), "spec violations");
+    assert_eq!(d.conflicts(), 0, "a write was sent while an operation ran");
+}
+
+fn ids(d: &CloudSqlDouble) -> Vec<String> {
+    d.calls().into_iter().map(|c| c.id).collect()
+}
+
+#[tokio::test]
+async fn first_pass_starts_the_instance_later_passes_converge_and_then_nothing_is_written() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    d.set_create_polls(3);
+    let p = provider(&d).await;
+    let t = tenant("acme", "europe-west3");
+
+    // Pass 1: insert, not ready, no secret yet.
+    let r = p.reconcile(&t, None).await.unwrap();
+    assert!(!r.ready);
+    assert!(r.secret.is_none());
+    assert!(
+        r.message
+            .contains("instance dt-acme is being created (operation op-"),
+        "{}",
+        r.message
+    );
+    assert_eq!(
+        ids(&d),
+        [
+            "sql.instances.get",
+            "sql.instances.insert",
+            "sql.instances.get"
+        ]
+    );
+    let insert = d.writes().remove(0).body.unwrap();
+    assert_eq!(insert["name"], "dt-acme");
+    assert_eq!(insert["region"], "europe-west3");
+    assert_eq!(insert["settings"]["tier"], "db-custom-1-3840");
+    assert_eq!(insert["settings"]["userLabels"]["tenant"], "acme");
+    assert_eq!(
+        insert["settings"]["userLabels"]["managed-by"],
+        "dealertenant-operator"
+    );
+    assert_eq!(insert["settings"]["deletionProtectionEnabled"], true);
+    assert_eq!(insert["settings"]["backupConfiguration"]["enabled"], true);
+    assert_eq!(
+        insert["settings"]["backupConfiguration"]["pointInTimeRecoveryEnabled"],
+        true
+    );
+    assert_eq!(insert["settings"]["ipConfiguration"]["ipv4Enabled"], true);
+    // Stored as Cloud SQL would: names, not enum numbers.
+    let stored = d.instance("dt-acme").unwrap();
+    assert_eq!(stored["databaseVersion"], "POSTGRES_16");
+    assert_eq!(stored["settings"]["edition"], "ENTERPRISE");
+    assert_eq!(stored["settings"]["availabilityType"], "ZONAL");
+    assert_eq!(stored["state"], "PENDING_CREATE");
+
+    // Pass 2: still PENDING_CREATE: not ready, nothing written.
+    d.clear_calls();
+    let r = p.reconcile(&t, None).await.unwrap();
+    assert!(!r.ready, "{}", r.message);
+    assert!(r.message.contains("being created"), "{}", r.message);
+    assert!(d.writes().is_empty(), "{:?}", d.writes());
+
+    // Pass 3: RUNNABLE: database and user, Secret issued.
+    d.clear_calls();
+    let r = p.reconcile(&t, None).await.unwrap();
+    assert!(r.ready, "{}", r.message);
+    let writes: Vec<String> = d.writes().into_iter().map(|c| c.id).collect();
+    assert_eq!(writes, ["sql.databases.insert", "sql.users.insert"]);
+    let s = r.secret.expect("credentials issued");
+    assert_eq!(s.keys().collect::<Vec<_>>(), SECRET_KEYS);
+    assert_eq!(s.get("DATABASE_NAME"), Some("dt_acme"));
+    assert_eq!(s.get("DATABASE_USER"), Some("dt_acme"));
+    assert_eq!(s.get("DATABASE_PORT"), Some("5432"));
+    assert_eq!(
+        s.get("DATABASE_INSTANCE"),
+        Some("dd-test:europe-west3:dt-acme")
+    );
+    let stored = d.instance("dt-acme").unwrap();
+    let public_ip = stored["ipAddresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|ip| ip["type"] == "PRIMARY")
+        .unwrap()["ipAddress"]
+        .clone();
+    assert_eq!(s.get("DATABASE_HOST"), public_ip.as_str());
+    let pw = s.get("DATABASE_PASSWORD").unwrap();
+    assert!(d.login("dt-acme", "dt_acme", pw));
+    assert!(!format!("{s:?}").contains(pw));
+    assert!(!r.message.contains(pw));
+    assert_eq!(
+        r.resources
+            .iter()
+            .map(|x| (x.kind.as_str(), x.name.as_str(), x.location.as_deref()))
+            .collect::<Vec<_>>(),
+        [
+            ("CloudSqlInstance", "dt-acme", Some("europe-west3")),
+            ("Database", "dt-acme/dt_acme", Some("europe-west3")),
+            ("DatabaseUser", "dt-acme/dt_acme", Some("europe-west3")),
+        ]
+    );
+
+    // Pass 4 with the Secret: reads only, nothing issued.
+    d.clear_calls();
+    let r = p.reconcile(&t, Some(&s)).await.unwrap();
+    assert!(r.ready, "{}", r.message);
+    assert!(r.secret.is_none());
+    assert!(d.writes().is_empty(), "{:?}", d.writes());
+    assert!(!d.calls().is_empty());
+
+    assert_eq!(d.instance_names(), ["dt-acme"]);
+    assert_eq!(d.databases().len(), 1);
+    assert_eq!(d.users().len(), 1);
+    assert_clean(&d);
+}
+
+#[tokio::test]
+async fn drift_is_repaired_by_one_patch_of_the_drifted_settings_only() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    let t = tenant("acme", "europe-west3");
+    let mut secret = None;
+    converge(&p, &t, &mut secret, 5).await;
+
+    // Someone edits the instance in the console; Cloud SQL also grew the disk on its own.
+    d.edit_instance("dt-acme", |i| {
+        i["settings"]["tier"] = json!("db-custom-4-15360");
+        i["settings"]["backupConfiguration"]["enabled"] = json!(false);
+        i["settings"]["backupConfiguration"]["pointInTimeRecoveryEnabled"] = json!(false);
+        i["settings"]["dataDiskSizeGb"] = json!("50");
+        i["settings"]["userLabels"]
+            .as_object_mut()
+            .unwrap()
+            .remove("managed-by");
+        i["settings"]["userLabels"]["cost-center"] = json!("sales");
+    });
+    d.clear_calls();
+    let r = p.reconcile(&t, secret.as_ref()).await.unwrap();
+    assert!(r.ready, "{}", r.message);
+    assert!(r.secret.is_none());
+    assert!(r.message.contains("repaired tier"), "{}", r.message);
+    let writes = d.writes();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(writes[0].id, "sql.instances.patch");
+    let body = writes[0].body.clone().unwrap();
+    let settings = body["settings"].as_object().unwrap();
+    let mut keys: Vec<&str> = settings.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["backupConfiguration", "tier", "userLabels"]);
+    // The backup window Cloud SQL chose is kept; the foreign label too.
+    assert_eq!(settings["backupConfiguration"]["startTime"], "23:00");
+
+    let i = d.instance("dt-acme").unwrap();
+    assert_eq!(i["settings"]["tier"], "db-custom-1-3840");
+    assert_eq!(i["settings"]["backupConfiguration"]["enabled"], true);
+    assert_eq!(
+        i["settings"]["backupConfiguration"]["pointInTimeRecoveryEnabled"],
+        true
+    );
+    assert_eq!(i["settings"]["dataDiskSizeGb"], "50");
+    assert_eq!(
+        i["settings"]["userLabels"],
+        json!({"tenant": "acme", "managed-by": "dealertenant-operator", "cost-center": "sales"})
+    );
+
+    // Repaired: the next pass writes nothing.
+    d.clear_calls();
+    let r = p.reconcile(&t, secret.as_ref()).await.unwrap();
+    assert!(r.ready && r.secret.is_none());
+    assert!(d.writes().is_empty(), "{:?}", d.writes());
+    assert_clean(&d);
+}
+
+#[tokio::test]
+async fn private_network_and_authorized_networks_are_sent_and_kept() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let private = CloudSqlConfig {
+        private_network: Some("projects/dd-test/global/networks/tenants".into()),
+        availability_type: "REGIONAL".into(),
+        backup_start_time: Some("02:30".into()),
+        ..cfg(&d)
+    };
+    let p = from_config(&private).await.unwrap();
+    let t = tenant("acme", "europe-west4");
+    let mut secret = None;
+    converge(&p, &t, &mut secret, 5).await;
+    let insert = d
+        .writes()
+        .into_iter()
+        .find(|c| c.id == "sql.instances.insert")
+        .unwrap()
+        .body
+        .unwrap();
+    assert_eq!(insert["settings"]["ipConfiguration"]["ipv4Enabled"], false);
+    assert_eq!(
+        insert["settings"]["ipConfiguration"]["privateNetwork"],
+        "projects/dd-test/global/networks/tenants"
+    );
+    assert_eq!(
+        insert["settings"]["backupConfiguration"]["startTime"],
+        "02:30"
+    );
+    let i = d.instance("dt-acme").unwrap();
+    let private_ip = i["ipAddresses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|ip| ip["type"] == "PRIVATE")
+        .unwrap()["ipAddress"]
+        .clone();
+    assert_eq!(
+        secret.as_ref().unwrap().get("DATABASE_HOST"),
+        private_ip.as_str()
+    );
+    assert_eq!(i["settings"]["availabilityType"], "REGIONAL");
+
+    // Public IP with authorized networks; a changed list is drift.
+    let d2 = CloudSqlDouble::start(PROJECT).await;
+    let public = CloudSqlConfig {
+        authorized_networks: vec!["203.0.113.0/24".into()],
+        ..cfg(&d2)
+    };
+    let p2 = from_config(&public).await.unwrap();
+    let mut secret2 = None;
+    converge(&p2, &t, &mut secret2, 5).await;
+    let i = d2.instance("dt-acme").unwrap();
+    assert_eq!(
+        i["settings"]["ipConfiguration"]["authorizedNetworks"],
+        json!([{"value": "203.0.113.0/24"}])
+    );
+    d2.edit_instance("dt-acme", |i| {
+        i["settings"]["ipConfiguration"]["authorizedNetworks"] = json!([{"value": "0.0.0.0/0"}]);
+    });
+    d2.clear_calls();
+    let r = p2.reconcile(&t, secret2.as_ref()).await.unwrap();
+    assert!(r.message.contains("ipConfiguration"), "{}", r.message);
+    assert_eq!(
+        d2.instance("dt-acme").unwrap()["settings"]["ipConfiguration"]["authorizedNetworks"],
+        json!([{"value": "203.0.113.0/24"}])
+    );
+    assert_clean(&d);
+    assert_clean(&d2);
+}
+
+#[tokio::test]
+async fn a_missing_secret_rotates_the_password_and_the_old_one_stops_working() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    let t = tenant("acme", "europe-west3");
+    let mut secret = None;
+    converge(&p, &t, &mut secret, 5).await;
+    let old = secret
+        .unwrap()
+        .get("DATABASE_PASSWORD")
+        .unwrap()
+        .to_string();
+
+    d.clear_calls();
+    let r = p.reconcile(&t, None).await.unwrap();
+    assert!(r.ready, "{}", r.message);
+    let new = r
+        .secret
+        .expect("rotated")
+        .get("DATABASE_PASSWORD")
+        .unwrap()
+        .to_string();
+    assert_ne!(new, old);
+    let writes: Vec<String> = d.writes().into_iter().map(|c| c.id).collect();
+    assert_eq!(writes, ["sql.users.update"]);
+    assert!(d.login("dt-acme", "dt_acme", &new));
+    assert!(!d.login("dt-acme", "dt_acme", &old));
+    assert_eq!(d.users().len(), 1);
+    assert_clean(&d);
+}
+
+#[tokio::test]
+async fn one_operation_at_a_time_and_never_waiting() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    let t = tenant("acme", "europe-west3");
+    p.reconcile(&t, None).await.unwrap();
+    // From now on every operation runs for a while.
+    d.set_op_polls(3);
+
+    // The database insert starts an operation: the pass ends there.
+    d.clear_calls();
+    let r = p.reconcile(&t, None).await.unwrap();
+    assert!(!r.ready);
+    assert!(
+        r.message.contains("database dt_acme is being created"),
+        "{}",
+        r.message
+    );
+    assert_eq!(
+        d.writes().into_iter().map(|c| c.id).collect::<Vec<_>>(),
+        ["sql.databases.insert"]
+    );
+
+    // While it runs, the next pass sees it and writes nothing.
+    d.clear_calls();
+    let r = p.reconcile(&t, None).await.unwrap();
+    assert!(!r.ready);
+    assert!(r.message.contains("waiting for operation"), "{}", r.message);
+    assert!(r.message.contains("CREATE_DATABASE"), "{}", r.message);
+    assert!(d.writes().is_empty(), "{:?}", d.writes());
+
+    // Then the user; its password is handed over with the running operation.
+    let mut secret = None;
+    let r = converge(&p, &t, &mut secret, 10).await;
+    assert!(r.ready);
+    let pw = secret
+        .unwrap()
+        .get("DATABASE_PASSWORD")
+        .unwrap()
+        .to_string();
+    assert!(d.login("dt-acme", "dt_acme", &pw));
+    assert_clean(&d);
+}
+
+#[tokio::test]
+async fn delete_lifts_deletion_protection_then_deletes_and_reports_what_went() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    let t = tenant("acme", "europe-west3");
+    let mut secret = None;
+    converge(&p, &t, &mut secret, 5).await;
+    assert_eq!(
+        d.instance("dt-acme").unwrap()["settings"]["deletionProtectionEnabled"],
+        true
+    );
+
+    d.clear_calls();
+    let erased = p.delete(&t).await.unwrap();
+    let writes = d.writes();
+    assert_eq!(
+        writes.iter().map(|c| c.id.as_str()).collect::<Vec<_>>(),
+        ["sql.instances.patch", "sql.instances.delete"]
+    );
+    assert_eq!(
+        writes[0].body.clone().unwrap(),
+        json!({"settings": {"deletionProtectionEnabled": false}})
+    );
+    assert!(d.instance_names().is_empty());
+    assert!(d.databases().is_empty() && d.users().is_empty());
+    let got: Vec<(&str, &str, Option<&str>)> = erased
+        .resources
+        .iter()
+        .map(|r| (r.kind.as_str(), r.name.as_str(), r.id.as_deref()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "CloudSqlInstance",
+                "dt-acme",
+                Some("dd-test:europe-west3:dt-acme")
+            ),
+            (
+                "Database",
+                "dt-acme/dt_acme",
+                Some("dd-test:europe-west3:dt-acme/dt_acme")
+            ),
+            (
+                "DatabaseUser",
+                "dt-acme/dt_acme",
+                Some("dd-test:europe-west3:dt-acme/dt_acme")
+            ),
+        ]
+    );
+    assert!(erased.resources.iter().all(|r| r.processor == "google-cloud"
+        && r.location.as_deref() == Some("europe-west3")));
+
+    // Gone: deleting again is fine and erases nothing more.
+    d.clear_calls();
+    let again = p.delete(&t).await.unwrap();
+    assert!(again.resources.is_empty());
+    assert!(d.writes().is_empty());
+    assert_clean(&d);
+}
+
+#[tokio::test]
+async fn delete_does_not_wait_for_the_protection_patch() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    let t = tenant("acme", "europe-west3");
+    let mut secret = None;
+    converge(&p, &t, &mut secret, 5).await;
+    d.set_op_polls(2);
+
+    let e = p.delete(&t).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(
+        e.to_string()
+            .contains("deletion protection is being lifted"),
+        "{e}"
+    );
+    assert_eq!(d.instance_names(), ["dt-acme"]);
+
+    // Next attempt: the patch finished (observed twice), delete accepted (PENDING_DELETE).
+    let erased = p.delete(&t).await.unwrap();
+    assert_eq!(erased.resources.len(), 3);
+    assert_eq!(d.instance("dt-acme").unwrap()["state"], "PENDING_DELETE");
+    // A further call while Cloud SQL deletes reports the same without writing.
+    d.clear_calls();
+    let erased = p.delete(&t).await.unwrap();
+    assert_eq!(erased.resources[0].name, "dt-acme");
+    assert!(d.writes().is_empty(), "{:?}", d.writes());
+    assert_clean(&d);
+}
+
+#[tokio::test]
+async fn delete_of_an_absent_tenant_is_ok() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    let erased = p.delete(&tenant("ghost", "europe-west3")).await.unwrap();
+    assert!(erased.resources.is_empty());
+    assert!(d.writes().is_empty());
+    assert_clean(&d);
+}
+
+#[tokio::test]
+async fn residency_is_checked_before_create_and_on_what_cloud_sql_reports() {
+    // Outside the EU: refused before anything is sent.
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    let e = p
+        .reconcile(&tenant("acme", "us-central1"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ProviderError::Residency { .. }), "{e}");
+    assert!(d.writes().is_empty(), "{:?}", d.writes());
+    assert!(d.instance_names().is_empty());
+
+    // Cloud SQL reports another region than requested: refused after create and after.
+    let d = CloudSqlDouble::start(PROJECT).await;
+    d.report_region("europe-west1");
+    let p = provider(&d).await;
+    let t = tenant("acme", "europe-west3");
+    let e = p.reconcile(&t, None).await.unwrap_err();
+    assert!(
+        matches!(&e, ProviderError::Residency { location, .. } if location == "europe-west1"),
+        "{e}"
+    );
+    d.clear_calls();
+    let e = p.reconcile(&t, None).await.unwrap_err();
+    assert!(matches!(e, ProviderError::Residency { .. }), "{e}");
+    assert!(
+        d.writes().is_empty(),
+        "nothing is built on a misplaced instance"
+    );
+    assert!(d.databases().is_empty() && d.users().is_empty());
+    assert_clean(&d);
+}
+
+#[tokio::test]
+async fn a_reserved_name_is_a_clear_permanent_error_and_the_suffix_annotation_fixes_it() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    let mut t = tenant("acme", "europe-west3");
+    let mut secret = None;
+    converge(&p, &t, &mut secret, 5).await;
+    p.delete(&t).await.unwrap();
+
+    // The tenant comes back within the week: Cloud SQL still reserves the name.
+    let e = p.reconcile(&t, None).await.unwrap_err();
+    assert!(!e.is_transient());
+    assert_eq!(e.reason(), "ProviderRefused");
+    let msg = e.to_string();
+    assert!(
+        msg.contains(r#"dealerdesk.de/database-instance-suffix: "2""#),
+        "{msg}"
+    );
+    assert!(msg.contains("dt-acme"), "{msg}");
+    assert!(d.instance_names().is_empty());
+
+    t.annotations.insert(SUFFIX_ANNOTATION.into(), "2".into());
+    let mut secret = None;
+    let r = converge(&p, &t, &mut secret, 5).await;
+    assert!(r.ready);
+    assert_eq!(d.instance_names(), ["dt-acme-2"]);
+    let s = secret.unwrap();
+    assert_eq!(
+        s.get("DATABASE_INSTANCE"),
+        Some("dd-test:europe-west3:dt-acme-2")
+    );
+    assert!(d.login("dt-acme-2", "dt_acme", s.get("DATABASE_PASSWORD").unwrap()));
+    assert_eq!(
+        p.plan(&t)[0].name,
+        "dt-acme-2",
+        "plan shows the suffixed name"
+    );
+
+    // A suffix that would make an invalid name is refused before anything is sent.
+    t.annotations
+        .insert(SUFFIX_ANNOTATION.into(), "Two!".into());
+    d.clear_calls();
+    let e = p.reconcile(&t, None).await.unwrap_err();
+    assert!(
+        !e.is_transient() && e.to_string().contains(SUFFIX_ANNOTATION),
+        "{e}"
+    );
+    assert!(d.calls().is_empty());
+    assert_clean(&d);
+}
+
+#[tokio::test]
+async fn an_instance_of_another_tenant_is_left_alone() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    // Tenant "a-b" owns dt-a-b; tenant "a" with suffix "b" would get the same name.
+    let mut secret = None;
+    converge(&p, &tenant("a-b", "europe-west3"), &mut secret, 5).await;
+    let mut t = tenant("a", "europe-west3");
+    t.annotations.insert(SUFFIX_ANNOTATION.into(), "b".into());
+    d.clear_calls();
+    let e = p.reconcile(&t, None).await.unwrap_err();
+    assert!(!e.is_transient());
+    assert!(e.to_string().contains("label tenant=a-b"), "{e}");
+    let e = p.delete(&t).await.unwrap_err();
+    assert_eq!(e.reason(), "DeletionBlocked");
+    assert!(d.writes().is_empty());
+    assert_eq!(d.instance_names(), ["dt-a-b"]);
+    assert_clean(&d);
+}
+
+#[tokio::test]
+async fn errors_are_classified_with_the_service_message_and_no_credential() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    let t = tenant("acme", "europe-west3");
+
+    for (code, status, reason) in [
+        (503, "UNAVAILABLE", "backendError"),
+        (500, "INTERNAL", "internalError"),
+        (429, "RESOURCE_EXHAUSTED", "rateLimitExceeded"),
+        (504, "DEADLINE_EXCEEDED", "backendError"),
+    ] {
+        d.queue_error(code, status, reason, "try later");
+        let e = p.reconcile(&t, None).await.unwrap_err();
+        assert!(e.is_transient(), "{code}: {e}");
+        assert!(e.to_string().contains("try later"), "{e}");
+    }
+    for (code, status, reason, message) in [
+        (
+            403,
+            "PERMISSION_DENIED",
+            "notAuthorized",
+            "The client is not authorized to make this request.",
+        ),
+        (400, "INVALID_ARGUMENT", "invalid", "Invalid request: tier."),
+        (
+            401,
+            "UNAUTHENTICATED",
+            "authError",
+            "Request had invalid authentication credentials.",
+        ),
+    ] {
+        d.queue_error(code, status, reason, message);
+        let e = p.reconcile(&t, None).await.unwrap_err();
+        assert!(!e.is_transient(), "{code}: {e}");
+        assert_eq!(e.reason(), "ProviderRefused");
+        assert!(e.to_string().contains(message), "{e}");
+        assert!(e.to_string().contains(&format!("HTTP {code}")), "{e}");
+    }
+
+    // Another operation on the instance (409 operationInProgress) is transient.
+    let mut secret = None;
+    converge(&p, &t, &mut secret, 5).await;
+    d.queue_error_for(
+        "sql.users.update",
+        409,
+        "ABORTED",
+        "operationInProgress",
+        "Operation failed because another operation was already in progress.",
+    );
+    let e = p.reconcile(&t, None).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+
+    // A refused password update whose message echoes the password: the error carries the
+    // service's text, never the password.
+    d.queue_error_for(
+        "sql.users.update",
+        400,
+        "INVALID_ARGUMENT",
+        "invalid",
+        "Invalid request: password {password} violates the password policy.",
+    );
+    d.clear_calls();
+    let e = p.reconcile(&t, None).await.unwrap_err();
+    assert!(!e.is_transient());
+    let sent = d
+        .calls()
+        .into_iter()
+        .find(|c| c.id == "sql.users.update")
+        .and_then(|c| c.body)
+        .unwrap()["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(sent.len(), 32);
+    assert!(
+        e.to_string().contains("violates the password policy"),
+        "{e}"
+    );
+    assert!(!e.to_string().contains(&sent), "{e}");
+    assert!(!format!("{e:?}").contains(&sent));
+    // The old password still works: nothing was changed.
+    let old = secret.as_ref().unwrap().get("DATABASE_PASSWORD").unwrap();
+    assert!(d.login("dt-acme", "dt_acme", old));
+
+    // A project the credentials may not use: the double's own 403.
+    let other = from_config(&CloudSqlConfig {
+        project: "someone-else".into(),
+        ..cfg(&d)
+    })
+    .await
+    .unwrap();
+    let e = other.reconcile(&t, None).await.unwrap_err();
+    assert!(!e.is_transient());
+    assert!(e.to_string().contains("not authorized"), "{e}");
+
+    // Nothing listening: transient.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let gone = from_config(&CloudSqlConfig {
+        endpoint: Some(format!("http://{closed}")),
+        ..cfg(&d)
+    })
+    .await
+    .unwrap();
+    let e = gone.reconcile(&t, None).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert_clean(&d);
+}
+
+#[tokio::test]
+async fn configuration_errors_are_reported_before_any_call() {
+    let e = from_config(&CloudSqlConfig {
+        anonymous_credentials: true,
+        endpoint: None,
+        ..CloudSqlConfig::default()
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(e.reason(), "NotConfigured");
+
+    let dir = std::env::temp_dir().join(format!("cloudsql-creds-{}", std::process::id()));
+    std::fs::write(
+        &dir,
+        "{\"type\": \"service_account\", \"private_key\": \"SECRET-KEY\"",
+    )
+    .unwrap();
+    let e = from_config(&CloudSqlConfig {
+        credentials_file: Some(dir.display().to_string()),
+        endpoint: Some("http://127.0.0.1:9".into()),
+        ..CloudSqlConfig::default()
+    })
+    .await
+    .unwrap_err();
+    std::fs::remove_file(&dir).ok();
+    assert_eq!(e.reason(), "NotConfigured");
+    assert!(!e.to_string().contains("SECRET-KEY"), "{e}");
+}
+
+/// A clean run: how many requests it takes from nothing to converged.
+async fn clean_request_count() -> u64 {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    d.set_create_polls(2);
+    let p = provider(&d).await;
+    let mut secret = None;
+    converge(&p, &tenant("acme", "europe-west3"), &mut secret, 6).await;
+    d.request_count()
+}
+
+#[tokio::test]
+async fn crash_injection_never_makes_a_second_instance_and_ends_with_a_working_secret() {
+    let n = clean_request_count().await;
+    assert!(n >= 8, "{n}");
+    let t = tenant("acme", "europe-west3");
+    for mode in [FaultMode::Before, FaultMode::After] {
+        for k in 1..=n + 1 {
+            let d = CloudSqlDouble::start(PROJECT).await;
+            d.set_create_polls(2);
+            let p = provider(&d).await;
+            d.fail_nth(k, mode);
+            // The operator: passes until an error (the injected one) or convergence,
+            // keeping each Secret it is handed.
+            let mut secret: Option<SecretData> = None;
+            for _ in 0..8 {
+                match p.reconcile(&t, secret.as_ref()).await {
+                    Ok(r) => {
+                        let issued = r.secret.is_some();
+                        if let Some(s) = r.secret {
+                            secret = Some(s);
+                        }
+                        if r.ready && !issued {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        assert!(e.is_transient(), "k={k} {mode:?}: {e}");
+                        break;
+                    }
+                }
+            }
+            let ctx = format!("k={k} {mode:?}");
+            assert_eq!(
+                d.faults_fired(),
+                u64::from(k <= n),
+                "{ctx}: the fault struck"
+            );
+            d.disarm();
+            // Then without faults until converged.
+            converge(&p, &t, &mut secret, 6).await;
+            assert_eq!(d.instance_names(), ["dt-acme"], "{ctx}");
+            assert_eq!(
+                d.databases(),
+                [("dt-acme".to_string(), "dt_acme".to_string())],
+                "{ctx}"
+            );
+            assert_eq!(
+                d.users(),
+                [("dt-acme".to_string(), "dt_acme".to_string())],
+                "{ctx}"
+            );
+            let s = secret.expect("a Secret");
+            assert!(
+                d.login("dt-acme", "dt_acme", s.get("DATABASE_PASSWORD").unwrap()),
+                "{ctx}: the final Secret works"
+            );
+            assert_eq!(d.violations(), Vec::<String>::new(), "{ctx}");
+            assert_eq!(d.conflicts(), 0, "{ctx}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn crash_injection_during_delete_still_erases_everything() {
+    let t = tenant("acme", "europe-west3");
+    for mode in [FaultMode::Before, FaultMode::After] {
+        for k in 1..=6 {
+            let d = CloudSqlDouble::start(PROJECT).await;
+            let p = provider(&d).await;
+            let mut secret = None;
+            converge(&p, &t, &mut secret, 5).await;
+            d.fail_nth(k, mode);
+            let mut done = false;
+            for _ in 0..5 {
+                match p.delete(&t).await {
+                    Ok(_) => {
+                        done = true;
+                        break;
+                    }
+                    Err(e) => assert!(e.is_transient(), "k={k} {mode:?}: {e}"),
+                }
+            }
+            assert!(done, "k={k} {mode:?}");
+            assert_eq!(d.faults_fired(), 1, "k={k} {mode:?}: the fault struck");
+            assert!(d.instance_names().is_empty(), "k={k} {mode:?}");
+            assert_eq!(d.violations(), Vec::<String>::new());
+        }
+    }
+}
+
+/// Proves the double's spec check can fail: requests that break the discovery document
+/// get Google's 400 and are recorded.
+#[tokio::test]
+async fn the_double_rejects_requests_that_break_the_discovery_document() {
+    dealertenant_operator::providers::tls::ensure_crypto_provider();
+    assert_eq!(Spec::get().revision(), "20261018");
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let http = reqwest::Client::new();
+    let base = format!("{}/v1/projects/{PROJECT}", d.endpoint());
+    let cases = [
+        // Unknown field, deep down.
+        (
+            "POST",
+            format!("{base}/instances"),
+            json!({"name": "x", "settings": {"tier": "t", "backupConfiguration": {"enabeld": true}}}),
+            "Unknown name \"enabeld\"",
+        ),
+        // Enum value not in the schema.
+        (
+            "POST",
+            format!("{base}/instances"),
+            json!({"name": "x", "settings": {"tier": "t", "availabilityType": "MULTI_REGIONAL"}}),
+            "TYPE_ENUM",
+        ),
+        // Enum number that is not one of the type's.
+        (
+            "POST",
+            format!("{base}/instances"),
+            json!({"name": "x", "settings": {"tier": "t", "availabilityType": 7}}),
+            "TYPE_ENUM",
+        ),
+        // Wrong type.
+        (
+            "POST",
+            format!("{base}/instances"),
+            json!({"name": "x", "settings": {"tier": "t", "deletionProtectionEnabled": "yes"}}),
+            "TYPE_BOOL",
+        ),
+        // No such method for the verb and path.
+        (
+            "PUT",
+            format!("{base}/instances/x/databases"),
+            json!({}),
+            "no method",
+        ),
+        // A body on a method without request.
+        (
+            "DELETE",
+            format!("{base}/instances/x"),
+            json!({"force": true}),
+            "must be empty",
+        ),
+    ];
+    for (verb, url, body, expect) in cases {
+        let resp = http
+            .request(verb.parse().unwrap(), &url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let err: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(status, 400, "{verb} {url}");
+        assert_eq!(err["error"]["code"], 400);
+        assert!(
+            err["error"]["message"].as_str().unwrap().contains(expect),
+            "{err}"
+        );
+        assert_eq!(err["error"]["status"], "INVALID_ARGUMENT");
+    }
+    // Unknown query parameter.
+    let resp = http
+        .get(format!("{base}/instances/x?force=true"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    assert_eq!(d.violations().len(), 7);
+    assert!(d.instance_names().is_empty());
+
+    // A valid request with enum names is accepted (the API takes names and numbers), and
+    // answers carry numbers only when `enum-encoding=int` is asked for.
+    d.set_create_polls(5);
+    let resp = http
+        .post(format!("{base}/instances"))
+        .json(&json!({
+            "name": "raw",
+            "region": "europe-west3",
+            "databaseVersion": "POSTGRES_16",
+            "settings": {"tier": "db-custom-1-3840", "availabilityType": "ZONAL"},
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200);
+    let named: serde_json::Value = http
+        .get(format!("{base}/instances/raw"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(named["state"], "PENDING_CREATE");
+    assert_eq!(named["settings"]["availabilityType"], "ZONAL");
+    let numbered: serde_json::Value = http
+        .get(format!(
+            "{base}/instances/raw?%24alt=json%3Benum-encoding%3Dint"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(numbered["state"], 4, "PENDING_CREATE is 4 in the proto");
+    assert_eq!(numbered["settings"]["availabilityType"], 1);
+    assert_eq!(numbered["databaseVersion"], 272);
+    assert_eq!(d.violations().len(), 7);
+}
