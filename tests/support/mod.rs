@@ -6,3 +6,4 @@ pub mod fake_kube;
 pub mod fake_provider;
 pub mod postmark;
 pub mod cloudsql;
+pub mod gcs;
