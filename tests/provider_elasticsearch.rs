@@ -27,15 +27,23 @@ fn tenant(name: &str) -> TenantInfo {
     }
 }
 
-/// Writes `content` to a fresh file (a mounted Secret, for the provider) and returns its path.
+/// A file holding `content` (a mounted Secret, for the provider); one file per content,
+/// replaced atomically, so parallel tests never read a half-written file and no file is
+/// left behind per test.
 fn secret_file(content: &str) -> String {
+    use std::hash::{Hash, Hasher};
     static N: AtomicUsize = AtomicUsize::new(0);
-    let path = std::env::temp_dir().join(format!(
-        "dt-es-test-{}-{}",
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    content.hash(&mut h);
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!("dt-es-test-{:016x}", h.finish()));
+    let tmp = dir.join(format!(
+        "dt-es-test-tmp-{}-{}",
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     ));
-    std::fs::write(&path, format!("{content}\n")).unwrap();
+    std::fs::write(&tmp, format!("{content}\n")).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
     path.display().to_string()
 }
 
