@@ -7,3 +7,4 @@ pub mod fake_provider;
 pub mod postmark;
 pub mod cloudsql;
 pub mod gcs;
+pub mod elasticsearch;
