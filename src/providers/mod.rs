@@ -280,9 +280,11 @@ pub async fn from_config(cfg: &crate::config::OperatorConfig) -> anyhow::Result<
     tls::ensure_crypto_provider();
     let mut providers = Providers::default();
     let database: Result<Arc<dyn Provider>, ProviderError> = match cfg.database.provider {
-        database::DatabaseProviderKind::Cloudsql => database::cloudsql::from_config(&cfg.database.cloudsql)
-            .await
-            .map(|p| Arc::new(p) as Arc<dyn Provider>),
+        database::DatabaseProviderKind::Cloudsql => {
+            database::cloudsql::from_config(&cfg.database.cloudsql)
+                .await
+                .map(|p| Arc::new(p) as Arc<dyn Provider>)
+        }
         database::DatabaseProviderKind::Postgres => Err(ProviderError::NotConfigured {
             service: "PostgreSQL",
             message: "the postgres provider is not built in yet".into(),
@@ -293,6 +295,9 @@ pub async fn from_config(cfg: &crate::config::OperatorConfig) -> anyhow::Result<
         .await
         .map(|p| Arc::new(p) as Arc<dyn Provider>);
     providers.add(Component::Storage, storage);
+    let search = search::elasticsearch::ElasticsearchProvider::from_config(&cfg.search)
+        .map(|p| Arc::new(p) as Arc<dyn Provider>);
+    providers.add(Component::Search, search);
     let email: Result<Arc<dyn Provider>, ProviderError> = match cfg.email.provider {
         email::EmailProviderKind::Postmark => {
             email::postmark::PostmarkProvider::from_config(&cfg.email.postmark)

@@ -2,9 +2,9 @@
 //! which published documentation its behaviour follows. Every double listens on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod cloudsql;
+pub mod elasticsearch;
 pub mod fake_kube;
 pub mod fake_provider;
-pub mod postmark;
-pub mod cloudsql;
 pub mod gcs;
-pub mod elasticsearch;
+pub mod postmark;
