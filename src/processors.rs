@@ -203,6 +203,26 @@ pub struct TenantProcessor {
     pub components: Vec<String>,
 }
 
+/// The catalog entry of `id`; an ID missing from the catalog is reported as unknown (and
+/// treated as a third country) rather than dropped.
+pub fn lookup(catalog: &[Processor], id: &str) -> Processor {
+    catalog
+        .iter()
+        .find(|p| p.id == id)
+        .cloned()
+        .unwrap_or_else(|| Processor {
+            id: id.into(),
+            name: id.into(),
+            entity: "unknown: not in the processor catalog".into(),
+            country: "ZZ".into(),
+            third_country: true,
+            safeguard: "unknown".into(),
+            purpose: "unknown".into(),
+            data_categories: Vec::new(),
+            retention: None,
+        })
+}
+
 /// The processors that hold a tenant's data, from `(component, processor id)` pairs, in
 /// catalog order. Unknown IDs are reported as such rather than dropped.
 pub fn for_tenant(used: &[(String, String)], catalog: &[Processor]) -> Vec<TenantProcessor> {

@@ -530,3 +530,164 @@ async fn status_lists_the_processors_that_hold_the_tenants_data() {
             .all(|p| p.id != "postmark" && !p.third_country)
     );
 }
+
+fn receipt(s: &Stack) -> serde_json::Value {
+    let w = s.world.lock().unwrap();
+    let cm = w
+        .object("/api/v1/namespaces/dealertenant-system/configmaps/erasure-acme-tenantui")
+        .expect("a receipt ConfigMap in the operator namespace");
+    serde_json::from_str(cm["data"]["receipt.json"].as_str().unwrap()).unwrap()
+}
+
+fn outcome<'a>(r: &'a serde_json::Value, component: &str) -> &'a serde_json::Value {
+    r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["component"] == component)
+        .unwrap_or_else(|| panic!("{component}: {r}"))
+}
+
+#[tokio::test]
+async fn erasure_under_delete_leaves_a_complete_receipt() {
+    let s = stack(
+        "{displayName: Acme, region: europe-west3, server: {replicas: 0}, deletionPolicy: Delete}",
+    );
+    s.converge(5).await;
+    delete_tenant(&s).await;
+    for _ in 0..5 {
+        if pass(&s.world, &s.config, &s.providers, &s.injector)
+            .await
+            .is_none()
+        {
+            break;
+        }
+    }
+    let r = receipt(&s);
+    assert_eq!(r["complete"], true, "{r}");
+    assert_eq!(r["tenant"], "acme");
+    assert_eq!(r["tenantUid"], "tenant-uid");
+    for c in ["database", "storage", "search", "email", "namespace"] {
+        let e = outcome(&r, c);
+        assert_eq!(e["outcome"], "Erased", "{c}: {e}");
+        assert!(e["at"].as_str().unwrap().starts_with("20"), "{e}");
+        assert!(
+            !e["resources"].as_array().unwrap().is_empty(),
+            "{c} names what was erased"
+        );
+    }
+    assert_eq!(outcome(&r, "email")["processor"], "postmark");
+    assert_eq!(outcome(&r, "email")["processorCountry"], "US");
+    // No personal data: the display name is not in it.
+    assert!(!r.to_string().contains("Acme"));
+}
+
+#[tokio::test]
+async fn a_partial_erasure_keeps_the_finalizer_and_names_who_still_holds_data() {
+    use dealertenant_operator::providers::ProviderError;
+    let mut s = stack(
+        "{displayName: Acme, region: europe-west3, server: {replicas: 0}, deletionPolicy: Delete}",
+    );
+    s.converge(5).await;
+    with_broken_storage(
+        &mut s,
+        ProviderError::Refused {
+            service: "Cloud Storage",
+            message: "HTTP 403: permission denied".into(),
+        },
+    );
+    delete_tenant(&s).await;
+    for _ in 0..3 {
+        pass(&s.world, &s.config, &s.providers, &s.injector).await;
+    }
+    let tenant = s
+        .world
+        .lock()
+        .unwrap()
+        .tenant()
+        .expect("the finalizer keeps the tenant");
+    let status = tenant.status.unwrap();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
+    assert_eq!(ready.reason, "ErasureIncomplete");
+    assert!(
+        ready.message.contains("storage at google-cloud"),
+        "{}",
+        ready.message
+    );
+    let storage = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "StorageReady")
+        .unwrap();
+    assert!(
+        storage.message.contains("permission denied"),
+        "{}",
+        storage.message
+    );
+
+    let r = receipt(&s);
+    assert_eq!(r["complete"], false);
+    assert_eq!(outcome(&r, "storage")["outcome"], "Failed");
+    assert_eq!(outcome(&r, "database")["outcome"], "Erased");
+    assert_eq!(outcome(&r, "namespace")["outcome"], "Kept");
+    assert!(
+        s.world
+            .lock()
+            .unwrap()
+            .object("/api/v1/namespaces/tenant-acme")
+            .is_some(),
+        "the namespace waits for the processors"
+    );
+
+    // Fixed: the next passes finish, and the receipt keeps the earlier erasures.
+    let fakes = s.fakes.clone();
+    s.providers = Providers::new(
+        fakes
+            .iter()
+            .map(|f| f.clone() as Arc<dyn Provider>)
+            .collect(),
+    );
+    for _ in 0..4 {
+        if pass(&s.world, &s.config, &s.providers, &s.injector)
+            .await
+            .is_none()
+        {
+            break;
+        }
+    }
+    let r = receipt(&s);
+    assert_eq!(r["complete"], true, "{r}");
+    assert_eq!(
+        outcome(&r, "database")["outcome"],
+        "Erased",
+        "an earlier erasure is not forgotten"
+    );
+    assert_eq!(outcome(&r, "storage")["outcome"], "Erased");
+}
+
+#[tokio::test]
+async fn retain_leaves_a_receipt_of_what_was_kept_and_where() {
+    let s = stack(SPEC);
+    s.converge(5).await;
+    delete_tenant(&s).await;
+    for _ in 0..3 {
+        if pass(&s.world, &s.config, &s.providers, &s.injector)
+            .await
+            .is_none()
+        {
+            break;
+        }
+    }
+    let r = receipt(&s);
+    assert_eq!(r["deletionPolicy"], "Retain");
+    for c in ["database", "storage", "search", "email", "namespace"] {
+        assert_eq!(outcome(&r, c)["outcome"], "Kept", "{c}");
+    }
+    let bucket = &outcome(&r, "storage")["resources"][0];
+    assert_eq!(bucket["kind"], "Bucket");
+    assert_eq!(bucket["location"], "europe-west3");
+}

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use dealertenant_operator::config::OperatorConfig;
-use dealertenant_operator::controller::rbac::REQUIRED;
+use dealertenant_operator::controller::rbac::{IN_OPERATOR_NAMESPACE, REQUIRED};
 use serde_json::Value;
 
 fn docs(file: &str) -> Vec<Value> {
@@ -22,10 +22,7 @@ fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind}"))
 }
 
-#[test]
-fn cluster_role_grants_exactly_what_the_code_uses() {
-    let docs = docs("rbac.yaml");
-    let role = find(&docs, "ClusterRole");
+fn granted(role: &Value) -> BTreeSet<(String, String, String)> {
     let mut granted = BTreeSet::new();
     for rule in role["rules"].as_array().unwrap() {
         for g in rule["apiGroups"].as_array().unwrap() {
@@ -42,19 +39,38 @@ fn cluster_role_grants_exactly_what_the_code_uses() {
             }
         }
     }
-    let required: BTreeSet<_> = REQUIRED
-        .iter()
+    granted
+}
+
+fn required(list: &[(&str, &str, &[&str])]) -> BTreeSet<(String, String, String)> {
+    list.iter()
         .flat_map(|(g, r, vs)| {
             vs.iter()
                 .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
         })
-        .collect();
-    let missing: Vec<_> = required.difference(&granted).collect();
-    let extra: Vec<_> = granted.difference(&required).collect();
-    assert!(missing.is_empty(), "deploy/rbac.yaml lacks {missing:?}");
-    assert!(
-        extra.is_empty(),
-        "deploy/rbac.yaml grants more than the code uses: {extra:?}"
+        .collect()
+}
+
+#[test]
+fn roles_grant_exactly_what_the_code_uses() {
+    let docs = docs("rbac.yaml");
+    for (kind, list) in [("ClusterRole", REQUIRED), ("Role", IN_OPERATOR_NAMESPACE)] {
+        let granted = granted(find(&docs, kind));
+        let required = required(list);
+        let missing: Vec<_> = required.difference(&granted).collect();
+        let extra: Vec<_> = granted.difference(&required).collect();
+        assert!(
+            missing.is_empty(),
+            "deploy/rbac.yaml {kind} lacks {missing:?}"
+        );
+        assert!(
+            extra.is_empty(),
+            "deploy/rbac.yaml {kind} grants more than the code uses: {extra:?}"
+        );
+    }
+    assert_eq!(
+        find(&docs, "Role")["metadata"]["namespace"],
+        "dealertenant-system"
     );
 }
 

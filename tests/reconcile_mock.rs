@@ -224,6 +224,12 @@ fn lines(calls: &[Call]) -> Vec<String> {
 
 const TENANT_PATH: &str = "/apis/dealerdesk.de/v1alpha1/dealertenants/acme";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
+const RECEIPT: &str = "/api/v1/namespaces/dealertenant-system/configmaps/erasure-acme-tenantui";
+
+/// The erasure receipt a call wrote.
+fn receipt_of(call: &Call) -> Value {
+    serde_json::from_str(call.body["data"]["receipt.json"].as_str().unwrap()).unwrap()
+}
 
 fn owned_object_paths(with_pdb: bool) -> Vec<String> {
     let mut v = vec![
@@ -491,6 +497,8 @@ async fn deleting_under_retain_keeps_the_namespace_and_releases_the_finalizer() 
         lines(&calls),
         [
             "PATCH /api/v1/namespaces/tenant-acme".to_string(),
+            format!("GET {RECEIPT}"),
+            format!("PATCH {RECEIPT}"),
             format!("POST {EVENTS}"),
             format!("PATCH {TENANT_PATH}"),
         ]
@@ -500,9 +508,20 @@ async fn deleting_under_retain_keeps_the_namespace_and_releases_the_finalizer() 
         calls[0].body["metadata"]["labels"]["dealerdesk.de/retained"],
         "true"
     );
-    assert_eq!(calls[1].body["reason"], "Retained");
-    assert_eq!(calls[2].content_type, "application/json-patch+json");
-    assert!(calls[2].body.to_string().contains("remove"));
+    let receipt = receipt_of(&calls[2]);
+    assert_eq!(receipt["deletionPolicy"], "Retain");
+    assert_eq!(receipt["complete"], true);
+    assert_eq!(receipt["entries"][0]["component"], "namespace");
+    assert_eq!(receipt["entries"][0]["outcome"], "Kept");
+    assert_eq!(calls[3].body["reason"], "Retained");
+    assert!(
+        calls[3].body["note"]
+            .as_str()
+            .unwrap()
+            .contains("kept: namespace")
+    );
+    assert_eq!(calls[4].content_type, "application/json-patch+json");
+    assert!(calls[4].body.to_string().contains("remove"));
 }
 
 #[tokio::test]
@@ -515,11 +534,24 @@ async fn deleting_under_delete_erases_the_namespace_then_releases_the_finalizer(
         lines(&calls),
         [
             "DELETE /api/v1/namespaces/tenant-acme".to_string(),
+            format!("GET {RECEIPT}"),
+            format!("PATCH {RECEIPT}"),
             format!("POST {EVENTS}"),
             format!("PATCH {TENANT_PATH}"),
         ]
     );
-    assert_eq!(calls[1].body["reason"], "Erased");
+    let receipt = receipt_of(&calls[2]);
+    assert_eq!(
+        (
+            receipt["deletionPolicy"].as_str(),
+            receipt["complete"].as_bool()
+        ),
+        (Some("Delete"), Some(true))
+    );
+    assert_eq!(receipt["entries"][0]["component"], "namespace");
+    assert_eq!(receipt["entries"][0]["outcome"], "Erased");
+    assert_eq!(receipt["entries"][0]["processorCountry"], "IE");
+    assert_eq!(calls[3].body["reason"], "Erased");
 }
 
 #[tokio::test]
@@ -533,11 +565,14 @@ async fn deletion_waits_for_a_terminating_namespace_and_keeps_the_finalizer() {
         lines(&calls),
         [
             "DELETE /api/v1/namespaces/tenant-acme".to_string(),
+            format!("GET {RECEIPT}"),
+            format!("PATCH {RECEIPT}"),
             format!("PATCH {TENANT_PATH}/status"),
             format!("POST {EVENTS}"),
         ]
     );
-    assert_eq!(calls[1].body["status"]["phase"], "Deleting");
+    assert_eq!(receipt_of(&calls[2])["complete"], false);
+    assert_eq!(calls[3].body["status"]["phase"], "Deleting");
 }
 
 #[tokio::test]

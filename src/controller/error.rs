@@ -23,9 +23,10 @@ pub enum Error {
     /// An external service failed (its condition says which and why).
     #[error(transparent)]
     Provider(#[from] crate::providers::ProviderError),
-    /// Erasure cannot finish without a person (e.g. Postmark refuses server deletion).
-    #[error("erasure blocked: {0}")]
-    ErasureBlocked(String),
+    /// Some processors still hold the tenant's data; retried with backoff (slowly when a
+    /// person is needed, e.g. Postmark refuses server deletion).
+    #[error("{summary}")]
+    ErasureIncomplete { summary: String, transient: bool },
     /// A serialization bug: our own objects did not serialize.
     #[error("could not serialize {0}: {1}")]
     Serialize(&'static str, #[source] serde_json::Error),
@@ -58,7 +59,8 @@ impl Error {
             },
             Error::CleanupPending(_) => true,
             Error::Provider(e) => e.is_transient(),
-            Error::ErasureBlocked(_) | Error::Serialize(..) => false,
+            Error::ErasureIncomplete { transient, .. } => *transient,
+            Error::Serialize(..) => false,
         }
     }
 

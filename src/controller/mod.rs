@@ -5,6 +5,7 @@ pub mod context;
 pub mod error;
 pub mod metrics;
 pub mod rbac;
+pub mod receipt;
 pub mod reconcile;
 pub mod status;
 

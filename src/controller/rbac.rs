@@ -56,3 +56,7 @@ pub const REQUIRED: &[(&str, &str, &[&str])] = &[
     // Events about tenants.
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
+
+/// Permissions in the operator's own namespace (a Role there): erasure receipts.
+pub const IN_OPERATOR_NAMESPACE: &[(&str, &str, &[&str])] =
+    &[("", "configmaps", &["get", "create", "patch"])];

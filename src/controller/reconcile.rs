@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use super::apply::{ensure, remove_stale};
 use super::context::Context;
 use super::error::Error;
+use super::receipt::{self, Entry, Outcome, Receipt};
 use super::status::{self, Observation, types};
 use crate::api::validate::name_problem;
 use crate::api::{DealerTenant, DeletionPolicy, FINALIZER, Phase, regions};
@@ -427,10 +428,13 @@ pub fn abandoned(t: &DealerTenant) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-/// Erases or keeps the tenant's data, by its deletion policy.
+/// Erases or keeps the tenant's data, by its deletion policy, and keeps a receipt.
 async fn cleanup(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
     let ns_name = names::namespace(t.tenant_name());
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    let now = jiff::Timestamp::now().to_string();
+    let catalog = processors::catalog(&ctx.config.processors);
+    let info = TenantInfo::of(t);
     match t.spec.deletion_policy {
         DeletionPolicy::Retain => {
             let cached = ctx.stores.namespaces.get(&ObjectRef::new(&ns_name));
@@ -451,126 +455,303 @@ async fn cleanup(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
                 .await
                 .map_err(|e| Error::kube(format!("mark namespace {ns_name} retained"), e))?;
             }
+            let mut entries = vec![
+                namespace_entry(ctx, &catalog, &ns_name, Outcome::Kept, &now).detail(format!(
+                    "namespace {ns_name} and its Secrets, labelled {}=true",
+                    names::RETAINED_LABEL
+                )),
+            ];
+            for component in Component::ORDER {
+                if !component.enabled_for(t) {
+                    continue;
+                }
+                let processor = processor_entry(ctx, &catalog, component);
+                let planned = providers::plan(component, &ctx.config, &info);
+                entries.push(
+                    Entry::new(component.key(), &processor, Outcome::Kept, planned, &now)
+                        .detail("deletionPolicy Retain"),
+                );
+            }
+            let receipt = record_receipt(t, ctx, entries, true, &now).await?;
             info!(tenant = t.tenant_name(), namespace = %ns_name, "tenant deleted; data retained");
-            publish(&recorder, t, EventType::Normal, "Retained", format!(
-                "deletionPolicy Retain: namespace {ns_name}, its Secrets and every external resource are kept; namespace labelled {}=true",
-                names::RETAINED_LABEL
-            ))
+            publish(
+                &recorder,
+                t,
+                EventType::Normal,
+                "Retained",
+                receipt.summary(),
+            )
             .await;
             Ok(Action::await_change())
         }
         DeletionPolicy::Delete => {
-            erase_components(t, ctx, &recorder).await?;
+            let mut entries = erase_components(t, ctx, &catalog, &now).await;
+            let failed: Vec<&Entry> = entries
+                .iter()
+                .filter(|e| e.outcome == Outcome::Failed)
+                .collect();
+            if !failed.is_empty() {
+                // External data first: the namespace (with the Secrets that reach that data)
+                // stays until every processor has erased the tenant.
+                let all_transient = failed.iter().all(|e| {
+                    e.detail
+                        .as_deref()
+                        .is_some_and(|d| d.starts_with("transient:"))
+                });
+                let still: Vec<String> = failed
+                    .iter()
+                    .map(|e| format!("{} at {}", e.component, e.processor))
+                    .collect();
+                let summary = format!("erasure incomplete: {} still hold data", still.join(", "));
+                let mut obs: Vec<Observation> = failed
+                    .iter()
+                    .filter_map(|e| Component::ORDER.iter().find(|c| c.key() == e.component))
+                    .map(|c| {
+                        let detail = entries
+                            .iter()
+                            .find(|e| e.component == c.key())
+                            .and_then(|e| e.detail.clone());
+                        Observation::not(
+                            c.condition_type(),
+                            "ErasureFailed",
+                            detail.unwrap_or_default(),
+                        )
+                    })
+                    .collect();
+                obs.insert(
+                    0,
+                    Observation::not(types::READY, "ErasureIncomplete", summary.clone()),
+                );
+                entries.push(
+                    namespace_entry(ctx, &catalog, &ns_name, Outcome::Kept, &now)
+                        .detail("kept until every processor has erased the tenant"),
+                );
+                record_receipt(t, ctx, entries, false, &now).await?;
+                update_status(
+                    t,
+                    ctx,
+                    StatusUpdate::new(obs, Phase::Deleting, Some(ns_name.clone())),
+                )
+                .await?;
+                publish(
+                    &recorder,
+                    t,
+                    EventType::Warning,
+                    "ErasureIncomplete",
+                    summary.clone(),
+                )
+                .await;
+                return Err(Error::ErasureIncomplete {
+                    summary,
+                    transient: all_transient,
+                });
+            }
             let cached = ctx.stores.namespaces.get(&ObjectRef::new(&ns_name));
-            if cached
+            let gone = if cached
                 .as_ref()
                 .is_some_and(|ns| ns.metadata.deletion_timestamp.is_some())
             {
+                false
+            } else {
+                let api: Api<Namespace> = Api::all(ctx.client.clone());
+                match api.delete(&ns_name, &DeleteParams::foreground()).await {
+                    Err(kube::Error::Api(s)) if s.code == 404 => true,
+                    Err(e) => return Err(Error::kube(format!("delete namespace {ns_name}"), e)),
+                    Ok(_) => false,
+                }
+            };
+            if !gone {
+                entries.push(
+                    namespace_entry(ctx, &catalog, &ns_name, Outcome::Kept, &now)
+                        .detail("being deleted"),
+                );
+                record_receipt(t, ctx, entries, false, &now).await?;
+                let obs = vec![Observation::not(
+                    types::READY,
+                    "Deleting",
+                    format!("waiting for namespace {ns_name} to be deleted"),
+                )];
+                update_status(
+                    t,
+                    ctx,
+                    StatusUpdate::new(obs, Phase::Deleting, Some(ns_name.clone())),
+                )
+                .await?;
                 return Err(Error::CleanupPending(format!(
                     "namespace {ns_name} is terminating"
                 )));
             }
-            let api: Api<Namespace> = Api::all(ctx.client.clone());
-            match api.delete(&ns_name, &DeleteParams::foreground()).await {
-                Err(kube::Error::Api(s)) if s.code == 404 => {
-                    info!(tenant = t.tenant_name(), namespace = %ns_name, "tenant erased");
-                    publish(
-                        &recorder,
-                        t,
-                        EventType::Normal,
-                        "Erased",
-                        format!("namespace {ns_name} deleted"),
-                    )
-                    .await;
-                    Ok(Action::await_change())
-                }
-                Err(e) => Err(Error::kube(format!("delete namespace {ns_name}"), e)),
-                Ok(_) => {
-                    let obs = vec![Observation::not(
-                        types::READY,
-                        "Deleting",
-                        format!("waiting for namespace {ns_name} to be deleted"),
-                    )];
-                    update_status(
-                        t,
-                        ctx,
-                        StatusUpdate::new(obs, Phase::Deleting, Some(ns_name.clone())),
-                    )
-                    .await?;
-                    Err(Error::CleanupPending(format!(
-                        "namespace {ns_name} is terminating"
-                    )))
-                }
-            }
+            entries.push(
+                namespace_entry(ctx, &catalog, &ns_name, Outcome::Erased, &now)
+                    .detail("namespace deleted with its Secrets"),
+            );
+            let receipt = record_receipt(t, ctx, entries, true, &now).await?;
+            info!(tenant = t.tenant_name(), namespace = %ns_name, "tenant erased");
+            let kind = if receipt.still_holding().is_empty() {
+                EventType::Normal
+            } else {
+                EventType::Warning
+            };
+            publish(&recorder, t, kind, "Erased", receipt.summary()).await;
+            Ok(Action::await_change())
         }
     }
 }
 
+fn processor_entry(
+    ctx: &Context,
+    catalog: &[processors::Processor],
+    component: Component,
+) -> processors::Processor {
+    let id = providers::processor_of(component, &ctx.config);
+    processors::lookup(catalog, id)
+}
+
+fn namespace_entry(
+    ctx: &Context,
+    catalog: &[processors::Processor],
+    ns: &str,
+    outcome: Outcome,
+    at: &str,
+) -> Entry {
+    let host = processors::lookup(catalog, &ctx.config.cluster.processor);
+    let resource = ExternalResource::new(
+        "Namespace",
+        ns,
+        Some(ctx.config.cluster.region.clone()),
+        &host.id,
+    );
+    Entry::new("namespace", &host, outcome, vec![resource], at)
+}
+
+/// Writes the receipt (merged with earlier attempts) to its ConfigMap and logs it.
+async fn record_receipt(
+    t: &DealerTenant,
+    ctx: &Context,
+    entries: Vec<Entry>,
+    complete: bool,
+    now: &str,
+) -> Result<Receipt, Error> {
+    let uid = t.uid().unwrap_or_default();
+    let ns = &ctx.config.operator_namespace;
+    let fresh = Receipt {
+        tenant: t.tenant_name().into(),
+        tenant_uid: uid.clone(),
+        deletion_policy: t.spec.deletion_policy,
+        complete,
+        started_at: now.into(),
+        completed_at: complete.then(|| now.to_string()),
+        entries,
+    };
+    let api: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(ctx.client.clone(), ns);
+    let name = receipt::configmap_name(t.tenant_name(), &uid);
+    let old = match api.get_opt(&name).await {
+        Ok(cm) => cm.as_ref().and_then(receipt::from_configmap),
+        Err(e) => return Err(Error::kube(format!("read erasure receipt {ns}/{name}"), e)),
+    };
+    let merged = receipt::merge(old.as_ref(), fresh);
+    if old.as_ref() != Some(&merged) {
+        let cm = receipt::to_configmap(&merged, ns);
+        api.patch(
+            &name,
+            &PatchParams::apply(names::FIELD_MANAGER).force(),
+            &Patch::Apply(&cm),
+        )
+        .await
+        .map_err(|e| Error::kube(format!("write erasure receipt {ns}/{name}"), e))?;
+        let json = serde_json::to_string(&merged).expect("a receipt serializes");
+        info!(tenant = t.tenant_name(), receipt = %json, configmap = %format!("{ns}/{name}"), complete = merged.complete, "erasure receipt");
+    }
+    Ok(merged)
+}
+
 /// Deletes the tenant at every configured provider (all of them, enabled or not: a
-/// component switched off earlier may still hold data), in reverse order. A failure keeps
-/// the finalizer, and the status names the components that still hold data.
+/// component switched off earlier may still hold data), in reverse order, and says what
+/// each did. Abandoned components are left alone.
 async fn erase_components(
     t: &DealerTenant,
     ctx: &Context,
-    recorder: &Recorder,
-) -> Result<(), Error> {
+    catalog: &[processors::Processor],
+    now: &str,
+) -> Vec<Entry> {
     let info = TenantInfo::of(t);
     let abandoned = abandoned(t);
-    let mut failures: Vec<(Component, ProviderError)> = Vec::new();
+    let mut entries = Vec::new();
     for component in Component::ORDER.iter().rev().copied() {
+        let processor = processor_entry(ctx, catalog, component);
         if abandoned.contains(component.key()) {
+            let planned = providers::plan(component, &ctx.config, &info);
+            entries.push(
+                Entry::new(
+                    component.key(),
+                    &processor,
+                    Outcome::Abandoned,
+                    planned,
+                    now,
+                )
+                .detail(format!("abandoned by the {ABANDON_ANNOTATION} annotation")),
+            );
             continue;
         }
         let Some(provider) = ctx.providers.get(component) else {
+            if component.enabled_for(t) {
+                let why = ctx.providers.why_unavailable(component);
+                entries.push(
+                    Entry::new(
+                        component.key(),
+                        &processor,
+                        Outcome::Failed,
+                        Vec::new(),
+                        now,
+                    )
+                    .detail(format!("permanent: {why}")),
+                );
+            }
             continue;
         };
         match provider.delete(&info).await {
+            Ok(erased) if erased.resources.is_empty() => {
+                entries.push(Entry::new(
+                    component.key(),
+                    &processor,
+                    Outcome::NothingFound,
+                    Vec::new(),
+                    now,
+                ));
+            }
             Ok(erased) => {
                 for r in &erased.resources {
                     info!(tenant = %info.name, %component, kind = %r.kind, name = %r.name, "erased");
                 }
+                entries.push(Entry::new(
+                    component.key(),
+                    &processor,
+                    Outcome::Erased,
+                    erased.resources,
+                    now,
+                ));
             }
-            Err(e) => failures.push((component, e)),
+            Err(e) => {
+                warn!(tenant = %info.name, %component, error = %e, "erasure failed");
+                let class = if e.is_transient() {
+                    "transient"
+                } else {
+                    "permanent"
+                };
+                entries.push(
+                    Entry::new(
+                        component.key(),
+                        &processor,
+                        Outcome::Failed,
+                        Vec::new(),
+                        now,
+                    )
+                    .detail(format!("{class}: {e}")),
+                );
+            }
         }
     }
-    if failures.is_empty() {
-        return Ok(());
-    }
-    let mut obs: Vec<Observation> = failures
-        .iter()
-        .map(|(c, e)| Observation::not(c.condition_type(), e.reason(), e.to_string()))
-        .collect();
-    let still = failures
-        .iter()
-        .map(|(c, _)| c.key())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let summary = format!("deletion waits: {still} still hold data");
-    obs.insert(
-        0,
-        Observation::not(types::READY, "ErasureIncomplete", summary.clone()),
-    );
-    update_status(
-        t,
-        ctx,
-        StatusUpdate::new(obs, Phase::Deleting, Some(info.namespace.clone())),
-    )
-    .await?;
-    publish(
-        recorder,
-        t,
-        EventType::Warning,
-        "ErasureIncomplete",
-        summary.clone(),
-    )
-    .await;
-    let transient = failures.iter().all(|(_, e)| e.is_transient());
-    let (_, first) = failures.swap_remove(0);
-    if transient {
-        Err(Error::Provider(first))
-    } else {
-        Err(Error::ErasureBlocked(summary))
-    }
+    entries
 }
 
 async fn paused(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
@@ -658,6 +839,7 @@ fn is_failure(reason: &str) -> bool {
             | "DeletionBlocked"
             | "ThirdCountryProcessorDenied"
             | "ErasureIncomplete"
+            | "ErasureFailed"
     )
 }
 

@@ -79,6 +79,7 @@ impl World {
                 "Deployment" => put(&mut w.deployments, v),
                 "PodDisruptionBudget" => put(&mut w.pdbs, v),
                 "Secret" => put(&mut w.secrets, v),
+                "ConfigMap" => {} // erasure receipts: read with GET, not cached
                 other => panic!("unexpected kind {other}"),
             }
         }
