@@ -2,6 +2,8 @@
 //! which safeguard. The built-in catalog can be extended or overridden in the operator
 //! configuration (`processors:`). Every component names the processor that holds it.
 
+pub mod report;
+
 use serde::{Deserialize, Serialize};
 
 /// One processor (sub-processor, in the company's published list).
