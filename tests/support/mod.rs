@@ -8,3 +8,4 @@ pub mod fake_kube;
 pub mod fake_provider;
 pub mod gcs;
 pub mod postmark;
+pub mod pgproxy;
