@@ -57,6 +57,18 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = Format::Text)]
         output: Format,
     },
+    /// List the processors that hold each tenant's data: offline from manifests, or from the
+    /// live cluster (the tenants' status) when no file is given.
+    Processors {
+        /// DealerTenant manifests; the live cluster when none is given.
+        files: Vec<PathBuf>,
+        /// Operator configuration (for the catalog and the policy); built-in defaults when absent.
+        #[arg(long, env = CONFIG_ENV)]
+        config: Option<PathBuf>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = ReportFormat::Table)]
+        output: ReportFormat,
+    },
     /// Check DealerTenant manifests offline, with the rules the API server applies.
     Validate {
         /// Manifest files (YAML, several documents allowed).
@@ -69,6 +81,13 @@ enum Command {
 enum Policy {
     Allow,
     Deny,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ReportFormat {
+    Table,
+    Markdown,
+    Json,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -99,6 +118,11 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Validate { files } => validate_files(&files),
+        Command::Processors {
+            files,
+            config,
+            output,
+        } => processors(&files, config.as_deref(), output),
         Command::Plan {
             file,
             config,
@@ -213,6 +237,103 @@ fn read_tenants(file: &std::path::Path) -> Result<Vec<DealerTenant>, Vec<String>
         .filter(|v| !v.is_null())
         .map(|v| serde_json::from_value(v).map_err(|e| vec![format!("{shown}: {e}")]))
         .collect()
+}
+
+fn processors(
+    files: &[PathBuf],
+    config: Option<&std::path::Path>,
+    output: ReportFormat,
+) -> ExitCode {
+    use dealertenant_operator::processors::report::{self, TenantReport};
+    let cfg = match load_config(config) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    let reports: Vec<TenantReport> = if files.is_empty() {
+        let live = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| rt.block_on(live_tenants()));
+        match live {
+            Ok(tenants) => tenants
+                .iter()
+                .map(|t| tenant_report(t, &cfg, true))
+                .collect(),
+            Err(e) => return fail(e),
+        }
+    } else {
+        let mut tenants = Vec::new();
+        let mut bad = false;
+        for f in files {
+            match read_tenants(f) {
+                Ok(ts) => tenants.extend(ts),
+                Err(lines) => {
+                    bad = true;
+                    lines.iter().for_each(|l| out(&format!("{l}\n")));
+                }
+            }
+        }
+        if bad {
+            return ExitCode::FAILURE;
+        }
+        tenants
+            .iter()
+            .map(|t| tenant_report(t, &cfg, false))
+            .collect()
+    };
+    out(&match output {
+        ReportFormat::Table => report::table(&reports),
+        ReportFormat::Markdown => report::markdown(&reports),
+        ReportFormat::Json => format!("{}\n", report::json(&reports)),
+    });
+    ExitCode::SUCCESS
+}
+
+/// A tenant's processors: from its status when it has been reconciled (what actually holds
+/// data), otherwise from its spec and the configuration.
+fn tenant_report(
+    t: &DealerTenant,
+    cfg: &OperatorConfig,
+    prefer_status: bool,
+) -> dealertenant_operator::processors::report::TenantReport {
+    use dealertenant_operator::processors;
+    use dealertenant_operator::providers::{self, Component};
+    let from_status = t
+        .status
+        .as_ref()
+        .map(|s| s.processors.clone())
+        .unwrap_or_default();
+    let list = if prefer_status && !from_status.is_empty() {
+        from_status
+    } else {
+        let mut used = vec![("hosting".to_string(), cfg.cluster.processor.clone())];
+        for c in Component::ORDER {
+            if dealertenant_operator::plan::skip_reason(c, t, cfg).is_none() {
+                used.push((
+                    c.key().to_string(),
+                    providers::processor_of(c, cfg).to_string(),
+                ));
+            }
+        }
+        processors::for_tenant(&used, &processors::catalog(&cfg.processors))
+    };
+    dealertenant_operator::processors::report::TenantReport {
+        tenant: t.tenant_name().to_string(),
+        processors: list,
+    }
+}
+
+async fn live_tenants() -> anyhow::Result<Vec<DealerTenant>> {
+    let client = kube::Client::try_default()
+        .await
+        .context("no Kubernetes cluster is reachable: give manifest files, or set KUBECONFIG")?;
+    let api: kube::Api<DealerTenant> = kube::Api::all(client);
+    let list = api
+        .list(&Default::default())
+        .await
+        .context("cannot list DealerTenants in the cluster")?;
+    Ok(list.items)
 }
 
 fn validate_files(files: &[PathBuf]) -> ExitCode {

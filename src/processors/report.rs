@@ -50,7 +50,11 @@ pub fn country_name(code: &str) -> &str {
         ("US", "United States"),
         ("ZZ", "unknown"),
     ];
-    NAMES.iter().find(|(c, _)| *c == code).map(|(_, n)| *n).unwrap_or(code)
+    NAMES
+        .iter()
+        .find(|(c, _)| *c == code)
+        .map(|(_, n)| *n)
+        .unwrap_or(code)
 }
 
 /// JSON: `[{"tenant": ..., "processors": [...]}]`.
@@ -60,7 +64,18 @@ pub fn json(reports: &[TenantReport]) -> String {
 
 /// An aligned text table, one row per tenant and processor.
 pub fn table(reports: &[TenantReport]) -> String {
-    let mut rows = vec![["TENANT", "PROCESSOR", "ENTITY", "COUNTRY", "THIRD-COUNTRY", "SAFEGUARD", "HOLDS"].map(String::from)];
+    let mut rows = vec![
+        [
+            "TENANT",
+            "PROCESSOR",
+            "ENTITY",
+            "COUNTRY",
+            "THIRD-COUNTRY",
+            "SAFEGUARD",
+            "HOLDS",
+        ]
+        .map(String::from),
+    ];
     for r in reports {
         for p in &r.processors {
             rows.push([
@@ -74,10 +89,16 @@ pub fn table(reports: &[TenantReport]) -> String {
             ]);
         }
     }
-    let widths: Vec<usize> = (0..7).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let widths: Vec<usize> = (0..7)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
     let mut out = String::new();
     for row in rows {
-        let cells: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
@@ -142,7 +163,11 @@ pub fn markdown(reports: &[TenantReport]) -> String {
             n
         ));
     }
-    let third: Vec<&TenantProcessor> = all.iter().map(|(p, _)| p).filter(|p| p.third_country).collect();
+    let third: Vec<&TenantProcessor> = all
+        .iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.third_country)
+        .collect();
     out.push('\n');
     if third.is_empty() {
         out.push_str("No personal data is transferred to a third country.\n");
@@ -192,8 +217,14 @@ mod tests {
         );
         let without = for_tenant(&[("hosting".into(), "google-cloud".into())], &catalog);
         vec![
-            TenantReport { tenant: "acme".into(), processors: with_email },
-            TenantReport { tenant: "dupont".into(), processors: without },
+            TenantReport {
+                tenant: "acme".into(),
+                processors: with_email,
+            },
+            TenantReport {
+                tenant: "dupont".into(),
+                processors: without,
+            },
         ]
     }
 
@@ -207,7 +238,10 @@ mod tests {
         assert!(md.contains("Transfers to Postmark (ActiveCampaign, LLC, United States) rely on EU standard contractual clauses."));
         assert!(md.contains("### dupont"));
         // Google Cloud serves both customers.
-        assert!(md.lines().any(|l| l.starts_with("| Google Cloud ") && l.ends_with("| 2 |")));
+        assert!(
+            md.lines()
+                .any(|l| l.starts_with("| Google Cloud ") && l.ends_with("| 2 |"))
+        );
     }
 
     #[test]
@@ -220,7 +254,13 @@ mod tests {
         assert_eq!(p["country"], "US");
         assert_eq!(p["thirdCountry"], true);
         assert!(p["purpose"].is_string() && p["safeguard"].is_string());
-        assert!(v[1]["processors"].as_array().unwrap().iter().all(|p| p["thirdCountry"] == false));
+        assert!(
+            v[1]["processors"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["thirdCountry"] == false)
+        );
     }
 
     #[test]

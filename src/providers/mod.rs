@@ -285,10 +285,10 @@ pub async fn from_config(cfg: &crate::config::OperatorConfig) -> anyhow::Result<
                 .await
                 .map(|p| Arc::new(p) as Arc<dyn Provider>)
         }
-        database::DatabaseProviderKind::Postgres => Err(ProviderError::NotConfigured {
-            service: "PostgreSQL",
-            message: "the postgres provider is not built in yet".into(),
-        }),
+        database::DatabaseProviderKind::Postgres => {
+            database::postgres::from_config(&cfg.database.postgres)
+                .map(|p| Arc::new(p) as Arc<dyn Provider>)
+        }
     };
     providers.add(Component::Database, database);
     let storage = storage::StorageProvider::from_config(&cfg.storage)

@@ -7,5 +7,5 @@ pub mod elasticsearch;
 pub mod fake_kube;
 pub mod fake_provider;
 pub mod gcs;
-pub mod postmark;
 pub mod pgproxy;
+pub mod postmark;
