@@ -43,7 +43,7 @@ pub fn validations() -> Vec<(String, String, Option<String>)> {
             None,
         ),
         (
-            "request.operation != 'UPDATE' || oldObject == null || object.spec.region == oldObject.spec.region".into(),
+            "request.operation != 'UPDATE' || object.spec.region == oldObject.spec.region".into(),
             "spec.region is immutable: moving a tenant between regions is a migration, not an edit".into(),
             None,
         ),
