@@ -34,6 +34,13 @@ enum Command {
         /// write CustomResourceDefinitions; for development clusters).
         #[arg(long)]
         install_crd: bool,
+        /// Where to serve `/metrics` (Prometheus) and `/healthz`.
+        #[arg(
+            long,
+            env = "DEALERTENANT_METRICS_ADDR",
+            default_value = "127.0.0.1:9464"
+        )]
+        metrics_addr: std::net::SocketAddr,
     },
     /// Print the DealerTenant CustomResourceDefinition as YAML.
     Crd,
@@ -132,6 +139,7 @@ fn main() -> ExitCode {
             config,
             log_json,
             install_crd,
+            metrics_addr,
         } => {
             init_logging(log_json);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -141,7 +149,7 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fail(e.into()),
             };
-            match runtime.block_on(run(config, install_crd)) {
+            match runtime.block_on(run(config, install_crd, metrics_addr)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
@@ -398,7 +406,11 @@ fn init_logging(json: bool) {
     }
 }
 
-async fn run(config: Option<PathBuf>, install_crd: bool) -> anyhow::Result<()> {
+async fn run(
+    config: Option<PathBuf>,
+    install_crd: bool,
+    metrics_addr: std::net::SocketAddr,
+) -> anyhow::Result<()> {
     let config = load_config(config.as_deref())?;
     let client = kube::Client::try_default().await.context(
         "no Kubernetes cluster is reachable: set KUBECONFIG (or ~/.kube/config) to a cluster, \
@@ -413,5 +425,5 @@ async fn run(config: Option<PathBuf>, install_crd: bool) -> anyhow::Result<()> {
         dealertenant_operator::controller::install_crd(&client).await?;
     }
     let providers = dealertenant_operator::providers::from_config(&config).await?;
-    dealertenant_operator::controller::run(client, config, providers).await
+    dealertenant_operator::controller::run(client, config, providers, metrics_addr).await
 }

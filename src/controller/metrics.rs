@@ -64,15 +64,12 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` until the process ends.
-pub async fn serve(addr: std::net::SocketAddr, metrics: Metrics) -> anyhow::Result<()> {
+/// Serves `/metrics` and `/healthz` on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) -> anyhow::Result<()> {
     use axum::routing::get;
     let app = axum::Router::new()
         .route("/metrics", get(move || async move { metrics.render() }))
         .route("/healthz", get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics: {e}"))?;
     axum::serve(listener, app).await?;
     Ok(())
 }

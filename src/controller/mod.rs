@@ -113,6 +113,7 @@ pub async fn run(
     client: Client,
     config: OperatorConfig,
     providers: crate::providers::Providers,
+    metrics_addr: std::net::SocketAddr,
 ) -> anyhow::Result<()> {
     let tenants: Api<DealerTenant> = Api::all(client.clone());
     // Fail fast with a clear message when the CRD is missing or we may not list tenants.
@@ -127,6 +128,18 @@ pub async fn run(
     }
     let (stores, w) = Stores::new();
     let ctx = Arc::new(Context::new(client.clone(), config, stores, providers));
+    let listener = tokio::net::TcpListener::bind(metrics_addr)
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!("cannot listen on {metrics_addr} for /metrics and /healthz: {e}")
+        })?;
+    let metrics = ctx.metrics.clone();
+    tokio::spawn(async move {
+        if let Err(e) = metrics::serve(listener, metrics).await {
+            warn!(error = %e, "metrics endpoint stopped");
+        }
+    });
+    info!(%metrics_addr, "serving /metrics and /healthz");
 
     // The namespace and the component Secrets carry no owner reference (so `Retain` can
     // keep them); they are mapped to their tenant by label.
