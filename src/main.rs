@@ -44,6 +44,8 @@ enum Command {
     },
     /// Print the DealerTenant CustomResourceDefinition as YAML.
     Crd,
+    /// Print the built-in default operator configuration as YAML.
+    DefaultConfig,
     /// Print the ValidatingAdmissionPolicy, its binding and parameter ConfigMap as YAML.
     AdmissionPolicy {
         /// Namespace of the parameter ConfigMap (the operator's namespace).
@@ -124,6 +126,13 @@ fn main() -> ExitCode {
             ));
             ExitCode::SUCCESS
         }
+        Command::DefaultConfig => match serde_saphyr::to_string(&OperatorConfig::default()) {
+            Ok(yaml) => {
+                out(&yaml);
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(e.into()),
+        },
         Command::Validate { files } => validate_files(&files),
         Command::Processors {
             files,
