@@ -9,3 +9,4 @@ pub mod desired;
 pub mod plan;
 pub mod processors;
 pub mod providers;
+pub mod table;

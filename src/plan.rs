@@ -118,19 +118,8 @@ pub fn to_text(plan: &Plan) -> String {
             r.processor.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..4)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
     let mut out = format!("tenant {}\n", plan.tenant);
-    for row in rows {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    out.push_str(&crate::table::aligned(&rows));
     for s in &plan.skipped {
         out.push_str(&format!("skipped {}: {}\n", s.component, s.reason));
     }
