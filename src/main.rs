@@ -30,8 +30,8 @@ enum Command {
         /// Log as JSON lines instead of text.
         #[arg(long, env = "DEALERTENANT_LOG_JSON")]
         log_json: bool,
-        /// Install or update the DealerTenant CRD before starting (needs permission to
-        /// write CustomResourceDefinitions; for development clusters).
+        /// Install or update the DealerTenant CRD, and create the operator namespace, before
+        /// starting (needs permission to write CRDs and Namespaces; for development clusters).
         #[arg(long)]
         install_crd: bool,
         /// Where to serve `/metrics` (Prometheus) and `/healthz`.
@@ -432,6 +432,11 @@ async fn run(
         .context("the Kubernetes API server named by the current kube context does not answer")?;
     if install_crd {
         dealertenant_operator::controller::install_crd(&client).await?;
+        dealertenant_operator::controller::ensure_operator_namespace(
+            &client,
+            &config.operator_namespace,
+        )
+        .await?;
     }
     let providers = dealertenant_operator::providers::from_config(&config).await?;
     dealertenant_operator::controller::run(client, config, providers, metrics_addr).await

@@ -22,8 +22,19 @@
 //! and on failure), then drives tenants named `e2e-<run id>-<suffix>` through their life.
 //! The tenants switch their external components (database, storage, email, search) off:
 //! the suite is about the in-cluster part, and the default configuration has no provider
-//! for those. At the end, also when a check fails, it deletes every tenant and `tenant-e2e-<run id>-*`
-//! namespace it created and stops the operator.
+//! for those.
+//!
+//! The last phase installs the ValidatingAdmissionPolicy `dealertenants.dealerdesk.de`, its
+//! binding and its parameter ConfigMap `dealertenant-system/dealertenant-policy` (with
+//! `thirdCountryProcessors: deny`; the namespace is created if missing) and checks that the
+//! API server refuses tenants with email on. Should an object of that name already exist
+//! that this suite did not write, the phase fails without touching it rather than replace
+//! and then delete it.
+//!
+//! At the end, also when a check fails, it deletes the policy's binding, the policy and its
+//! ConfigMap (first, since a binding left behind governs every tenant), every tenant and
+//! `tenant-e2e-<run id>-*` namespace it created, and `dealertenant-system` if this run
+//! created it, and stops the operator.
 //!
 //! All scenarios run in order inside one test function: `cargo test` runs test functions
 //! in parallel threads, and only one operator process may run at a time.
@@ -35,11 +46,16 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use dealertenant_operator::api::{DealerTenant, DeletionPolicy, Phase};
+use dealertenant_operator::api::{DealerTenant, DeletionPolicy, FINALIZER, Phase};
+use dealertenant_operator::config::ThirdCountryPolicy;
+use dealertenant_operator::desired::admission::{self, PARAMS_NAME, POLICY_NAME};
 use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{
-    LimitRange, Namespace, Pod, ResourceQuota, Service, ServiceAccount,
+    ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service, ServiceAccount,
 };
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
@@ -65,6 +81,13 @@ const POD_TIMEOUT: Duration = Duration::from_secs(90);
 const NAMESPACE_GONE_TIMEOUT: Duration = Duration::from_secs(180);
 /// Upper bound for the cleanup at the end.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Namespace of the admission policy's parameter ConfigMap: the operator's default
+/// namespace, where it also writes erasure receipts when a tenant is deleted.
+const OPERATOR_NAMESPACE: &str = "dealertenant-system";
+/// How long kube-controller-manager may take to type-check a new admission policy.
+const TYPE_CHECK_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long the API server may take to enforce a new admission policy binding.
+const POLICY_ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn dealertenant_operator_end_to_end() {
@@ -112,6 +135,8 @@ async fn dealertenant_operator_end_to_end() {
     e2e.a_paused_tenant_is_left_alone(&ready).await;
     e2e.deletion_policy_delete_erases_the_namespace(&pods).await;
     e2e.deletion_policy_retain_keeps_the_namespace(&ready).await;
+    // Last: while the policy is bound, it governs every tenant in the cluster.
+    e2e.admission_policy_denies_third_country_processors().await;
     eprintln!("e2e: all checks passed");
 }
 
@@ -122,6 +147,18 @@ fn without_components(mut spec: Value) -> Value {
     for component in ["database", "storage", "email", "search"] {
         spec[component] = json!({"enabled": false});
     }
+    spec
+}
+
+/// A tenant for the admission phase: no replicas, every external component off except
+/// email, which is on or off as asked.
+fn tenant_with_email(enabled: bool) -> Value {
+    let mut spec = without_components(json!({
+        "displayName": "Autohaus Weber",
+        "region": "europe-west3",
+        "server": {"replicas": 0},
+    }));
+    spec["email"] = json!({"enabled": enabled});
     spec
 }
 
@@ -139,6 +176,16 @@ struct E2e {
     log: PathBuf,
     operator: Mutex<Option<Operator>>,
     created: Mutex<Vec<String>>,
+    admission: Mutex<AdmissionState>,
+}
+
+/// What the admission phase put into the cluster, for the cleanup.
+#[derive(Default)]
+struct AdmissionState {
+    /// The policy, its binding or its ConfigMap may exist.
+    applied: bool,
+    /// This run created [`OPERATOR_NAMESPACE`].
+    created_namespace: bool,
 }
 
 impl E2e {
@@ -163,8 +210,11 @@ impl E2e {
             log,
             operator: Mutex::new(None),
             created: Mutex::new(Vec::new()),
+            admission: Mutex::new(AdmissionState::default()),
         };
         install_crd(&e2e.client).await;
+        // The operator keeps erasure receipts there; it must exist before it starts.
+        e2e.ensure_operator_namespace().await;
         let operator = Operator::spawn(&e2e.log);
         *e2e.operator.lock().unwrap_or_else(PoisonError::into_inner) = Some(operator);
         e2e
@@ -823,6 +873,257 @@ impl E2e {
             .unwrap_or_else(|e| panic!("delete namespace {ns}: {e}"));
     }
 
+    /// The ValidatingAdmissionPolicy, bound to a ConfigMap saying `thirdCountryProcessors:
+    /// deny`, makes the API server itself refuse a tenant with email on, both when it is
+    /// created and when email is switched on later; a tenant with email off is accepted and
+    /// stays deletable (the policy exempts objects being deleted, so the operator can
+    /// remove its finalizer). Removes the policy again at the end; the cleanup does so too
+    /// when a check fails.
+    async fn admission_policy_denies_third_country_processors(&self) {
+        eprintln!("e2e: the admission policy denies third-country processors");
+        self.install_admission_policy().await;
+        let refusal = self.wait_until_email_is_refused().await;
+        eprintln!("e2e:   the API server said: {refusal}");
+
+        let off = self
+            .create_tenant("vap-off", tenant_with_email(false))
+            .await;
+        let name = off.name_any();
+        // With the finalizer, deleting the tenant needs an UPDATE by the operator.
+        self.wait_tenant(&name, &format!("finalizer {FINALIZER}"), |t| {
+            t.finalizers().iter().any(|f| f == FINALIZER)
+        })
+        .await;
+        eprintln!("e2e: switching email on for tenant {name}");
+        let switched = self
+            .tenants()
+            .patch(
+                &name,
+                &merge_params(),
+                &Patch::Merge(json!({"spec": {"email": {"enabled": true}}})),
+            )
+            .await;
+        expect_third_country_refusal(switched, &format!("switching email on for tenant {name}"));
+        let still = self
+            .tenants()
+            .get(&name)
+            .await
+            .unwrap_or_else(|e| panic!("get tenant {name}: {e}"));
+        assert_eq!(
+            json!(still.spec)["email"]["enabled"],
+            json!(false),
+            "tenant {name}: spec.email after the refused update"
+        );
+
+        self.delete_tenant(&name).await;
+        self.wait_tenant_gone(&name, STEP_TIMEOUT).await;
+        self.remove_admission_policy().await;
+    }
+
+    /// Creates [`OPERATOR_NAMESPACE`] if needed, server-side applies the policy's ConfigMap
+    /// and the policy, checks that the policy type-checks, and only then binds it.
+    async fn install_admission_policy(&self) {
+        let (policy, binding, params) =
+            admission::objects(OPERATOR_NAMESPACE, ThirdCountryPolicy::Deny);
+        let policies: Api<ValidatingAdmissionPolicy> = Api::all(self.client.clone());
+        let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(self.client.clone());
+        let config_maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
+        // Replacing and then deleting someone else's policy would be worse than failing.
+        assert_absent_or_ours(&bindings, POLICY_NAME).await;
+        assert_absent_or_ours(&policies, POLICY_NAME).await;
+        assert_absent_or_ours(&config_maps, PARAMS_NAME).await;
+        self.ensure_operator_namespace().await;
+
+        // From here on the cleanup deletes them, whatever happens.
+        self.admission
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .applied = true;
+        let apply = PatchParams::apply(FIELD_MANAGER).force();
+        eprintln!("e2e: applying ConfigMap {OPERATOR_NAMESPACE}/{PARAMS_NAME}");
+        config_maps
+            .patch(PARAMS_NAME, &apply, &Patch::Apply(&params))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("server-side apply ConfigMap {OPERATOR_NAMESPACE}/{PARAMS_NAME}: {e}")
+            });
+        eprintln!("e2e: applying ValidatingAdmissionPolicy {POLICY_NAME}");
+        policies
+            .patch(POLICY_NAME, &apply, &Patch::Apply(&policy))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("server-side apply ValidatingAdmissionPolicy {POLICY_NAME}: {e}")
+            });
+        self.assert_policy_type_checks(&policies).await;
+        eprintln!("e2e: applying ValidatingAdmissionPolicyBinding {POLICY_NAME}");
+        bindings
+            .patch(POLICY_NAME, &apply, &Patch::Apply(&binding))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("server-side apply ValidatingAdmissionPolicyBinding {POLICY_NAME}: {e}")
+            });
+    }
+
+    /// Creates [`OPERATOR_NAMESPACE`] unless it exists, remembering that for the cleanup,
+    /// which deletes it only if this run created it.
+    async fn ensure_operator_namespace(&self) {
+        let namespaces = self.namespaces();
+        let existing = namespaces
+            .get_opt(OPERATOR_NAMESPACE)
+            .await
+            .unwrap_or_else(|e| panic!("get namespace {OPERATOR_NAMESPACE}: {e}"));
+        match existing {
+            Some(ns) if ns.metadata.deletion_timestamp.is_none() => {
+                eprintln!("e2e: namespace {OPERATOR_NAMESPACE} exists");
+                return;
+            }
+            Some(_) => {
+                // Left by an earlier run and still being emptied: it takes no new objects.
+                eprintln!("e2e: waiting for terminating namespace {OPERATOR_NAMESPACE} to be gone");
+                let deleted = self
+                    .poll(NAMESPACE_GONE_TIMEOUT, async || {
+                        gone(&namespaces, OPERATOR_NAMESPACE).await
+                    })
+                    .await;
+                assert!(
+                    deleted.is_some(),
+                    "namespace {OPERATOR_NAMESPACE} is still terminating after {}s: {}",
+                    NAMESPACE_GONE_TIMEOUT.as_secs(),
+                    self.namespace_json(OPERATOR_NAMESPACE).await
+                );
+            }
+            None => {}
+        }
+        eprintln!("e2e: creating namespace {OPERATOR_NAMESPACE}");
+        let ns: Namespace = serde_json::from_value(json!({
+            "apiVersion": "v1",
+            "kind": "Namespace",
+            "metadata": {"name": OPERATOR_NAMESPACE},
+        }))
+        .expect("the test's manifest is a Namespace");
+        let params = PostParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..Default::default()
+        };
+        match namespaces.create(&params, &ns).await {
+            Ok(_) => {
+                self.admission
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .created_namespace = true;
+            }
+            Err(kube::Error::Api(s)) if s.code == 409 => eprintln!(
+                "e2e: namespace {OPERATOR_NAMESPACE} was created meanwhile; the cleanup keeps it"
+            ),
+            Err(e) => panic!("create namespace {OPERATOR_NAMESPACE}: {e}"),
+        }
+    }
+
+    /// kube-controller-manager type-checks a policy's expressions against the API server's
+    /// schemas and reports what does not check in `status.typeChecking`; fails with those
+    /// warnings. Without a status for the current generation after a while, goes on with a
+    /// notice (the check then happens only by the refusals that follow).
+    async fn assert_policy_type_checks(&self, policies: &Api<ValidatingAdmissionPolicy>) {
+        eprintln!("e2e: waiting for the type check of ValidatingAdmissionPolicy {POLICY_NAME}");
+        let checked = self
+            .poll(TYPE_CHECK_TIMEOUT, async || {
+                let policy = policies.get(POLICY_NAME).await.ok()?;
+                let observed = policy.status.as_ref()?.observed_generation?;
+                (Some(observed) == policy.metadata.generation).then_some(policy)
+            })
+            .await;
+        let Some(policy) = checked else {
+            eprintln!(
+                "e2e: notice: ValidatingAdmissionPolicy {POLICY_NAME} has no status.observedGeneration \
+                 for its generation after {}s (kube-controller-manager's \
+                 validatingadmissionpolicy-status controller sets it); going on without the type check",
+                TYPE_CHECK_TIMEOUT.as_secs()
+            );
+            return;
+        };
+        let warnings: Vec<String> = policy
+            .status
+            .and_then(|s| s.type_checking)
+            .and_then(|t| t.expression_warnings)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| format!("{}: {}", w.field_ref, w.warning))
+            .collect();
+        assert!(
+            warnings.is_empty(),
+            "ValidatingAdmissionPolicy {POLICY_NAME}: expressions that do not type-check on this \
+             API server:\n{}",
+            warnings.join("\n")
+        );
+        eprintln!("e2e:   no type-check warnings");
+    }
+
+    /// A new binding takes effect once the API server has loaded it: tries to create a tenant
+    /// with email on until the policy refuses one, deleting each that still gets in. Returns
+    /// the refusal's message.
+    async fn wait_until_email_is_refused(&self) -> String {
+        eprintln!("e2e: waiting for the admission policy to refuse a tenant with email on");
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            self.assert_operator_running();
+            attempt += 1;
+            let name = self.name(&format!("vap-email-{attempt}"));
+            let last = match self.try_create(&name, tenant_with_email(true)).await {
+                Err(e) => match third_country_refusal(&e) {
+                    Some(message) => {
+                        eprintln!("e2e:   refused after {}s", started.elapsed().as_secs());
+                        return message.to_string();
+                    }
+                    None => format!("tenant {name} was refused for another reason: {e}"),
+                },
+                Ok(_) => {
+                    eprintln!("e2e:   tenant {name} was accepted: the policy is not enforced yet");
+                    self.delete_tenant(&name).await;
+                    self.wait_tenant_gone(&name, STEP_TIMEOUT).await;
+                    format!("tenant {name} was accepted")
+                }
+            };
+            if started.elapsed() >= POLICY_ACTIVE_TIMEOUT {
+                let policies: Api<ValidatingAdmissionPolicy> = Api::all(self.client.clone());
+                let status = match policies.get_opt(POLICY_NAME).await {
+                    Ok(Some(p)) => pretty(&json!(p.status)),
+                    Ok(None) => "<does not exist>".into(),
+                    Err(e) => format!("<cannot read it: {e}>"),
+                };
+                panic!(
+                    "ValidatingAdmissionPolicy {POLICY_NAME} refused no tenant with email on \
+                     within {}s; last attempt: {last}\n\
+                     policy status: {status}\n\
+                     operator log: {}",
+                    POLICY_ACTIVE_TIMEOUT.as_secs(),
+                    self.log.display()
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+
+    /// Deletes the binding, the policy and its ConfigMap, and fails if that does not work: a
+    /// binding left behind with failurePolicy Fail would govern every later tenant. The
+    /// namespace, if this run created it, goes in the cleanup, after the tenants (the
+    /// operator writes their erasure receipts into it).
+    async fn remove_admission_policy(&self) {
+        eprintln!(
+            "e2e: removing ValidatingAdmissionPolicy {POLICY_NAME}, its binding and its ConfigMap"
+        );
+        let problems = delete_admission_objects(&self.client).await;
+        assert!(
+            problems.is_empty(),
+            "removing the admission policy: {}",
+            problems.join("; ")
+        );
+        self.admission
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .applied = false;
+    }
+
     async fn assert_no_pdb(&self, t: &DealerTenant) {
         let pdb = self
             .in_namespace::<PodDisruptionBudget>(t)
@@ -857,6 +1158,11 @@ impl Drop for E2e {
                 .get_mut()
                 .unwrap_or_else(PoisonError::into_inner),
         );
+        let admission = std::mem::take(
+            self.admission
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
         let namespace_prefix = format!("tenant-e2e-{}-", self.run_id);
         // Drop cannot await, and the test's runtime cannot be blocked on from inside: clean
         // up on a thread of its own, with its own runtime and client.
@@ -869,7 +1175,7 @@ impl Drop for E2e {
                 Ok(rt) => {
                     // The timer must be made inside the runtime.
                     let work = async {
-                        let work = clean_up(&tenants, &namespace_prefix, &mut operator);
+                        let work = clean_up(&tenants, &namespace_prefix, &admission, &mut operator);
                         tokio::time::timeout(CLEANUP_TIMEOUT, work).await
                     };
                     if rt.block_on(work).is_err() {
@@ -887,10 +1193,17 @@ impl Drop for E2e {
     }
 }
 
-/// Deletes every tenant of the run, letting the operator finalize them for a while, then
-/// stops the operator, releases whatever is still stuck on its finalizer, and deletes the
-/// run's namespaces. Best effort: reports problems, never fails.
-async fn clean_up(tenants: &[String], namespace_prefix: &str, operator: &mut Option<Operator>) {
+/// Deletes the admission policy's binding, the policy and its ConfigMap (first: a binding
+/// left behind would govern every tenant), then every tenant of the run, letting the
+/// operator finalize them for a while, then stops the operator, releases whatever is still
+/// stuck on its finalizer, and deletes the run's namespaces. Best effort: reports problems,
+/// never fails.
+async fn clean_up(
+    tenants: &[String],
+    namespace_prefix: &str,
+    admission: &AdmissionState,
+    operator: &mut Option<Operator>,
+) {
     let client = match Client::try_default().await {
         Ok(client) => client,
         Err(e) => {
@@ -898,6 +1211,14 @@ async fn clean_up(tenants: &[String], namespace_prefix: &str, operator: &mut Opt
             return;
         }
     };
+    if admission.applied {
+        eprintln!(
+            "e2e cleanup: removing ValidatingAdmissionPolicy {POLICY_NAME}, its binding and its ConfigMap"
+        );
+        for problem in delete_admission_objects(&client).await {
+            eprintln!("e2e cleanup: {problem}");
+        }
+    }
     let api: Api<DealerTenant> = Api::all(client.clone());
     let mut left: Vec<&str> = Vec::new();
     for name in tenants {
@@ -935,6 +1256,26 @@ async fn clean_up(tenants: &[String], namespace_prefix: &str, operator: &mut Opt
             Err(e) => eprintln!("e2e cleanup: release tenant {name}: {e}"),
         }
     }
+    // The operator's erasure receipts of this run's tenants.
+    let receipts: Api<ConfigMap> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let receipt_prefix = format!("erasure-{}", namespace_prefix.trim_start_matches("tenant-"));
+    if let Ok(list) = receipts
+        .list(&ListParams::default().labels("dealerdesk.de/erasure-receipt"))
+        .await
+    {
+        for cm in list
+            .items
+            .into_iter()
+            .filter(|cm| cm.name_any().starts_with(&receipt_prefix))
+        {
+            if let Err(e) = receipts
+                .delete(&cm.name_any(), &DeleteParams::default())
+                .await
+            {
+                eprintln!("e2e cleanup: delete receipt {}: {e}", cm.name_any());
+            }
+        }
+    }
     let namespaces: Api<Namespace> = Api::all(client);
     match namespaces.list(&ListParams::default()).await {
         Ok(list) => {
@@ -952,6 +1293,84 @@ async fn clean_up(tenants: &[String], namespace_prefix: &str, operator: &mut Opt
         }
         Err(e) => eprintln!("e2e cleanup: list namespaces: {e}"),
     }
+    if admission.created_namespace {
+        eprintln!("e2e cleanup: deleting namespace {OPERATOR_NAMESPACE}, which this run created");
+        match namespaces
+            .delete(OPERATOR_NAMESPACE, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => eprintln!("e2e cleanup: delete namespace {OPERATOR_NAMESPACE}: {e}"),
+        }
+    }
+}
+
+/// Deletes the admission policy's binding, then the policy, then its parameter ConfigMap,
+/// each even if an earlier one fails. Returns what could not be deleted; what is already
+/// gone is fine.
+async fn delete_admission_objects(client: &Client) -> Vec<String> {
+    let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
+    let results = [
+        (
+            format!("ValidatingAdmissionPolicyBinding {POLICY_NAME}"),
+            delete_if_present(&bindings, POLICY_NAME).await,
+        ),
+        (
+            format!("ValidatingAdmissionPolicy {POLICY_NAME}"),
+            delete_if_present(&policies, POLICY_NAME).await,
+        ),
+        (
+            format!("ConfigMap {OPERATOR_NAMESPACE}/{PARAMS_NAME}"),
+            delete_if_present(&config_maps, PARAMS_NAME).await,
+        ),
+    ];
+    results
+        .into_iter()
+        .filter_map(|(what, result)| result.err().map(|e| format!("delete {what}: {e}")))
+        .collect()
+}
+
+/// Deletes an object; one that does not exist counts as deleted.
+async fn delete_if_present<K>(api: &Api<K>, name: &str) -> kube::Result<()>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    match api.delete(name, &DeleteParams::default()).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Fails unless the object is absent or this suite wrote it (an earlier run that could
+/// not clean up): the admission phase replaces and then deletes it.
+async fn assert_absent_or_ours<K>(api: &Api<K>, name: &str)
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let kind = K::kind(&());
+    let existing = api
+        .get_opt(name)
+        .await
+        .unwrap_or_else(|e| panic!("get {kind} {name}: {e}"));
+    let Some(obj) = existing else { return };
+    let managers: Vec<&str> = obj
+        .meta()
+        .managed_fields
+        .iter()
+        .flatten()
+        .filter_map(|f| f.manager.as_deref())
+        .collect();
+    assert!(
+        managers.contains(&FIELD_MANAGER),
+        "{kind} {name} already exists and this suite did not write it (field managers: \
+         {managers:?}); the admission phase would replace and then delete it. Remove it, or \
+         run the suite against a cluster without it."
+    );
+    eprintln!("e2e: {kind} {name} is left from an earlier run; replacing it");
 }
 
 /// The operator binary cargo built for this test, running `run` with the built-in default
@@ -967,6 +1386,8 @@ impl Operator {
         let stderr = stdout.try_clone().expect("a second handle to the log file");
         let child = Command::new(env!("CARGO_BIN_EXE_dealertenant-operator"))
             .arg("run")
+            // Any free port: nothing else on the machine may hold the default one.
+            .args(["--metrics-addr", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("DEALERTENANT_CONFIG")
@@ -1074,6 +1495,36 @@ fn expect_invalid(result: kube::Result<DealerTenant>, reason: &str, what: &str) 
         Ok(t) => panic!(
             "{what}: the API server accepted it (tenant {}); the CRD does not validate it",
             t.name_any()
+        ),
+    }
+}
+
+/// The message of a refusal by the admission policy's third-country rule, if `error` is one.
+fn third_country_refusal(error: &kube::Error) -> Option<&str> {
+    match error {
+        kube::Error::Api(s)
+            if matches!(s.code, 403 | 422)
+                && (s.message.contains("third-country")
+                    || s.message.contains("thirdCountryProcessors")) =>
+        {
+            Some(&s.message)
+        }
+        _ => None,
+    }
+}
+
+/// Asserts that the admission policy refused a write for its third-country rule.
+fn expect_third_country_refusal(result: kube::Result<DealerTenant>, what: &str) {
+    match result {
+        Err(e) => assert!(
+            third_country_refusal(&e).is_some(),
+            "{what}: expected a refusal by ValidatingAdmissionPolicy {POLICY_NAME} \
+             (thirdCountryProcessors: deny), got: {e}"
+        ),
+        Ok(t) => panic!(
+            "{what}: the API server accepted it (spec.email: {}); ValidatingAdmissionPolicy \
+             {POLICY_NAME} does not enforce thirdCountryProcessors: deny",
+            json!(t.spec)["email"]
         ),
     }
 }

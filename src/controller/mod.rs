@@ -82,6 +82,25 @@ where
     .touched_objects()
 }
 
+/// Creates the operator's namespace when it is missing (development clusters).
+pub async fn ensure_operator_namespace(client: &Client, name: &str) -> anyhow::Result<()> {
+    use kube::api::{Patch, PatchParams};
+    let api: Api<Namespace> = Api::all(client.clone());
+    let ns: Namespace = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
+    }))?;
+    api.patch(
+        name,
+        &PatchParams::apply(names::FIELD_MANAGER),
+        &Patch::Apply(&ns),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("cannot create namespace {name}: {e}"))?;
+    Ok(())
+}
+
 /// Applies the DealerTenant CRD (server-side apply) and waits until it is established.
 pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -125,6 +144,18 @@ pub async fn run(
             "cannot list DealerTenants ({e}); install the CRD with `kubectl apply -f crds/dealertenant.yaml` \
              and check the operator's RBAC (deploy/)"
         );
+    }
+    // Erasure receipts are kept in the operator's namespace: without it, no tenant could be
+    // deleted. Say so now rather than at the first deletion.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    match namespaces.get_opt(&config.operator_namespace).await {
+        Ok(Some(_)) => {}
+        Ok(None) => anyhow::bail!(
+            "namespace {ns} (operatorNamespace, where erasure receipts are kept) does not exist; \
+             create it (`kubectl create namespace {ns}`), or start with --install-crd, which creates it",
+            ns = config.operator_namespace
+        ),
+        Err(e) => anyhow::bail!("cannot read namespace {}: {e}", config.operator_namespace),
     }
     let (stores, w) = Stores::new();
     let ctx = Arc::new(Context::new(client.clone(), config, stores, providers));
