@@ -466,7 +466,7 @@ async fn cleanup(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
                     continue;
                 }
                 let processor = processor_entry(ctx, &catalog, component);
-                let planned = providers::plan(component, &ctx.config, &info);
+                let planned = known_resources(t, providers::plan(component, &ctx.config, &info));
                 entries.push(
                     Entry::new(component.key(), &processor, Outcome::Kept, planned, &now)
                         .detail("deletionPolicy Retain"),
@@ -607,6 +607,25 @@ fn processor_entry(
     processors::lookup(catalog, id)
 }
 
+/// The planned resources, as the status last saw them where it did (with the provider's
+/// ID and the location the service reported).
+fn known_resources(t: &DealerTenant, planned: Vec<ExternalResource>) -> Vec<ExternalResource> {
+    let seen = t
+        .status
+        .as_ref()
+        .map(|s| s.external_resources.as_slice())
+        .unwrap_or_default();
+    planned
+        .into_iter()
+        .map(|p| {
+            seen.iter()
+                .find(|s| s.kind == p.kind && s.name == p.name)
+                .cloned()
+                .unwrap_or(p)
+        })
+        .collect()
+}
+
 fn namespace_entry(
     ctx: &Context,
     catalog: &[processors::Processor],
@@ -680,7 +699,7 @@ async fn erase_components(
     for component in Component::ORDER.iter().rev().copied() {
         let processor = processor_entry(ctx, catalog, component);
         if abandoned.contains(component.key()) {
-            let planned = providers::plan(component, &ctx.config, &info);
+            let planned = known_resources(t, providers::plan(component, &ctx.config, &info));
             entries.push(
                 Entry::new(
                     component.key(),
