@@ -25,50 +25,18 @@ use dealertenant_operator::providers::database::postgres::{
 };
 use dealertenant_operator::providers::{Provider, ProviderError, SecretData, TenantInfo};
 use support::pgproxy::{Fault, PgProxy};
-use tokio_postgres::config::SslMode;
+use tokio_postgres::Client;
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
 
 // ---------------------------------------------------------------------------------------
 // The server and per-test fixtures.
 
-#[derive(Clone)]
-struct Server {
-    port: u16,
-    password: String,
-}
+use support::pg::{PgServer as Server, connect};
 
-/// The test server, or `None` (after a SKIP notice) when it is not reachable and `CI` is
-/// not set.
+/// The test server (see `support::pg`), with this binary's log captured first.
 async fn server() -> Option<Server> {
     captured_log();
-    let port = std::env::var("DEALERTENANT_TEST_PG_PORT")
-        .ok()
-        .map(|p| {
-            p.parse()
-                .expect("DEALERTENANT_TEST_PG_PORT is a port number")
-        })
-        .unwrap_or(55432);
-    let password = std::env::var("DEALERTENANT_TEST_PG_PASSWORD")
-        .unwrap_or_else(|_| "operator-test-admin".to_string());
-    match connect(port, "postgres", &password, "postgres").await {
-        Ok(_) => Some(Server { port, password }),
-        Err(e) if e.as_db_error().is_none() => {
-            let cause = std::error::Error::source(&e)
-                .map(|c| format!(": {c}"))
-                .unwrap_or_default();
-            let notice = format!(
-                "PostgreSQL test server not reachable on 127.0.0.1:{port} ({e}{cause}); \
-                 start it with .ci/start-postgres"
-            );
-            if std::env::var_os("CI").is_some() {
-                panic!("{notice} (CI is set, so the test fails instead of skipping)");
-            }
-            eprintln!("SKIP: {notice}");
-            None
-        }
-        Err(e) => panic!("the test server on port {port} refused the superuser login: {e}"),
-    }
+    support::pg::server().await
 }
 
 macro_rules! server_or_skip {
@@ -78,27 +46,6 @@ macro_rules! server_or_skip {
             None => return,
         }
     };
-}
-
-async fn connect(
-    port: u16,
-    user: &str,
-    password: &str,
-    db: &str,
-) -> Result<Client, tokio_postgres::Error> {
-    let mut c = tokio_postgres::Config::new();
-    c.host("127.0.0.1")
-        .port(port)
-        .user(user)
-        .password(password)
-        .dbname(db)
-        .ssl_mode(SslMode::Disable)
-        .connect_timeout(Duration::from_secs(5));
-    let (client, connection) = c.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
 }
 
 fn suffix() -> String {

@@ -22,7 +22,7 @@ mod support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use base64::Engine as _;
 use dealertenant_operator::api::{DealerTenant, DealerTenantSpec};
@@ -47,8 +47,6 @@ use support::fake_kube::{World, pass};
 use support::fake_provider::Injector;
 use support::gcs::{FakeGcs, PROJECT_ID};
 use support::postmark::PostmarkDouble;
-use tokio_postgres::NoTls;
-use tokio_postgres::config::SslMode;
 
 const REGION: &str = "europe-west3";
 const BUCKET_PREFIX: &str = "dd-test";
@@ -61,64 +59,7 @@ const TENANT_UID: &str = "tenant-uid";
 // ---------------------------------------------------------------------------------------
 // The PostgreSQL test server.
 
-#[derive(Clone)]
-struct PgServer {
-    port: u16,
-    password: String,
-}
-
-/// The test server, or `None` (after a SKIP notice) when it is not reachable and `CI` is
-/// not set.
-async fn pg_server() -> Option<PgServer> {
-    let port = std::env::var("DEALERTENANT_TEST_PG_PORT")
-        .ok()
-        .map(|p| {
-            p.parse()
-                .expect("DEALERTENANT_TEST_PG_PORT is a port number")
-        })
-        .unwrap_or(55432);
-    let password = std::env::var("DEALERTENANT_TEST_PG_PASSWORD")
-        .unwrap_or_else(|_| "operator-test-admin".to_string());
-    match connect(port, "postgres", &password, "postgres").await {
-        Ok(_) => Some(PgServer { port, password }),
-        Err(e) if e.as_db_error().is_none() => {
-            let cause = std::error::Error::source(&e)
-                .map(|c| format!(": {c}"))
-                .unwrap_or_default();
-            let notice = format!(
-                "PostgreSQL test server not reachable on 127.0.0.1:{port} ({e}{cause}); \
-                 start it with .ci/start-postgres"
-            );
-            if std::env::var_os("CI").is_some() {
-                panic!("{notice} (CI is set, so the test fails instead of skipping)");
-            }
-            eprintln!("SKIP: {notice}");
-            None
-        }
-        Err(e) => panic!("the test server on port {port} refused the superuser login: {e}"),
-    }
-}
-
-async fn connect(
-    port: u16,
-    user: &str,
-    password: &str,
-    db: &str,
-) -> Result<tokio_postgres::Client, tokio_postgres::Error> {
-    let mut c = tokio_postgres::Config::new();
-    c.host("127.0.0.1")
-        .port(port)
-        .user(user)
-        .password(password)
-        .dbname(db)
-        .ssl_mode(SslMode::Disable)
-        .connect_timeout(Duration::from_secs(5));
-    let (client, connection) = c.connect(NoTls).await?;
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    Ok(client)
-}
+use support::pg::{PgServer, connect, server as pg_server};
 
 fn suffix() -> String {
     (0..8)

@@ -7,5 +7,6 @@ pub mod elasticsearch;
 pub mod fake_kube;
 pub mod fake_provider;
 pub mod gcs;
+pub mod pg;
 pub mod pgproxy;
 pub mod postmark;
