@@ -71,6 +71,18 @@ impl Stack {
         );
     }
 
+    /// Runs up to `n` passes; stops early once the tenant is gone.
+    async fn passes(&self, n: usize) {
+        for _ in 0..n {
+            if pass(&self.world, &self.config, &self.providers, &self.injector)
+                .await
+                .is_none()
+            {
+                return;
+            }
+        }
+    }
+
     fn secret(&self, component: &str) -> Option<String> {
         let w = self.world.lock().unwrap();
         let s = w.object(&format!(
@@ -216,9 +228,7 @@ async fn switched_off_components_are_neither_called_nor_required() {
 async fn third_country_processors_denied_keeps_email_out_with_a_reason() {
     let mut s = stack(SPEC);
     s.config.third_country_processors = ThirdCountryPolicy::Deny;
-    for _ in 0..3 {
-        pass(&s.world, &s.config, &s.providers, &s.injector).await;
-    }
+    s.passes(3).await;
     let email = s
         .fakes
         .iter()
@@ -251,14 +261,7 @@ async fn delete_policy_erases_every_component_and_the_namespace() {
     );
     s.converge(5).await;
     delete_tenant(&s).await;
-    for _ in 0..5 {
-        if pass(&s.world, &s.config, &s.providers, &s.injector)
-            .await
-            .is_none()
-        {
-            break;
-        }
-    }
+    s.passes(5).await;
     let w = s.world.lock().unwrap();
     assert!(
         w.tenant.is_null(),
@@ -284,14 +287,7 @@ async fn retain_policy_keeps_every_component_the_namespace_and_the_secrets() {
     let s = stack(SPEC);
     s.converge(5).await;
     delete_tenant(&s).await;
-    for _ in 0..5 {
-        if pass(&s.world, &s.config, &s.providers, &s.injector)
-            .await
-            .is_none()
-        {
-            break;
-        }
-    }
+    s.passes(5).await;
     assert!(s.world.lock().unwrap().tenant.is_null());
     s.assert_one_resource_each_and_secrets_current();
     let w = s.world.lock().unwrap();
@@ -470,9 +466,7 @@ async fn a_location_reported_outside_the_eu_flips_residency_compliant() {
         injector,
     ));
     s.providers = Providers::new(list);
-    for _ in 0..3 {
-        pass(&s.world, &s.config, &s.providers, &s.injector).await;
-    }
+    s.passes(3).await;
     let w = s.world.lock().unwrap();
     let status = w.tenant().unwrap().status.unwrap();
     let cond = status
@@ -555,14 +549,7 @@ async fn erasure_under_delete_leaves_a_complete_receipt() {
     );
     s.converge(5).await;
     delete_tenant(&s).await;
-    for _ in 0..5 {
-        if pass(&s.world, &s.config, &s.providers, &s.injector)
-            .await
-            .is_none()
-        {
-            break;
-        }
-    }
+    s.passes(5).await;
     let r = receipt(&s);
     assert_eq!(r["complete"], true, "{r}");
     assert_eq!(r["tenant"], "acme");
@@ -597,9 +584,7 @@ async fn a_partial_erasure_keeps_the_finalizer_and_names_who_still_holds_data() 
         },
     );
     delete_tenant(&s).await;
-    for _ in 0..3 {
-        pass(&s.world, &s.config, &s.providers, &s.injector).await;
-    }
+    s.passes(3).await;
     let tenant = s
         .world
         .lock()
@@ -651,14 +636,7 @@ async fn a_partial_erasure_keeps_the_finalizer_and_names_who_still_holds_data() 
             .map(|f| f.clone() as Arc<dyn Provider>)
             .collect(),
     );
-    for _ in 0..4 {
-        if pass(&s.world, &s.config, &s.providers, &s.injector)
-            .await
-            .is_none()
-        {
-            break;
-        }
-    }
+    s.passes(4).await;
     let r = receipt(&s);
     assert_eq!(r["complete"], true, "{r}");
     assert_eq!(
@@ -674,14 +652,7 @@ async fn retain_leaves_a_receipt_of_what_was_kept_and_where() {
     let s = stack(SPEC);
     s.converge(5).await;
     delete_tenant(&s).await;
-    for _ in 0..3 {
-        if pass(&s.world, &s.config, &s.providers, &s.injector)
-            .await
-            .is_none()
-        {
-            break;
-        }
-    }
+    s.passes(3).await;
     let r = receipt(&s);
     assert_eq!(r["deletionPolicy"], "Retain");
     for c in ["database", "storage", "search", "email", "namespace"] {
