@@ -662,3 +662,59 @@ async fn retain_leaves_a_receipt_of_what_was_kept_and_where() {
     assert_eq!(bucket["kind"], "Bucket");
     assert_eq!(bucket["location"], "europe-west3");
 }
+
+#[tokio::test]
+async fn switched_off_components_are_not_called_on_erasure_unless_they_hold_data() {
+    // Never provisioned: deleting the tenant calls no provider for it.
+    let s = stack(
+        "{displayName: Acme, region: europe-west3, server: {replicas: 0}, deletionPolicy: Delete, email: {enabled: false}, search: {enabled: false}}",
+    );
+    s.converge(5).await;
+    let before = s.injector.calls();
+    delete_tenant(&s).await;
+    s.passes(5).await;
+    assert!(s.world.lock().unwrap().tenant.is_null());
+    let r = receipt(&s);
+    let components: Vec<&str> = r["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["component"].as_str().unwrap())
+        .collect();
+    assert_eq!(components, ["storage", "database", "namespace"]);
+    assert!(s.injector.calls() > before);
+
+    // Provisioned, then switched off: it still holds data, so erasure reaches it.
+    let s = stack(
+        "{displayName: Acme, region: europe-west3, server: {replicas: 0}, deletionPolicy: Delete}",
+    );
+    s.converge(5).await;
+    s.world.lock().unwrap().tenant["spec"]["email"]["enabled"] = serde_json::json!(false);
+    s.converge(5).await;
+    let status = s.world.lock().unwrap().tenant().unwrap().status.unwrap();
+    let postmark = status.processors.iter().find(|p| p.id == "postmark");
+    assert_eq!(
+        postmark.map(|p| p.components.clone()),
+        Some(vec!["email".to_string()]),
+        "Postmark still holds data"
+    );
+    assert!(
+        status
+            .external_resources
+            .iter()
+            .any(|r| r.processor == "postmark")
+    );
+    assert!(status.conditions.iter().all(|c| c.type_ != "EmailReady"));
+    delete_tenant(&s).await;
+    s.passes(5).await;
+    let email = s
+        .fakes
+        .iter()
+        .find(|f| f.component() == Component::Email)
+        .unwrap();
+    assert!(
+        email.resources.lock().unwrap().is_empty(),
+        "the email server was erased"
+    );
+    assert_eq!(outcome(&receipt(&s), "email")["outcome"], "Erased");
+}

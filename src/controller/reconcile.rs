@@ -228,6 +228,15 @@ async fn provision_components(t: &DealerTenant, ctx: &Context) -> ComponentsOutc
         let ctype = component.condition_type();
         if !component.enabled_for(t) {
             out.disabled.push(ctype);
+            // Switched off after it was provisioned: the operator stops managing it, but its
+            // processor still holds data until the tenant is erased, and the status says so.
+            if held_components(t).contains(component.key()) {
+                out.holding.push(component);
+                out.resources.extend(known_resources(
+                    t,
+                    providers::plan(component, &ctx.config, &info),
+                ));
+            }
             continue;
         }
         if let Some(reason) = skip_reason(component, t, &ctx.config) {
@@ -607,6 +616,15 @@ fn processor_entry(
     processors::lookup(catalog, id)
 }
 
+/// Components whose data the status last showed at a processor.
+fn held_components(t: &DealerTenant) -> BTreeSet<&str> {
+    t.status
+        .iter()
+        .flat_map(|s| s.processors.iter())
+        .flat_map(|p| p.components.iter().map(String::as_str))
+        .collect()
+}
+
 /// The planned resources, as the status last saw them where it did (with the provider's
 /// ID and the location the service reported).
 fn known_resources(t: &DealerTenant, planned: Vec<ExternalResource>) -> Vec<ExternalResource> {
@@ -684,9 +702,10 @@ async fn record_receipt(
     Ok(merged)
 }
 
-/// Deletes the tenant at every configured provider (all of them, enabled or not: a
-/// component switched off earlier may still hold data), in reverse order, and says what
-/// each did. Abandoned components are left alone.
+/// Deletes the tenant at the provider of every component that is enabled or that the
+/// status last showed holding data (a component switched off later may still hold some),
+/// in reverse order, and says what each did. A component never provisioned costs no call
+/// at all; abandoned components are left alone.
 async fn erase_components(
     t: &DealerTenant,
     ctx: &Context,
@@ -695,8 +714,12 @@ async fn erase_components(
 ) -> Vec<Entry> {
     let info = TenantInfo::of(t);
     let abandoned = abandoned(t);
+    let held = held_components(t);
     let mut entries = Vec::new();
     for component in Component::ORDER.iter().rev().copied() {
+        if !component.enabled_for(t) && !held.contains(component.key()) {
+            continue;
+        }
         let processor = processor_entry(ctx, catalog, component);
         if abandoned.contains(component.key()) {
             let planned = known_resources(t, providers::plan(component, &ctx.config, &info));
