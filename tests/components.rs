@@ -718,3 +718,48 @@ async fn switched_off_components_are_not_called_on_erasure_unless_they_hold_data
     );
     assert_eq!(outcome(&receipt(&s), "email")["outcome"], "Erased");
 }
+
+#[tokio::test]
+async fn a_component_without_a_provider_blocks_erasure_only_if_it_holds_data() {
+    let mut s = stack(
+        "{displayName: Acme, region: europe-west3, server: {replicas: 0}, deletionPolicy: Delete}",
+    );
+    // No email provider (no Postmark token, say): the tenant never got an email server.
+    let fakes = s.fakes.clone();
+    s.providers = Providers::new(
+        fakes
+            .iter()
+            .filter(|f| f.component() != Component::Email)
+            .map(|f| f.clone() as Arc<dyn Provider>)
+            .collect(),
+    );
+    s.passes(4).await;
+    delete_tenant(&s).await;
+    s.passes(5).await;
+    assert!(
+        s.world.lock().unwrap().tenant.is_null(),
+        "nothing to erase at the email processor: deletion completes"
+    );
+
+    // The status shows an email server (made by an operator that had the provider): erasure
+    // cannot finish without the provider, and says so.
+    let mut s = stack(
+        "{displayName: Acme, region: europe-west3, server: {replicas: 0}, deletionPolicy: Delete}",
+    );
+    s.converge(5).await;
+    let fakes = s.fakes.clone();
+    s.providers = Providers::new(
+        fakes
+            .iter()
+            .filter(|f| f.component() != Component::Email)
+            .map(|f| f.clone() as Arc<dyn Provider>)
+            .collect(),
+    );
+    delete_tenant(&s).await;
+    s.passes(3).await;
+    assert!(
+        s.world.lock().unwrap().tenant().is_some(),
+        "the finalizer stays"
+    );
+    assert_eq!(outcome(&receipt(&s), "email")["outcome"], "Failed");
+}

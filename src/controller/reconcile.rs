@@ -736,7 +736,9 @@ async fn erase_components(
             continue;
         }
         let Some(provider) = ctx.providers.get(component) else {
-            if component.enabled_for(t) {
+            // Without a provider nothing can have been created, unless the status says an
+            // earlier operator (with the provider) did: then the data is still there.
+            if held.contains(component.key()) {
                 let why = ctx.providers.why_unavailable(component);
                 entries.push(
                     Entry::new(
