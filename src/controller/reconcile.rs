@@ -455,14 +455,7 @@ async fn cleanup(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
                     "dealerdesk.de/retained-from-uid".into(),
                     t.uid().unwrap_or_default(),
                 );
-                let api: Api<Namespace> = Api::all(ctx.client.clone());
-                api.patch(
-                    &ns_name,
-                    &PatchParams::apply(names::FIELD_MANAGER).force(),
-                    &Patch::Apply(&ns),
-                )
-                .await
-                .map_err(|e| Error::kube(format!("mark namespace {ns_name} retained"), e))?;
+                ensure(&ctx.client, &ctx.stores.namespaces, &ns).await?;
             }
             let mut entries = vec![
                 namespace_entry(ctx, &catalog, &ns_name, Outcome::Kept, &now).detail(format!(
