@@ -322,9 +322,6 @@ impl Provider for Broken {
     fn component(&self) -> Component {
         self.0
     }
-    fn processor(&self) -> &str {
-        "google-cloud"
-    }
     fn plan(
         &self,
         _: &dealertenant_operator::providers::TenantInfo,

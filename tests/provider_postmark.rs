@@ -493,7 +493,7 @@ async fn location_is_reported_as_us_and_no_residency_check_blocks_postmark() {
     assert_eq!(plan[0].location.as_deref(), Some("us"));
     assert_eq!(r.resources[0].location, plan[0].location);
     assert_eq!(r.resources[0].name, plan[0].name);
-    assert_eq!(e.provider.processor(), "postmark");
+    assert_eq!(plan[0].processor, "postmark");
     assert_clean(&e.double);
 }
 

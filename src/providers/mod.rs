@@ -184,9 +184,6 @@ pub trait Provider: Send + Sync {
     /// Which component this provider serves.
     fn component(&self) -> Component;
 
-    /// ID of the processor (in the processor register) that holds this component's data.
-    fn processor(&self) -> &str;
-
     /// Pure: the external resources `tenant` gets, with names and locations.
     fn plan(&self, tenant: &TenantInfo) -> Vec<ExternalResource>;
 

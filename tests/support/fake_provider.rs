@@ -117,10 +117,6 @@ impl Provider for FakeProvider {
         self.component
     }
 
-    fn processor(&self) -> &str {
-        "google-cloud"
-    }
-
     fn plan(&self, t: &TenantInfo) -> Vec<ExternalResource> {
         vec![ExternalResource::new(
             "Fake",

@@ -905,10 +905,6 @@ impl Provider for CloudSqlProvider {
         Component::Database
     }
 
-    fn processor(&self) -> &str {
-        ids::GOOGLE_CLOUD
-    }
-
     fn plan(&self, tenant: &TenantInfo) -> Vec<ExternalResource> {
         self.cfg.plan(tenant, ids::GOOGLE_CLOUD)
     }

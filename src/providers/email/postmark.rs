@@ -891,10 +891,6 @@ impl Provider for PostmarkProvider {
         Component::Email
     }
 
-    fn processor(&self) -> &str {
-        ids::POSTMARK
-    }
-
     fn plan(&self, tenant: &TenantInfo) -> Vec<ExternalResource> {
         self.cfg.plan(tenant, ids::POSTMARK)
     }

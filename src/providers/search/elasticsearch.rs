@@ -1037,10 +1037,6 @@ impl Provider for ElasticsearchProvider {
         Component::Search
     }
 
-    fn processor(&self) -> &str {
-        ids::ELASTIC
-    }
-
     fn plan(&self, tenant: &TenantInfo) -> Vec<ExternalResource> {
         self.cfg.plan(tenant, ids::ELASTIC)
     }

@@ -430,10 +430,6 @@ impl Provider for StorageProvider {
         Component::Storage
     }
 
-    fn processor(&self) -> &str {
-        ids::GOOGLE_CLOUD
-    }
-
     fn plan(&self, tenant: &TenantInfo) -> Vec<ExternalResource> {
         self.cfg.plan(tenant, ids::GOOGLE_CLOUD)
     }
