@@ -139,18 +139,7 @@ impl Env {
 
     /// Makes the server reject every write of the admin login's new sessions.
     async fn read_only(&self, on: bool) {
-        let sql = if on {
-            format!(
-                "ALTER ROLE {} SET default_transaction_read_only = on",
-                self.admin
-            )
-        } else {
-            format!(
-                "ALTER ROLE {} RESET default_transaction_read_only",
-                self.admin
-            )
-        };
-        self.su.batch_execute(&sql).await.unwrap();
+        support::pg::set_read_only(&self.su, &self.admin, on).await;
     }
 
     /// A pass with this Secret makes no write and returns no Secret.

@@ -119,18 +119,7 @@ impl PgEnv {
     /// Makes the server reject every write of the admin login's new sessions (the
     /// provider connects per call, so this covers every statement of the next pass).
     async fn read_only(&self, on: bool) {
-        let sql = if on {
-            format!(
-                "ALTER ROLE {} SET default_transaction_read_only = on",
-                self.admin
-            )
-        } else {
-            format!(
-                "ALTER ROLE {} RESET default_transaction_read_only",
-                self.admin
-            )
-        };
-        self.su.batch_execute(&sql).await.unwrap();
+        support::pg::set_read_only(&self.su, &self.admin, on).await;
     }
 
     /// How many databases and roles of the tenant's name exist: `(databases, roles)`.

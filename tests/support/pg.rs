@@ -67,3 +67,14 @@ pub async fn connect(
     });
     Ok(client)
 }
+
+/// Makes the server reject every write of `role`'s new sessions (the providers connect per
+/// call, so this covers every statement of the next pass), or lifts that again.
+pub async fn set_read_only(superuser: &Client, role: &str, on: bool) {
+    let sql = if on {
+        format!("ALTER ROLE {role} SET default_transaction_read_only = on")
+    } else {
+        format!("ALTER ROLE {role} RESET default_transaction_read_only")
+    };
+    superuser.batch_execute(&sql).await.unwrap();
+}
