@@ -71,6 +71,10 @@ impl Stack {
         );
     }
 
+    fn fake(&self, c: Component) -> &Arc<FakeProvider> {
+        self.fakes.iter().find(|f| f.component() == c).unwrap()
+    }
+
     /// Runs up to `n` passes; stops early once the tenant is gone.
     async fn passes(&self, n: usize) {
         for _ in 0..n {
@@ -110,6 +114,17 @@ impl Stack {
             );
         }
     }
+}
+
+fn condition<'a>(
+    status: &'a dealertenant_operator::api::DealerTenantStatus,
+    type_: &str,
+) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"))
 }
 
 fn base64_decode(s: &str) -> Vec<u8> {
@@ -229,18 +244,10 @@ async fn third_country_processors_denied_keeps_email_out_with_a_reason() {
     let mut s = stack(SPEC);
     s.config.third_country_processors = ThirdCountryPolicy::Deny;
     s.passes(3).await;
-    let email = s
-        .fakes
-        .iter()
-        .find(|f| f.component() == Component::Email)
-        .unwrap();
+    let email = s.fake(Component::Email);
     assert_eq!(email.resources.lock().unwrap().len(), 0);
     let status = s.world.lock().unwrap().tenant().unwrap().status.unwrap();
-    let cond = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "EmailReady")
-        .unwrap();
+    let cond = condition(&status, "EmailReady");
     assert_eq!(
         (cond.status.as_str(), cond.reason.as_str()),
         ("False", "ThirdCountryProcessorDenied")
@@ -387,11 +394,7 @@ async fn a_permanent_provider_error_is_a_clear_condition_not_a_hot_loop() {
         )
     );
     let status = s.world.lock().unwrap().tenant().unwrap().status.unwrap();
-    let cond = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "StorageReady")
-        .unwrap();
+    let cond = condition(&status, "StorageReady");
     assert_eq!(
         (cond.status.as_str(), cond.reason.as_str()),
         ("False", "ProviderRefused")
@@ -399,11 +402,7 @@ async fn a_permanent_provider_error_is_a_clear_condition_not_a_hot_loop() {
     assert!(cond.message.contains("quota exceeded"));
     assert_eq!(status.phase.unwrap().to_string(), "Failed");
     // The other components went ahead.
-    let db = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "DatabaseReady")
-        .unwrap();
+    let db = condition(&status, "DatabaseReady");
     assert_eq!(db.status, "True");
     // The last pass changed nothing: no status churn either.
     assert_eq!(s.world.lock().unwrap().writes, 0);
@@ -427,11 +426,7 @@ async fn a_transient_provider_error_is_retried_with_backoff_and_shown() {
         .unwrap_err();
     assert!(err.is_transient(), "{err}");
     let status = s.world.lock().unwrap().tenant().unwrap().status.unwrap();
-    let cond = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "StorageReady")
-        .unwrap();
+    let cond = condition(&status, "StorageReady");
     assert_eq!(cond.reason, "ProviderUnavailable");
     assert_eq!(status.phase.unwrap().to_string(), "Provisioning");
     // Once the service is back, the tenant converges.
@@ -466,11 +461,7 @@ async fn a_location_reported_outside_the_eu_flips_residency_compliant() {
     s.passes(3).await;
     let w = s.world.lock().unwrap();
     let status = w.tenant().unwrap().status.unwrap();
-    let cond = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "ResidencyCompliant")
-        .unwrap();
+    let cond = condition(&status, "ResidencyCompliant");
     assert_eq!(
         (cond.status.as_str(), cond.reason.as_str()),
         ("False", "ResidencyViolation")
@@ -502,11 +493,7 @@ async fn status_lists_the_processors_that_hold_the_tenants_data() {
     assert_eq!(postmark.components, ["email"]);
     let google = &status.processors[0];
     assert_eq!(google.components, ["hosting", "database", "storage"]);
-    let cond = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "ResidencyCompliant")
-        .unwrap();
+    let cond = condition(&status, "ResidencyCompliant");
     assert_eq!(cond.status, "True");
 
     let s = stack(
@@ -589,22 +576,14 @@ async fn a_partial_erasure_keeps_the_finalizer_and_names_who_still_holds_data() 
         .tenant()
         .expect("the finalizer keeps the tenant");
     let status = tenant.status.unwrap();
-    let ready = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .unwrap();
+    let ready = condition(&status, "Ready");
     assert_eq!(ready.reason, "ErasureIncomplete");
     assert!(
         ready.message.contains("storage at google-cloud"),
         "{}",
         ready.message
     );
-    let storage = status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "StorageReady")
-        .unwrap();
+    let storage = condition(&status, "StorageReady");
     assert!(
         storage.message.contains("permission denied"),
         "{}",
@@ -704,11 +683,7 @@ async fn switched_off_components_are_not_called_on_erasure_unless_they_hold_data
     assert!(status.conditions.iter().all(|c| c.type_ != "EmailReady"));
     delete_tenant(&s).await;
     s.passes(5).await;
-    let email = s
-        .fakes
-        .iter()
-        .find(|f| f.component() == Component::Email)
-        .unwrap();
+    let email = s.fake(Component::Email);
     assert!(
         email.resources.lock().unwrap().is_empty(),
         "the email server was erased"
