@@ -5,9 +5,8 @@
 use serde::Serialize;
 
 use crate::api::DealerTenant;
-use crate::config::{OperatorConfig, ThirdCountryPolicy};
+use crate::config::OperatorConfig;
 use crate::desired;
-use crate::processors;
 use crate::providers::{self, Component, ExternalResource, TenantInfo};
 
 /// The plan of one tenant.
@@ -27,23 +26,7 @@ pub struct Skipped {
     pub reason: String,
 }
 
-/// Why `component` is not provisioned for `t` under `cfg`, if it is not.
-pub fn skip_reason(component: Component, t: &DealerTenant, cfg: &OperatorConfig) -> Option<String> {
-    if !component.enabled_for(t) {
-        return Some(format!("spec.{}.enabled is false", component.key()));
-    }
-    if cfg.third_country_processors == ThirdCountryPolicy::Deny {
-        let id = providers::processor_of(component, cfg);
-        let catalog = processors::catalog(&cfg.processors);
-        if let Some(p) = catalog.iter().find(|p| p.id == id && p.third_country) {
-            return Some(format!(
-                "processor {} ({}, {}) is in a third country and the cluster policy thirdCountryProcessors is deny",
-                p.name, p.entity, p.country
-            ));
-        }
-    }
-    None
-}
+pub use crate::providers::skip_reason;
 
 /// Builds the plan of a valid tenant manifest.
 pub fn plan(t: &DealerTenant, cfg: &OperatorConfig) -> Plan {
@@ -181,7 +164,7 @@ mod tests {
         assert_eq!(p.skipped[0].component, "email");
 
         let cfg = OperatorConfig {
-            third_country_processors: ThirdCountryPolicy::Deny,
+            third_country_processors: crate::config::ThirdCountryPolicy::Deny,
             ..Default::default()
         };
         let p = plan(&tenant("{displayName: A, region: europe-west3}"), &cfg);

@@ -105,6 +105,8 @@ impl Stack {
         for f in &self.fakes {
             let resources = f.resources.lock().unwrap().clone();
             assert_eq!(resources.len(), 1, "{}: {resources:?}", f.component());
+            let creates = f.creates.lock().unwrap().clone();
+            assert_eq!(creates.len(), 1, "{}: created {creates:?}", f.component());
             let current = resources.values().next().unwrap().clone();
             assert_eq!(
                 self.secret(f.component().key()),
@@ -386,13 +388,23 @@ async fn a_permanent_provider_error_is_a_clear_condition_not_a_hot_loop() {
     let action = last
         .unwrap()
         .expect("a permanent provider error is not a reconcile error");
-    assert_eq!(
-        format!("{action:?}"),
-        format!(
-            "{:?}",
-            kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(600))
-        )
-    );
+    // The resync (600 s) with its jitter: up to 10 % earlier, never later.
+    let resync = (540..=600)
+        .map(|s| {
+            format!(
+                "{:?}",
+                kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(s))
+            )
+        })
+        .collect::<Vec<_>>();
+    let secs = format!("{action:?}");
+    let after: f64 = secs
+        .split("Some(")
+        .nth(1)
+        .and_then(|r| r.strip_suffix("s) }"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a requeue: {secs}; expected one of {}", resync[0]));
+    assert!((540.0..=600.0).contains(&after), "{secs}");
     let status = s.world.lock().unwrap().tenant().unwrap().status.unwrap();
     let cond = condition(&status, "StorageReady");
     assert_eq!(
@@ -472,6 +484,20 @@ async fn a_location_reported_outside_the_eu_flips_residency_compliant() {
         cond.message
     );
     assert_ne!(status.phase.unwrap().to_string(), "Ready");
+    // The provider's error does not make the bucket vanish from the register: it is
+    // still listed, with the location the service reported.
+    let bucket = status
+        .external_resources
+        .iter()
+        .find(|r| r.name == "storage-acme")
+        .expect("the bucket stays in status.externalResources");
+    assert_eq!(bucket.location.as_deref(), Some("US-CENTRAL1"));
+    assert!(
+        status
+            .processors
+            .iter()
+            .any(|p| p.components.iter().any(|c| c == "storage"))
+    );
     assert!(
         w.bodies
             .iter()
@@ -634,8 +660,10 @@ async fn retain_leaves_a_receipt_of_what_was_kept_and_where() {
     for c in ["database", "storage", "search", "email", "namespace"] {
         assert_eq!(outcome(&r, c)["outcome"], "Kept", "{c}");
     }
+    // What the service reported, as the status recorded it.
     let bucket = &outcome(&r, "storage")["resources"][0];
-    assert_eq!(bucket["kind"], "Bucket");
+    assert_eq!(bucket["name"], "storage-acme");
+    assert_eq!(bucket["component"], "storage");
     assert_eq!(bucket["location"], "europe-west3");
 }
 

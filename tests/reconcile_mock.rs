@@ -223,6 +223,8 @@ fn lines(calls: &[Call]) -> Vec<String> {
 }
 
 const TENANT_PATH: &str = "/apis/dealerdesk.de/v1alpha1/dealertenants/acme";
+/// The direct read that confirms the tenant namespace is absent from the API server too.
+const NS_GET: &str = "GET /api/v1/namespaces/tenant-acme";
 const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/default/events";
 const RECEIPT: &str = "/api/v1/namespaces/dealertenant-system/configmaps/erasure-acme-tenantui";
 
@@ -249,6 +251,12 @@ fn owned_object_paths(with_pdb: bool) -> Vec<String> {
     v
 }
 
+/// `obj` as the operator applies it: with the digest of what it applied.
+fn stamp<K: serde::Serialize + serde::de::DeserializeOwned>(obj: K) -> K {
+    let (stamped, _) = dealertenant_operator::controller::apply::stamped(&obj).unwrap();
+    serde_json::from_value(stamped).unwrap()
+}
+
 /// Fills the caches with what the API server holds after a successful pass: the desired
 /// objects plus server-set fields, a Deployment whose rollout is complete.
 fn converged(t: &DealerTenant) -> impl FnOnce(&mut Writers) {
@@ -262,7 +270,7 @@ fn converged(t: &DealerTenant) -> impl FnOnce(&mut Writers) {
             obj.meta_mut().generation = Some(1);
             w.apply_watcher_event(&watcher::Event::Apply(obj));
         }
-        let mut ns = d.namespace;
+        let mut ns = stamp(d.namespace);
         ns.status = Some(k8s_openapi::api::core::v1::NamespaceStatus {
             phase: Some("Active".into()),
             ..Default::default()
@@ -270,14 +278,14 @@ fn converged(t: &DealerTenant) -> impl FnOnce(&mut Writers) {
         ns.labels_mut()
             .insert("kubernetes.io/metadata.name".into(), "tenant-acme".into());
         put(&mut w.namespaces, ns);
-        put(&mut w.quotas, d.quota);
-        put(&mut w.limits, d.limits);
+        put(&mut w.quotas, stamp(d.quota));
+        put(&mut w.limits, stamp(d.limits));
         for np in d.network_policies {
-            put(&mut w.network_policies, np);
+            put(&mut w.network_policies, stamp(np));
         }
-        put(&mut w.service_accounts, d.service_account);
-        put(&mut w.services, d.service);
-        let mut dep = d.deployment;
+        put(&mut w.service_accounts, stamp(d.service_account));
+        put(&mut w.services, stamp(d.service));
+        let mut dep = stamp(d.deployment);
         let replicas = dep.spec.as_ref().unwrap().replicas.unwrap();
         dep.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
             observed_generation: Some(1),
@@ -289,7 +297,7 @@ fn converged(t: &DealerTenant) -> impl FnOnce(&mut Writers) {
         });
         put(&mut w.deployments, dep);
         if let Some(pdb) = d.pdb {
-            put(&mut w.pdbs, pdb);
+            put(&mut w.pdbs, stamp(pdb));
         }
     }
 }
@@ -313,10 +321,14 @@ async fn the_first_pass_applies_exactly_the_owned_objects_and_writes_status_once
     let h = harness(&t, |_| {}, NamespaceDelete::Gone, None);
     let (result, calls) = h.run(t).await;
     result.unwrap();
-    let mut want = owned_object_paths(false);
+    // The namespace is not in the cache: its absence is confirmed with the API server
+    // first (a retained namespace of another tenant must not be taken for a free name).
+    let mut want = vec![NS_GET.to_string()];
+    want.extend(owned_object_paths(false));
     want.push(format!("PATCH {TENANT_PATH}/status"));
     want.push(format!("POST {EVENTS}"));
     assert_eq!(lines(&calls), want);
+    let calls = &calls[1..];
     for c in calls.iter().filter(|c| c.method == "PATCH") {
         assert_eq!(c.content_type, "application/apply-patch+yaml", "{}", c.path);
         assert!(
@@ -345,8 +357,22 @@ async fn the_first_pass_applies_exactly_the_owned_objects_and_writes_status_once
     assert_eq!(cond("NamespaceReady")["status"], "True");
     assert_eq!(cond("ServerReady")["status"], "False");
     assert_eq!(cond("ServerReady")["observedGeneration"], 1);
-    // The namespace is not owned (Retain keeps it); everything in it is.
+    // The namespace is not owned (Retain keeps it); everything in it is. It is bound to
+    // the tenant's UID, and every applied object carries the digest of what was applied.
     assert!(calls[0].body["metadata"].get("ownerReferences").is_none());
+    assert_eq!(
+        calls[0].body["metadata"]["labels"]["dealerdesk.de/tenant-uid"],
+        "tenant-uid"
+    );
+    for c in calls.iter().filter(|c| {
+        c.content_type == "application/apply-patch+yaml" && !c.path.ends_with("/status")
+    }) {
+        assert!(
+            c.body["metadata"]["annotations"]["dealerdesk.de/applied-hash"].is_string(),
+            "{}",
+            c.path
+        );
+    }
     assert_eq!(
         calls[1].body["metadata"]["ownerReferences"][0]["uid"],
         "tenant-uid"
@@ -366,7 +392,7 @@ async fn more_than_one_replica_adds_a_disruption_budget() {
     result.unwrap();
     let objects: Vec<_> = lines(&calls)
         .into_iter()
-        .filter(|l| !l.contains("dealertenants") && !l.contains("events"))
+        .filter(|l| !l.contains("dealertenants") && !l.contains("events") && l != NS_GET)
         .collect();
     assert_eq!(objects, owned_object_paths(true));
 }
@@ -527,7 +553,7 @@ async fn deleting_under_retain_keeps_the_namespace_and_releases_the_finalizer() 
 #[tokio::test]
 async fn deleting_under_delete_erases_the_namespace_then_releases_the_finalizer() {
     let t = deleting("{displayName: Acme, region: europe-west3, deletionPolicy: Delete}");
-    let h = harness(&t, |_| {}, NamespaceDelete::Gone, None);
+    let h = harness(&t, converged(&t), NamespaceDelete::Gone, None);
     let (result, calls) = h.run(t).await;
     result.unwrap();
     assert_eq!(
@@ -557,7 +583,7 @@ async fn deleting_under_delete_erases_the_namespace_then_releases_the_finalizer(
 #[tokio::test]
 async fn deletion_waits_for_a_terminating_namespace_and_keeps_the_finalizer() {
     let t = deleting("{displayName: Acme, region: europe-west3, deletionPolicy: Delete}");
-    let h = harness(&t, |_| {}, NamespaceDelete::Terminating, None);
+    let h = harness(&t, converged(&t), NamespaceDelete::Terminating, None);
     let (result, calls) = h.run(t).await;
     let err = result.unwrap_err();
     assert!(matches!(err.root(), Error::CleanupPending(_)), "{err}");

@@ -1,16 +1,23 @@
 //! The only place in-cluster objects are written: server-side apply, skipped when the
-//! cached object already holds every field we want.
+//! cached object already holds every field we want and carries the digest of what we
+//! last applied (so a field dropped from the desired state is removed, too).
 
+use std::collections::HashMap;
 use std::fmt::Debug;
+use std::sync::Mutex;
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
 
+use super::context::Context;
 use super::error::Error;
-use crate::desired::{compare, names::FIELD_MANAGER};
+use crate::desired::compare;
+use crate::desired::names::{APPLIED_HASH_ANNOTATION, FIELD_MANAGER};
 
 /// What `ensure` found or made.
 #[derive(Debug)]
@@ -69,9 +76,72 @@ impl ApiFor for k8s_openapi::api::core::v1::Namespace {
     }
 }
 
-/// Looks `desired` up in the cache; applies it unless the cached copy already satisfies it.
+/// Digests of what this process applied and has not yet seen in its cache, by object.
+/// A watch cache lags behind the writes that caused it: without this, the pass that the
+/// write's own watch event triggers would find the old object and apply again.
+#[derive(Default)]
+pub struct Written {
+    digests: Mutex<HashMap<String, String>>,
+}
+
+impl Written {
+    fn get(&self, key: &str) -> Option<String> {
+        self.lock().get(key).cloned()
+    }
+    fn remember(&self, key: String, digest: String) {
+        self.lock().insert(key, digest);
+    }
+    fn forget(&self, key: &str) {
+        self.lock().remove(key);
+    }
+    /// Forgets everything written in `namespace` (the tenant is gone).
+    pub fn forget_namespace(&self, namespace: &str) {
+        let prefix = format!(" {namespace}/");
+        let itself = format!("Namespace {namespace}");
+        self.lock()
+            .retain(|k, _| !k.contains(&prefix) && *k != itself);
+    }
+    /// How many writes the cache has not shown yet.
+    pub fn pending(&self) -> usize {
+        self.lock().len()
+    }
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
+        self.digests.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The desired object as JSON, stamped with the digest of everything else in it.
+/// Server-side apply with one field manager removes what an apply no longer sends, so a
+/// changed digest (also when a field was dropped) is all that must be noticed.
+pub fn stamped<K: Serialize>(desired: &K) -> Result<(Value, String), Error> {
+    let mut want =
+        serde_json::to_value(desired).map_err(|e| Error::Serialize("desired object", e))?;
+    // serde_json's maps are sorted, so the text (and the digest) is canonical.
+    let text = serde_json::to_string(&want).map_err(|e| Error::Serialize("desired object", e))?;
+    let digest: String = Sha256::digest(text.as_bytes())
+        .iter()
+        .take(12)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if let Some(meta) = want.get_mut("metadata").and_then(Value::as_object_mut) {
+        let annotations = meta
+            .entry("annotations")
+            .or_insert_with(|| Value::Object(Default::default()));
+        if let Some(a) = annotations.as_object_mut() {
+            a.insert(
+                APPLIED_HASH_ANNOTATION.into(),
+                Value::String(digest.clone()),
+            );
+        }
+    }
+    Ok((want, digest))
+}
+
+/// Makes the cluster hold `desired`: nothing when the cached object already does, else one
+/// server-side apply. When the cache disagrees but this process applied the same digest
+/// before, the cache may just be behind: a direct GET decides before anything is written.
 pub async fn ensure<K: ApiFor>(
-    client: &Client,
+    ctx: &Context,
     store: &Store<K>,
     desired: &K,
 ) -> Result<Ensured<K>, Error> {
@@ -81,19 +151,35 @@ pub async fn ensure<K: ApiFor>(
     if let Some(ns) = namespace.as_deref() {
         key = key.within(ns);
     }
-    let want = serde_json::to_value(desired).map_err(|e| Error::Serialize("desired object", e))?;
-    if let Some(cached) = store.get(&key) {
-        let have =
-            serde_json::to_value(&*cached).map_err(|e| Error::Serialize("cached object", e))?;
-        if compare::is_satisfied(&want, &have) {
+    let what = describe::<K>(namespace.as_deref(), &name);
+    let (want, digest) = stamped(desired)?;
+    let api = K::api_for(&ctx.client, namespace.as_deref());
+    let cached = store.get(&key).map(|c| (*c).clone());
+    if let Some(c) = &cached
+        && satisfies(&want, c)?
+    {
+        ctx.written.forget(&what);
+        return Ok(Ensured {
+            object: c.clone(),
+            wrote: false,
+        });
+    }
+    if ctx.written.get(&what).as_deref() == Some(digest.as_str()) {
+        // This process applied exactly this before; the cache has not caught up, or
+        // somebody changed or deleted the object since. Ask the API server.
+        let fresh = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| Error::kube(format!("get {what}"), e))?;
+        if let Some(f) = fresh
+            && satisfies(&want, &f)?
+        {
             return Ok(Ensured {
-                object: (*cached).clone(),
+                object: f,
                 wrote: false,
             });
         }
     }
-    let api = K::api_for(client, namespace.as_deref());
-    let what = describe::<K>(namespace.as_deref(), &name);
     let object = api
         .patch(
             &name,
@@ -102,6 +188,7 @@ pub async fn ensure<K: ApiFor>(
         )
         .await
         .map_err(|e| Error::kube(format!("apply {what}"), e))?;
+    ctx.written.remember(what.clone(), digest);
     tracing::debug!(object = %what, "applied");
     Ok(Ensured {
         object,
@@ -109,9 +196,14 @@ pub async fn ensure<K: ApiFor>(
     })
 }
 
+fn satisfies<K: Serialize>(want: &Value, have: &K) -> Result<bool, Error> {
+    let have = serde_json::to_value(have).map_err(|e| Error::Serialize("cached object", e))?;
+    Ok(compare::is_satisfied(want, &have))
+}
+
 /// Deletes a namespaced object that should no longer exist, if the cache says it does.
 pub async fn remove_stale<K>(
-    client: &Client,
+    ctx: &Context,
     store: &Store<K>,
     namespace: &str,
     name: &str,
@@ -125,7 +217,8 @@ where
     {
         return Ok(false);
     }
-    let api = K::api_for(client, Some(namespace));
+    let api = K::api_for(&ctx.client, Some(namespace));
+    ctx.written.forget(&describe::<K>(Some(namespace), name));
     match api.delete(name, &DeleteParams::default()).await {
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
@@ -142,4 +235,29 @@ pub fn describe<K: Resource<DynamicType = ()>>(namespace: Option<&str>, name: &s
         Some(ns) => format!("{} {ns}/{name}", K::kind(&())),
         None => format!("{} {name}", K::kind(&())),
     }
+}
+
+/// The object as it is now: the cached copy, unless the cache lacks it or this process
+/// wrote it since the cache last showed it; then a direct GET. Use before acting on an
+/// absence or on contents (credentials) that a stale copy would get wrong.
+pub async fn read<K: ApiFor>(
+    ctx: &Context,
+    store: &Store<K>,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<Option<K>, Error> {
+    let what = describe::<K>(namespace, name);
+    let mut key = ObjectRef::<K>::new(name);
+    if let Some(ns) = namespace {
+        key = key.within(ns);
+    }
+    if ctx.written.get(&what).is_none()
+        && let Some(c) = store.get(&key)
+    {
+        return Ok(Some((*c).clone()));
+    }
+    K::api_for(&ctx.client, namespace)
+        .get_opt(name)
+        .await
+        .map_err(|e| Error::kube(format!("get {what}"), e))
 }

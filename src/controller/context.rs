@@ -14,6 +14,7 @@ use kube::Client;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{Store, store::Writer};
 
+use crate::api::{DealerTenant, DealerTenantStatus};
 use crate::config::OperatorConfig;
 use crate::providers::Providers;
 
@@ -72,6 +73,22 @@ impl Stores {
         };
         (s, w)
     }
+
+    /// Waits until every cache has been filled by its first list, so that no pass takes
+    /// "not in the cache" for "absent".
+    pub async fn ready(&self) {
+        let _ = futures::join!(
+            self.namespaces.wait_until_ready(),
+            self.quotas.wait_until_ready(),
+            self.limits.wait_until_ready(),
+            self.network_policies.wait_until_ready(),
+            self.service_accounts.wait_until_ready(),
+            self.deployments.wait_until_ready(),
+            self.services.wait_until_ready(),
+            self.pdbs.wait_until_ready(),
+            self.secrets.wait_until_ready(),
+        );
+    }
 }
 
 /// Shared by all reconciles.
@@ -84,6 +101,12 @@ pub struct Context {
     pub reporter: Reporter,
     /// Consecutive failures per tenant, for backoff; cleared by a successful pass.
     pub failures: Mutex<HashMap<String, u32>>,
+    /// What this process applied that the caches may not show yet.
+    pub written: super::apply::Written,
+    /// The status this process last wrote, by tenant UID. The operator is the only writer
+    /// of the status, so this is never older than the tenant in the watch cache, which
+    /// may not have seen the write yet.
+    pub statuses: Mutex<HashMap<String, DealerTenantStatus>>,
 }
 
 impl Context {
@@ -104,7 +127,44 @@ impl Context {
                 instance: std::env::var("POD_NAME").ok(),
             },
             failures: Mutex::new(HashMap::new()),
+            written: Default::default(),
+            statuses: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// When to look at a converged tenant again: `resyncSeconds`, with up to 10 % jitter so
+    /// that tenants created together do not resync together.
+    pub fn resync_interval(&self) -> std::time::Duration {
+        let base = self.config.resync_seconds.max(1) as f64;
+        std::time::Duration::from_secs_f64(base * (0.9 + 0.1 * fastrand::f64()))
+    }
+
+    /// The tenant's status as this process last wrote it, else as the cache has it.
+    pub fn status_of(&self, t: &DealerTenant) -> Option<DealerTenantStatus> {
+        let uid = t.metadata.uid.as_deref().unwrap_or_default();
+        let known = self.lock_statuses().get(uid).cloned();
+        known.or_else(|| t.status.clone())
+    }
+
+    /// Remembers the status just written for `t`.
+    pub fn wrote_status(&self, t: &DealerTenant, status: DealerTenantStatus) {
+        if let Some(uid) = t.metadata.uid.clone() {
+            self.lock_statuses().insert(uid, status);
+        }
+    }
+
+    /// Forgets a tenant that is gone.
+    pub fn forget_tenant(&self, t: &DealerTenant) {
+        if let Some(uid) = t.metadata.uid.as_deref() {
+            self.lock_statuses().remove(uid);
+        }
+        self.written
+            .forget_namespace(&crate::desired::names::namespace(t.tenant_name()));
+        self.note_success(t.tenant_name());
+    }
+
+    fn lock_statuses(&self) -> std::sync::MutexGuard<'_, HashMap<String, DealerTenantStatus>> {
+        self.statuses.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Records one more failure of `tenant` and returns how many came before it.

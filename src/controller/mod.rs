@@ -1,9 +1,15 @@
 //! The controller: watches DealerTenants and everything they own, and reconciles each.
 
 pub mod apply;
+pub mod assemble;
+pub mod cleanup;
+pub mod components;
 pub mod context;
 pub mod error;
+pub mod holdings;
+pub mod identity;
 pub mod metrics;
+pub mod publish;
 pub mod rbac;
 pub mod receipt;
 pub mod reconcile;
@@ -32,6 +38,23 @@ pub use reconcile::reconcile;
 use crate::api::DealerTenant;
 use crate::config::OperatorConfig;
 use crate::desired::names;
+
+/// How long the controller waits after the last event about a tenant before a pass.
+const DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// What a tenant's pass decides on, as one hash: a change of anything else (its status,
+/// written by this operator) triggers no pass.
+fn decides_on(t: &DealerTenant) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.metadata.uid.hash(&mut h);
+    t.metadata.generation.hash(&mut h);
+    t.metadata.labels.hash(&mut h);
+    t.metadata.annotations.hash(&mut h);
+    t.metadata.finalizers.hash(&mut h);
+    t.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
 
 /// After a failure: back off per tenant, faster for transient errors.
 pub fn error_policy(tenant: Arc<DealerTenant>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -181,8 +204,23 @@ pub async fn run(
     }
     info!("starting dealertenant controller");
     // Bounded concurrency: providers have per-project rate limits (Cloud SQL 180/min).
-    let controller_config = kube::runtime::controller::Config::default().concurrency(8);
-    Controller::new(tenants, watcher::Config::default().any_semantic())
+    // The debounce lets the burst of watch events a pass's own writes cause arrive before
+    // the next pass, so that one pass follows them, not one per event.
+    let controller_config = kube::runtime::controller::Config::default()
+        .concurrency(8)
+        .debounce(DEBOUNCE);
+    // A pass is triggered by what the operator decides on: spec (generation), annotations,
+    // labels, finalizers and deletion. Not by its own status writes.
+    let tenant_store = Writer::<DealerTenant>::default();
+    let tenant_reader = tenant_store.as_reader();
+    let tenant_stream = reflector(
+        tenant_store,
+        watcher(tenants, watcher::Config::default().any_semantic()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(decides_on, Default::default());
+    Controller::for_stream(tenant_stream, tenant_reader)
         .with_config(controller_config)
         .watches_stream(owned::<Namespace>(&client, w.namespaces), by_tenant_label)
         .watches_stream(owned::<Secret>(&client, w.secrets), by_tenant_label)
@@ -194,7 +232,16 @@ pub async fn run(
         .owns_stream(owned::<Service>(&client, w.services))
         .owns_stream(owned::<PodDisruptionBudget>(&client, w.pdbs))
         .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
+        .run(
+            |tenant, ctx: Arc<Context>| async move {
+                // No pass before every cache has been filled: an object missing from a
+                // cache that has not listed yet is not missing.
+                ctx.stores.ready().await;
+                reconcile(tenant, ctx).await
+            },
+            error_policy,
+            ctx,
+        )
         .for_each(|res| async move {
             match res {
                 Ok((obj, _)) => tracing::debug!(tenant = %obj.name, "reconciled"),

@@ -164,6 +164,13 @@ pub fn merge(old: Option<&Receipt>, mut new: Receipt) -> Receipt {
             entry.at = prev.at.clone();
         }
     }
+    // A component an earlier attempt dealt with (and this one, finding it erased, had no
+    // more reason to visit) keeps its entry.
+    for prev in &old.entries {
+        if !new.entries.iter().any(|e| e.component == prev.component) {
+            new.entries.push(prev.clone());
+        }
+    }
     if new.complete && old.complete {
         new.completed_at = old.completed_at.clone();
     }

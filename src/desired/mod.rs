@@ -48,7 +48,7 @@ pub fn build(tenant: &DealerTenant, cfg: &OperatorConfig, component_secrets: &[S
     let ns = names::namespace(name);
     let owner = owner_reference(tenant);
     Desired {
-        namespace: namespace::namespace(name),
+        namespace: namespace::namespace(name, &tenant.metadata.uid.clone().unwrap_or_default()),
         quota: namespace::resource_quota(name, &owner, cfg),
         limits: namespace::limit_range(name, &owner, cfg),
         network_policies: network::policies(name, &owner, cfg),

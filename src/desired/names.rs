@@ -10,6 +10,17 @@ pub const MANAGED_BY: &str = "dealertenant-operator";
 pub const TENANT_LABEL: &str = "dealerdesk.de/tenant";
 /// Label set on a namespace kept after its DealerTenant was deleted under `Retain`.
 pub const RETAINED_LABEL: &str = "dealerdesk.de/retained";
+/// Label on the namespace and the component Secrets: the UID of the tenant whose data
+/// they hold. Names are reused; UIDs are not, so this is what ties data to a customer.
+pub const TENANT_UID_LABEL: &str = "dealerdesk.de/tenant-uid";
+/// Annotation on a retained namespace: the UID of the deleted tenant it was kept for.
+pub const RETAINED_FROM_ANNOTATION: &str = "dealerdesk.de/retained-from-uid";
+/// Annotation on a tenant that takes over the data a deleted tenant of the same name
+/// retained: its value must be that tenant's UID.
+pub const ADOPT_ANNOTATION: &str = "dealerdesk.de/adopt-retained";
+/// Annotation on every applied object: a digest of what the operator last applied, so
+/// that a change, including a field it no longer sends, is seen and applied.
+pub const APPLIED_HASH_ANNOTATION: &str = "dealerdesk.de/applied-hash";
 /// Name of the server's Deployment, Service, ServiceAccount and PodDisruptionBudget.
 pub const SERVER: &str = "server";
 /// Name of the ResourceQuota.

@@ -8,9 +8,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use super::{meta, names};
 use crate::config::OperatorConfig;
 
-/// `tenant-<name>`, labelled, with Pod Security Admission `restricted` enforced.
-pub fn namespace(tenant: &str) -> Namespace {
+/// `tenant-<name>`, labelled with the tenant's name and UID, with Pod Security Admission
+/// `restricted` enforced.
+pub fn namespace(tenant: &str, uid: &str) -> Namespace {
     let mut labels = names::common_labels(tenant);
+    labels.insert(names::TENANT_UID_LABEL.into(), uid.into());
     for mode in ["enforce", "audit", "warn"] {
         labels.insert(
             format!("pod-security.kubernetes.io/{mode}"),
@@ -65,7 +67,7 @@ mod tests {
 
     #[test]
     fn namespace_enforces_restricted_pod_security() {
-        let ns = namespace("acme");
+        let ns = namespace("acme", "u-1");
         let labels = ns.metadata.labels.unwrap();
         assert_eq!(ns.metadata.name.as_deref(), Some("tenant-acme"));
         assert_eq!(labels["pod-security.kubernetes.io/enforce"], "restricted");

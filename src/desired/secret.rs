@@ -11,9 +11,11 @@ use crate::providers::SecretData;
 /// Label naming the component a Secret belongs to.
 pub const COMPONENT_LABEL: &str = "dealerdesk.de/component";
 
-/// The Secret `<component>` in `tenant-<name>` holding `data`.
-pub fn component_secret(tenant: &str, component: &str, data: &SecretData) -> Secret {
+/// The Secret `<component>` in `tenant-<name>` holding `data`, labelled with the UID of
+/// the tenant the credentials were issued to.
+pub fn component_secret(tenant: &str, uid: &str, component: &str, data: &SecretData) -> Secret {
     let mut labels = names::common_labels(tenant);
+    labels.insert(names::TENANT_UID_LABEL.into(), uid.into());
     labels.insert(COMPONENT_LABEL.into(), component.into());
     Secret {
         metadata: ObjectMeta {
@@ -55,13 +57,17 @@ mod tests {
         let data = SecretData::new()
             .with("DATABASE_PASSWORD", "pw")
             .with("DATABASE_NAME", "dt_acme");
-        let s = component_secret("acme", "database", &data);
+        let s = component_secret("acme", "u-1", "database", &data);
         assert_eq!(s.metadata.namespace.as_deref(), Some("tenant-acme"));
         assert_eq!(s.metadata.name.as_deref(), Some("database"));
         assert!(s.metadata.owner_references.is_none());
         assert_eq!(
             s.metadata.labels.as_ref().unwrap()[COMPONENT_LABEL],
             "database"
+        );
+        assert_eq!(
+            s.metadata.labels.as_ref().unwrap()[names::TENANT_UID_LABEL],
+            "u-1"
         );
         assert_eq!(secret_data(&s), data);
     }

@@ -135,6 +135,10 @@ pub struct ExternalResource {
     /// The service's own identifier, once known (Postmark server ID, key ID, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
+    /// The tenant component it belongs to (`database`, `storage`, `search`, `email`), as
+    /// the reconciler recorded it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component: Option<String>,
 }
 
 impl ExternalResource {
@@ -150,6 +154,7 @@ impl ExternalResource {
             location,
             processor: processor.into(),
             id: None,
+            component: None,
         }
     }
 
@@ -209,6 +214,31 @@ pub fn processor_of(component: Component, cfg: &crate::config::OperatorConfig) -
             email::EmailProviderKind::Postmark => ids::POSTMARK,
         },
     }
+}
+
+/// Why `component` is not provisioned for `t` under `cfg`, if it is not: switched off,
+/// or served by a third-country processor while the cluster policy denies those.
+pub fn skip_reason(
+    component: Component,
+    t: &DealerTenant,
+    cfg: &crate::config::OperatorConfig,
+) -> Option<String> {
+    use crate::config::ThirdCountryPolicy;
+    use crate::processors;
+    if !component.enabled_for(t) {
+        return Some(format!("spec.{}.enabled is false", component.key()));
+    }
+    if cfg.third_country_processors == ThirdCountryPolicy::Deny {
+        let id = processor_of(component, cfg);
+        let catalog = processors::catalog(&cfg.processors);
+        if let Some(p) = catalog.iter().find(|p| p.id == id && p.third_country) {
+            return Some(format!(
+                "processor {} ({}, {}) is in a third country and the cluster policy thirdCountryProcessors is deny",
+                p.name, p.entity, p.country
+            ));
+        }
+    }
+    None
 }
 
 /// Pure: the external resources of `component` for `tenant` under `cfg`.

@@ -62,6 +62,9 @@ pub struct FakeProvider {
     location: String,
     pub resources: Mutex<BTreeMap<String, String>>,
     pub writes: AtomicUsize,
+    /// Every create, in order, kept for good: a second create of one name is a duplicate
+    /// that a test can see, even after the first was erased.
+    pub creates: Mutex<Vec<String>>,
     injector: Arc<Injector>,
 }
 
@@ -72,6 +75,7 @@ impl FakeProvider {
             location: location.into(),
             resources: Mutex::new(BTreeMap::new()),
             writes: AtomicUsize::new(0),
+            creates: Mutex::new(Vec::new()),
             injector,
         })
     }
@@ -81,6 +85,15 @@ impl FakeProvider {
     }
 
     /// The Secret key that carries the credential.
+    /// The resource as the service reports it, held by the component's real processor.
+    fn resource(&self, name: &str) -> ExternalResource {
+        let processor = dealertenant_operator::providers::processor_of(
+            self.component,
+            &dealertenant_operator::config::OperatorConfig::default(),
+        );
+        ExternalResource::new("Fake", name, Some(self.location.clone()), processor)
+    }
+
     pub fn credential_key(&self) -> String {
         format!("{}_CREDENTIAL", self.component.key().to_uppercase())
     }
@@ -102,10 +115,14 @@ impl FakeProvider {
 
     fn issue(&self, name: &str) -> String {
         let credential = format!("cred-{}-{}", name, fastrand::u64(..));
-        self.resources
+        let before = self
+            .resources
             .lock()
             .unwrap()
             .insert(name.to_string(), credential.clone());
+        if before.is_none() {
+            self.creates.lock().unwrap().push(name.to_string());
+        }
         self.writes.fetch_add(1, Ordering::SeqCst);
         credential
     }
@@ -118,12 +135,7 @@ impl Provider for FakeProvider {
     }
 
     fn plan(&self, t: &TenantInfo) -> Vec<ExternalResource> {
-        vec![ExternalResource::new(
-            "Fake",
-            self.name(t),
-            Some(self.location.clone()),
-            "google-cloud",
-        )]
+        vec![self.resource(&self.name(t))]
     }
 
     async fn reconcile(
@@ -139,16 +151,21 @@ impl Provider for FakeProvider {
             // Absent: create. Present but the Secret is missing or stale: reissue.
             _ => Some(self.call(|| self.issue(&name))?),
         };
+        // As the real providers do: a location read back outside the EU is an error that
+        // names the resource (layer 4 of residency), after which nothing more is written.
+        if !dealertenant_operator::api::regions::is_eu_region(&self.location)
+            && self.component != Component::Email
+        {
+            return Err(ProviderError::Residency {
+                resource: format!("Fake {name}"),
+                location: self.location.clone(),
+            });
+        }
         Ok(Reconciled {
             ready: true,
             message: format!("{name} is ready"),
             secret: credential.map(|c| SecretData::new().with(&key, c)),
-            resources: vec![ExternalResource::new(
-                "Fake",
-                &name,
-                Some(self.location.clone()),
-                "google-cloud",
-            )],
+            resources: vec![self.resource(&name)],
         })
     }
 
@@ -157,14 +174,7 @@ impl Provider for FakeProvider {
         let removed = self.call(|| self.resources.lock().unwrap().remove(&name))?;
         Ok(Erased {
             resources: removed
-                .map(|_| {
-                    vec![ExternalResource::new(
-                        "Fake",
-                        &name,
-                        Some(self.location.clone()),
-                        "google-cloud",
-                    )]
-                })
+                .map(|_| vec![self.resource(&name)])
                 .unwrap_or_default(),
         })
     }

@@ -1,0 +1,207 @@
+//! The tenant's external components: provisioning them in a pass, and erasing them when
+//! the tenant is deleted. Every provider outcome becomes one [`ComponentResult`].
+
+use kube::ResourceExt;
+use tracing::{info, warn};
+
+use super::apply::{ensure, read};
+use super::context::Context;
+use super::error::Error;
+use super::holdings::{ComponentResult, Holdings, Outcome};
+use super::receipt::{Entry, Outcome as Receipt};
+use crate::api::DealerTenant;
+use crate::desired::secret::{component_secret, secret_data};
+use crate::processors::{self, Processor};
+use crate::providers::{self, Component, TenantInfo};
+
+/// Annotation listing components whose external resources are abandoned: not deleted when
+/// the tenant is deleted (e.g. `email` while Postmark has not enabled server deletion).
+pub const ABANDON_ANNOTATION: &str = "dealerdesk.de/abandon";
+
+/// What the component step did.
+pub struct Provisioned {
+    pub results: Vec<ComponentResult>,
+    /// Component Secrets that exist, for the server to read.
+    pub secrets: Vec<String>,
+}
+
+/// Calls every enabled component's provider in the fixed order and writes the Secrets
+/// they issue. One component failing does not stop the others; a failed Secret write
+/// does (the credentials it held would otherwise be lost).
+pub async fn provision(t: &DealerTenant, ctx: &Context) -> Result<Provisioned, Error> {
+    let info = TenantInfo::of(t);
+    let mut out = Provisioned {
+        results: Vec::new(),
+        secrets: Vec::new(),
+    };
+    for component in Component::ORDER {
+        let result = |outcome, has_secret| ComponentResult {
+            component,
+            outcome,
+            has_secret,
+        };
+        if !component.enabled_for(t) {
+            out.results.push(result(Outcome::Disabled, false));
+            continue;
+        }
+        if let Some(reason) = providers::skip_reason(component, t, &ctx.config) {
+            out.results.push(result(Outcome::Denied(reason), false));
+            continue;
+        }
+        let Some(provider) = ctx.providers.get(component) else {
+            let why = ctx.providers.why_unavailable(component);
+            out.results.push(result(Outcome::NotConfigured(why), false));
+            continue;
+        };
+        // Credentials are issued anew when the Secret is missing: confirm that with the
+        // API server, not with a cache that may not have seen the last write yet.
+        let current = read(
+            ctx,
+            &ctx.stores.secrets,
+            Some(&info.namespace),
+            component.key(),
+        )
+        .await?
+        .map(|s| secret_data(&s));
+        match provider.reconcile(&info, current.as_ref()).await {
+            Ok(done) => {
+                // New credentials, or the current ones (labelled with this tenant's UID;
+                // no write when they already are).
+                if let Some(data) = done.secret.as_ref().or(current.as_ref()) {
+                    let secret = component_secret(&info.name, &info.uid, component.key(), data);
+                    ensure(ctx, &ctx.stores.secrets, &secret).await?;
+                    out.secrets.push(component.key().to_string());
+                }
+                let has_secret = done.secret.is_some() || current.is_some();
+                out.results.push(result(
+                    Outcome::Reconciled {
+                        ready: done.ready,
+                        message: done.message,
+                        resources: done.resources,
+                    },
+                    has_secret,
+                ));
+            }
+            Err(e) => {
+                warn!(tenant = %info.name, %component, error = %e, "component not provisioned");
+                if current.is_some() {
+                    out.secrets.push(component.key().to_string());
+                }
+                out.results
+                    .push(result(Outcome::Failed(e), current.is_some()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Components the user abandoned with the `dealerdesk.de/abandon` annotation.
+pub fn abandoned(t: &DealerTenant) -> std::collections::BTreeSet<String> {
+    t.annotations()
+        .get(ABANDON_ANNOTATION)
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Deletes the tenant at the provider of every component that holds data (a component
+/// switched off later, or one whose provider failed, may still hold some) and, with
+/// `and_enabled`, of every enabled one (a pass may have created it and not got to record
+/// it), in reverse order, and says what each did. Anything else costs no call; abandoned
+/// components are left alone.
+pub async fn erase(
+    t: &DealerTenant,
+    ctx: &Context,
+    held: &Holdings,
+    and_enabled: bool,
+    catalog: &[Processor],
+    now: &str,
+) -> Vec<Entry> {
+    let info = TenantInfo::of(t);
+    let abandoned = abandoned(t);
+    let mut entries = Vec::new();
+    for component in Component::ORDER.iter().rev().copied() {
+        let holds = held.contains_key(&component);
+        let may_hold = holds || (and_enabled && component.enabled_for(t));
+        if !may_hold {
+            continue;
+        }
+        let processor = processor_of(ctx, catalog, component);
+        let known = held.get(&component).cloned().unwrap_or_default();
+        if abandoned.contains(component.key()) {
+            let resources = if known.is_empty() {
+                providers::plan(component, &ctx.config, &info)
+            } else {
+                known
+            };
+            entries.push(
+                Entry::new(
+                    component.key(),
+                    &processor,
+                    Receipt::Abandoned,
+                    resources,
+                    now,
+                )
+                .detail(format!("abandoned by the {ABANDON_ANNOTATION} annotation")),
+            );
+            continue;
+        }
+        let Some(provider) = ctx.providers.get(component) else {
+            // Without a provider nothing can have been created, unless the holdings say an
+            // earlier operator (with the provider) did: then the data is still there.
+            if holds {
+                let why = ctx.providers.why_unavailable(component);
+                entries.push(
+                    Entry::new(component.key(), &processor, Receipt::Failed, known, now)
+                        .detail(format!("permanent: {why}")),
+                );
+            }
+            continue;
+        };
+        match provider.delete(&info).await {
+            Ok(erased) if erased.resources.is_empty() => {
+                entries.push(Entry::new(
+                    component.key(),
+                    &processor,
+                    Receipt::NothingFound,
+                    Vec::new(),
+                    now,
+                ));
+            }
+            Ok(erased) => {
+                for r in &erased.resources {
+                    info!(tenant = %info.name, %component, kind = %r.kind, name = %r.name, "erased");
+                }
+                entries.push(Entry::new(
+                    component.key(),
+                    &processor,
+                    Receipt::Erased,
+                    erased.resources,
+                    now,
+                ));
+            }
+            Err(e) => {
+                warn!(tenant = %info.name, %component, error = %e, "erasure failed");
+                let class = if e.is_transient() {
+                    "transient"
+                } else {
+                    "permanent"
+                };
+                entries.push(
+                    Entry::new(component.key(), &processor, Receipt::Failed, known, now)
+                        .detail(format!("{class}: {e}")),
+                );
+            }
+        }
+    }
+    entries
+}
+
+/// The register entry of the processor that serves `component`.
+pub fn processor_of(ctx: &Context, catalog: &[Processor], component: Component) -> Processor {
+    processors::lookup(catalog, providers::processor_of(component, &ctx.config))
+}
