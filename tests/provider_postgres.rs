@@ -583,6 +583,68 @@ async fn a_missing_secret_rotates_the_password() {
     env.cleanup().await;
 }
 
+/// Names are reused, UIDs are not: a database bound to a deleted (retained) tenant's UID
+/// is refused to a new tenant of the same name, credentials included, is not erased by
+/// it, and is handed over only to a tenant that adopts exactly that UID.
+#[tokio::test]
+async fn a_retained_database_is_bound_to_its_tenants_uid() {
+    let srv = server_or_skip!();
+    let env = Env::new(&srv, Admin::Super).await;
+    let p = env.provider();
+    let old = env.tenant("uid");
+    let old_secret = create(&p, &old).await;
+    let me = env.login(&old_secret).await.unwrap();
+    me.batch_execute("CREATE TABLE kept (v text); INSERT INTO kept VALUES ('customer A')")
+        .await
+        .unwrap();
+    drop(me);
+
+    // Another customer, same name, no Secret: nothing is written, the old password works.
+    let mut newcomer = old.clone();
+    newcomer.uid = "11111111-1111-1111-1111-111111111111".into();
+    let err = p.reconcile(&newcomer, None).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Foreign { .. }), "{err}");
+    assert_eq!(err.reason(), "RetainedDataExists");
+    assert!(err.to_string().contains(&old.uid), "{err}");
+    env.login(&old_secret)
+        .await
+        .expect("the retained tenant's password was not changed");
+    // Adopting some other UID changes nothing either.
+    newcomer.annotations.insert(
+        "dealerdesk.de/adopt-retained".into(),
+        "22222222-2222-2222-2222-222222222222".into(),
+    );
+    assert!(p.reconcile(&newcomer, None).await.is_err());
+    // Its deletion leaves the retained data alone.
+    let erased = p.delete(&newcomer).await.unwrap();
+    assert!(erased.resources.is_empty(), "{:?}", erased.resources);
+    env.login(&old_secret)
+        .await
+        .expect("the database is still there");
+
+    // Adopting exactly that UID hands it over, data and all, with new credentials.
+    newcomer
+        .annotations
+        .insert("dealerdesk.de/adopt-retained".into(), old.uid.clone());
+    let r = p.reconcile(&newcomer, None).await.unwrap();
+    let new_secret = r.secret.expect("adoption issues credentials");
+    let me = env.login(&new_secret).await.unwrap();
+    let v: String = me
+        .query_one("SELECT v FROM kept", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, "customer A");
+    drop(me);
+    // Now bound to the adopter: the old UID is the stranger.
+    assert!(p.reconcile(&old, Some(&old_secret)).await.is_err());
+    env.assert_pass_writes_nothing(&p, &newcomer, &new_secret)
+        .await;
+
+    p.delete(&newcomer).await.unwrap();
+    env.cleanup().await;
+}
+
 #[tokio::test]
 async fn drift_is_repaired_and_then_nothing_is_written() {
     let srv = server_or_skip!();

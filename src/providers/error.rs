@@ -29,6 +29,13 @@ pub enum ProviderError {
         service: &'static str,
         message: String,
     },
+    /// The resource of this name holds data of another tenant (one deleted under
+    /// `Retain`); nothing was changed. Needs adoption or a clean-up by a person.
+    #[error("{service}: {message}")]
+    Foreign {
+        service: &'static str,
+        message: String,
+    },
     /// Deletion is not possible now and needs a person; the message says what to do.
     #[error("{service} cannot delete: {message}")]
     DeletionBlocked {
@@ -49,6 +56,7 @@ impl ProviderError {
             ProviderError::Unavailable { .. } => "ProviderUnavailable",
             ProviderError::Refused { .. } => "ProviderRefused",
             ProviderError::Residency { .. } => "ResidencyViolation",
+            ProviderError::Foreign { .. } => "RetainedDataExists",
             ProviderError::NotConfigured { .. } => "NotConfigured",
             ProviderError::DeletionBlocked { .. } => "DeletionBlocked",
         }

@@ -108,6 +108,14 @@ pub struct TenantInfo {
 }
 
 impl TenantInfo {
+    /// Whether the tenant asked to take over the data retained from the tenant `uid`
+    /// (annotation `dealerdesk.de/adopt-retained: <uid>`).
+    pub fn adopts(&self, uid: &str) -> bool {
+        self.annotations
+            .get(names::ADOPT_ANNOTATION)
+            .is_some_and(|a| !uid.is_empty() && a == uid)
+    }
+
     pub fn of(t: &DealerTenant) -> Self {
         Self {
             name: t.tenant_name().to_string(),

@@ -353,6 +353,7 @@ impl PostgresProvider {
                     owner: r.try_get(1).map_err(decode)?,
                     grantees: r.try_get(2).map_err(decode)?,
                     connect_grantees: r.try_get(3).map_err(decode)?,
+                    comment: r.try_get(4).map_err(decode)?,
                 })
             })
             .transpose()
@@ -487,6 +488,24 @@ impl Provider for PostgresProvider {
 
         let admin = self.admin_session(&self.cfg.admin_database).await?;
 
+        // 0. Whose is it? A database bound to another tenant UID (one deleted under
+        // Retain, whose name this tenant reuses) is not touched, credentials included,
+        // unless this tenant adopts it by that UID.
+        if let Some(db) = self.observe_database(&admin, &name).await?
+            && let Some(owner) = owner_of(&db)
+            && owner != tenant.uid
+            && !tenant.adopts(owner)
+        {
+            return Err(ProviderError::Foreign {
+                service: "PostgreSQL",
+                message: format!(
+                    "database {name} holds data retained from another tenant (UID {owner}); \
+                     nothing was changed. Annotate this tenant dealerdesk.de/adopt-retained: \
+                     {owner} to take it over, or drop the database and role {name} first"
+                ),
+            });
+        }
+
         // 1. The role.
         let role = match self.observe_role(&admin, &name).await? {
             Some(role) => {
@@ -557,6 +576,11 @@ impl Provider for PostgresProvider {
             self.write(&admin, &stmt).await?;
             repaired.push(stmt.what.clone());
         }
+        if owner_of(&database) != Some(tenant.uid.as_str()) {
+            // New, made by an earlier version, or adopted: bound to this tenant from now on.
+            self.write(&admin, &comment_database(&role_ident, &name, &tenant.uid))
+                .await?;
+        }
         drop(admin);
 
         // 5. A kept password must still work; if someone changed it, set it back.
@@ -597,6 +621,13 @@ impl Provider for PostgresProvider {
         let role = self.observe_role(&admin, &name).await?;
         let database = self.observe_database(&admin, &name).await?;
         if role.is_none() && database.is_none() {
+            return Ok(Erased::default());
+        }
+        // Another tenant's (retained) data under this name is not this tenant's to erase.
+        if let Some(owner) = database.as_ref().and_then(owner_of)
+            && owner != tenant.uid
+        {
+            tracing::info!(database = %name, "database is bound to another tenant UID; not erased");
             return Ok(Erased::default());
         }
 
@@ -773,7 +804,8 @@ SELECT d.oid, o.rolname::text AS owner,
                                   ELSE coalesce(g.rolname::text, a.grantee::text) END
              FROM aclexplode(coalesce(d.datacl, acldefault('d', d.datdba))) a
              LEFT JOIN pg_roles g ON g.oid = a.grantee
-             WHERE a.privilege_type = 'CONNECT' ORDER BY 1) AS connect_grantees
+             WHERE a.privilege_type = 'CONNECT' ORDER BY 1) AS connect_grantees,
+       shobj_description(d.oid, 'pg_database') AS comment
 FROM pg_database d JOIN pg_roles o ON o.oid = d.datdba WHERE d.datname = $1";
 
 const SCHEMA_QUERY: &str = "\
@@ -834,6 +866,33 @@ struct DatabaseState {
     grantees: Vec<String>,
     /// Grantees holding `CONNECT`.
     connect_grantees: Vec<String>,
+    /// `COMMENT ON DATABASE`: `dealerdesk.de/tenant-uid=<uid>` of the tenant it is for.
+    comment: Option<String>,
+}
+
+/// The comment that binds a database to the tenant with UID `uid`.
+fn owner_comment(uid: &str) -> String {
+    format!("{UID_COMMENT_PREFIX}{uid}")
+}
+
+/// The tenant UID a database's comment names, if any.
+fn owner_of(db: &DatabaseState) -> Option<&str> {
+    db.comment
+        .as_deref()
+        .and_then(|c| c.strip_prefix(UID_COMMENT_PREFIX))
+        .filter(|u| !u.is_empty())
+}
+
+const UID_COMMENT_PREFIX: &str = "dealerdesk.de/tenant-uid=";
+
+fn comment_database(role_ident: &str, name: &str, uid: &str) -> Statement {
+    Statement::plain(
+        format!(
+            "COMMENT ON DATABASE {role_ident} IS {}",
+            literal(&owner_comment(uid))
+        ),
+        format!("bind database {name} to its tenant's UID"),
+    )
 }
 
 /// Schema `public` inside the tenant database.
@@ -1292,6 +1351,7 @@ mod tests {
             owner: "dt_a".into(),
             grantees: vec!["dt_a".into()],
             connect_grantees: vec!["dt_a".into()],
+            comment: None,
         };
         assert!(database_repairs("\"dt_a\"", "dt_a", &db).is_empty());
         let schema = SchemaState {
@@ -1344,6 +1404,7 @@ mod tests {
             owner: "dt_a".into(),
             grantees: vec!["PUBLIC".into(), "dt_a".into()],
             connect_grantees: vec!["PUBLIC".into(), "dt_a".into()],
+            comment: None,
         };
         let sql: Vec<String> = database_repairs("\"dt_a\"", "dt_a", &fresh)
             .into_iter()
@@ -1357,6 +1418,7 @@ mod tests {
             owner: "admin".into(),
             grantees: vec!["admin".into(), "dt_b".into()],
             connect_grantees: vec!["admin".into(), "dt_b".into()],
+            comment: None,
         };
         let sql: Vec<String> = database_repairs("\"dt_a\"", "dt_a", &stolen)
             .into_iter()
@@ -1377,6 +1439,7 @@ mod tests {
             owner: "dt_a".into(),
             grantees: vec!["dt_a".into()],
             connect_grantees: vec![],
+            comment: None,
         };
         assert_eq!(
             database_repairs("\"dt_a\"", "dt_a", &no_connect)[0].sql,

@@ -572,6 +572,10 @@ fn scrub(err: ProviderError, secret: &str) -> ProviderError {
             service,
             message: s(message),
         },
+        ProviderError::Foreign { service, message } => ProviderError::Foreign {
+            service,
+            message: s(message),
+        },
         other @ ProviderError::Residency { .. } => other,
     }
 }
