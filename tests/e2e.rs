@@ -38,16 +38,39 @@
 //!
 //! All scenarios run in order inside one test function: `cargo test` runs test functions
 //! in parallel threads, and only one operator process may run at a time.
+//!
+//! Least privilege and API traffic, on the test control plane (`.ci/test` starts one and
+//! sets these; see `/work/shared/kube/README.md`):
+//! - `DEALERTENANT_E2E_OPERATOR_KUBECONFIG`: a kubeconfig of the user `dealertenant-operator`,
+//!   which has no rights of its own. The suite (as the admin of `KUBECONFIG`) server-side
+//!   applies `deploy/rbac.yaml` and binds that user to exactly its ClusterRole and its Role
+//!   (`dealertenant-operator-e2e-user`; left installed, like the CRD), and the operator runs
+//!   with this kubeconfig: missing RBAC fails the run, and the run fails if the API server
+//!   refused the operator any request (403 in the audit log). Without it the operator runs
+//!   with `KUBECONFIG`, as before.
+//! - `DEALERTENANT_E2E_AUDIT_LOG`: the API server's audit log of that user's requests. With
+//!   it, a last phase measures the operator at scale: it restarts the operator with
+//!   `resyncSeconds: 20`, creates `DEALERTENANT_E2E_SCALE_TENANTS` (default 100; 0 skips the
+//!   phase) tenants without components or replicas, waits until all are Ready and 10 s more,
+//!   prints a Markdown table of API writes and reads per tenant (from the audit log),
+//!   Warning Events and reconciles (`dealertenant_reconciles_total` on `/metrics`), watches
+//!   one resync round, deletes the tenants, and then asserts: writes per tenant <= its 9
+//!   owned objects + 3, reconciles per tenant <= 4, no Warning Event, no write in the
+//!   resync round.
+//! - `DEALERTENANT_E2E_OPERATOR_BIN`: run this operator binary instead of the one cargo
+//!   built for the test.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use dealertenant_operator::api::{DealerTenant, DeletionPolicy, FINALIZER, Phase};
-use dealertenant_operator::config::ThirdCountryPolicy;
+use dealertenant_operator::config::{OperatorConfig, ThirdCountryPolicy};
 use dealertenant_operator::desired::admission::{self, PARAMS_NAME, POLICY_NAME};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::admissionregistration::v1::{
@@ -57,15 +80,23 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::{
     ConfigMap, LimitRange, Namespace, Pod, ResourceQuota, Service, ServiceAccount,
 };
+use k8s_openapi::api::events::v1::Event as K8sEvent;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{
+    Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::discovery::Scope;
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, CustomResourceExt, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+
+#[path = "support/audit.rs"]
+mod audit;
 
 /// Field manager of every write this test makes.
 const FIELD_MANAGER: &str = "dealertenant-e2e";
@@ -88,6 +119,36 @@ const OPERATOR_NAMESPACE: &str = "dealertenant-system";
 const TYPE_CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the API server may take to enforce a new admission policy binding.
 const POLICY_ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Kubeconfig of the operator's own, unprivileged user; the suite grants it
+/// `deploy/rbac.yaml`'s roles and runs the operator with it.
+const OPERATOR_KUBECONFIG_ENV: &str = "DEALERTENANT_E2E_OPERATOR_KUBECONFIG";
+/// The API server's audit log of the operator user's requests.
+const AUDIT_LOG_ENV: &str = "DEALERTENANT_E2E_AUDIT_LOG";
+/// The operator binary to run instead of the one cargo built with this test (a release
+/// build, or a copy safe from a concurrent build into the same target directory).
+const OPERATOR_BIN_ENV: &str = "DEALERTENANT_E2E_OPERATOR_BIN";
+/// Number of tenants of the scale phase; 0 skips it.
+const SCALE_TENANTS_ENV: &str = "DEALERTENANT_E2E_SCALE_TENANTS";
+const DEFAULT_SCALE_TENANTS: usize = 100;
+/// The operator user, as the test control plane's token file names it.
+const OPERATOR_USER: &str = "dealertenant-operator";
+/// Name of the bindings that grant [`OPERATOR_USER`] the roles of `deploy/rbac.yaml`.
+const OPERATOR_USER_BINDING: &str = "dealertenant-operator-e2e-user";
+/// How long a new RoleBinding may take to reach the API server's authorizer.
+const RBAC_ACTIVE_TIMEOUT: Duration = Duration::from_secs(30);
+/// `resyncSeconds` of the operator in the scale phase.
+const SCALE_RESYNC_SECONDS: u64 = 20;
+/// How long the scale phase lets the operator settle after the last tenant became Ready,
+/// before it counts: longer than any debounce of the operator's.
+const SETTLE: Duration = Duration::from_secs(10);
+/// Objects the operator owns per tenant with `replicas: 0` and every component off:
+/// Namespace, ResourceQuota, LimitRange, 3 NetworkPolicies, ServiceAccount, Service,
+/// Deployment.
+const OWNED_OBJECTS: u64 = 9;
+/// Target: API writes per tenant until it is Ready and settled.
+const MAX_WRITES_PER_TENANT: u64 = OWNED_OBJECTS + 3;
+/// Target: reconcile passes per tenant until it is Ready and settled.
+const MAX_RECONCILES_PER_TENANT: u64 = 4;
 
 #[tokio::test]
 async fn dealertenant_operator_end_to_end() {
@@ -96,8 +157,13 @@ async fn dealertenant_operator_end_to_end() {
         // captures: the notice shows in CI logs without --nocapture.
         let _ = writeln!(
             std::io::stderr(),
-            "skipping e2e: KUBECONFIG is not set \
-             (run: KUBECONFIG=~/.kube/config cargo test --test e2e -- --nocapture)"
+            "\n\
+             ************************************************************************\n\
+             ***  e2e SKIPPED: KUBECONFIG is not set.                             ***\n\
+             ***  No end-to-end check ran: nothing was tested against a cluster.  ***\n\
+             ***  `bash .ci/test` starts a control plane and sets it; or run:     ***\n\
+             ***    KUBECONFIG=~/.kube/config cargo test --test e2e -- --nocapture ***\n\
+             ************************************************************************\n"
         );
         return;
     };
@@ -137,7 +203,264 @@ async fn dealertenant_operator_end_to_end() {
     e2e.deletion_policy_retain_keeps_the_namespace(&ready).await;
     // Last: while the policy is bound, it governs every tenant in the cluster.
     e2e.admission_policy_denies_third_country_processors().await;
+    e2e.no_request_was_forbidden();
+
+    // Last, with an operator of its own: it counts the operator's requests.
+    let scale = scale_tenants();
+    match (&e2e.audit_log, scale) {
+        (_, 0) => eprintln!("e2e: scale phase skipped ({SCALE_TENANTS_ENV}=0)"),
+        (None, _) => {
+            let _ = writeln!(
+                std::io::stderr(),
+                "e2e: notice: {AUDIT_LOG_ENV} is not set; skipping the scale phase, which counts \
+                 the operator's API requests in the API server's audit log"
+            );
+        }
+        (Some(_), n) => e2e.at_scale_writes_settle_and_resync_is_quiet(n).await,
+    }
     eprintln!("e2e: all checks passed");
+}
+
+fn scale_tenants() -> usize {
+    match std::env::var(SCALE_TENANTS_ENV) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{SCALE_TENANTS_ENV}={v}: {e}")),
+        _ => DEFAULT_SCALE_TENANTS,
+    }
+}
+
+/// A path from the environment; unset or empty is `None`.
+fn env_path(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+}
+
+/// A tenant of the scale phase: no replicas, no components, namespace deleted with it.
+fn scale_spec() -> Value {
+    without_components(json!({
+        "displayName": "Autohaus Skala",
+        "region": "europe-west3",
+        "server": {"replicas": 0},
+        "deletionPolicy": "Delete",
+    }))
+}
+
+/// What the scale phase measured.
+struct ScaleReport {
+    names: Vec<String>,
+    /// From the first create until all were Ready.
+    ready_after: Duration,
+    /// Requests from the first create until settled.
+    converge: audit::Summary,
+    /// Reconcile passes from the first create until settled.
+    reconciles: u64,
+    /// Warning Events by tenant.
+    warnings: BTreeMap<String, Vec<String>>,
+    /// Length of the resync round watched.
+    round: Duration,
+    round_requests: audit::Summary,
+    round_reconciles: u64,
+}
+
+/// `total`, `min`, `avg` and `max` of per-tenant numbers.
+fn spread(values: &[u64]) -> (u64, u64, f64, u64) {
+    let total: u64 = values.iter().sum();
+    let min = values.iter().copied().min().unwrap_or_default();
+    let max = values.iter().copied().max().unwrap_or_default();
+    let avg = total as f64 / values.len().max(1) as f64;
+    (total, min, avg, max)
+}
+
+impl ScaleReport {
+    fn n(&self) -> u64 {
+        self.names.len() as u64
+    }
+
+    fn per_tenant(&self, summary: &audit::Summary, f: impl Fn(&audit::Counts) -> u64) -> Vec<u64> {
+        self.names.iter().map(|t| f(&summary.tenant(t))).collect()
+    }
+
+    /// Every resource a tenant's writes went to.
+    fn written_resources(&self, summary: &audit::Summary) -> BTreeSet<String> {
+        self.names
+            .iter()
+            .flat_map(|t| summary.tenant(t).writes.into_keys())
+            .collect()
+    }
+
+    fn warning_count(&self, tenant: &str) -> u64 {
+        self.warnings.get(tenant).map_or(0, |w| w.len() as u64)
+    }
+
+    fn markdown(&self) -> String {
+        let n = self.n();
+        let mut out = format!(
+            "\n### Operator at scale: {n} tenants (no components, replicas 0)\n\n\
+             All Ready {}s after the first create; counted until {}s later. Writes and reads \
+             are the operator's API requests in the audit log.\n\n\
+             | measure | target | total | min/tenant | avg/tenant | max/tenant |\n\
+             |---|---|---:|---:|---:|---:|\n",
+            self.ready_after.as_secs(),
+            SETTLE.as_secs()
+        );
+        let mut row = |measure: &str, target: &str, values: &[u64]| {
+            let (total, min, avg, max) = spread(values);
+            out.push_str(&format!(
+                "| {measure} | {target} | {total} | {min} | {avg:.2} | {max} |\n"
+            ));
+        };
+        row(
+            "API writes",
+            &format!("<= {MAX_WRITES_PER_TENANT}"),
+            &self.per_tenant(&self.converge, audit::Counts::total_writes),
+        );
+        for resource in self.written_resources(&self.converge) {
+            row(
+                &format!("writes `{resource}`"),
+                "",
+                &self.per_tenant(&self.converge, |c| c.writes_of(&resource)),
+            );
+        }
+        row(
+            "API reads",
+            "",
+            &self.per_tenant(&self.converge, audit::Counts::total_reads),
+        );
+        row(
+            "refused requests (>= 400)",
+            "",
+            &self.per_tenant(&self.converge, |c| c.failed.values().sum()),
+        );
+        let warnings: Vec<u64> = self.names.iter().map(|t| self.warning_count(t)).collect();
+        row("Warning Events", "0", &warnings);
+        row(
+            &format!("resync round ({}s): writes", self.round.as_secs()),
+            "0",
+            &self.per_tenant(&self.round_requests, audit::Counts::total_writes),
+        );
+        row(
+            "resync round: reads",
+            "",
+            &self.per_tenant(&self.round_requests, audit::Counts::total_reads),
+        );
+        out.push_str(&format!(
+            "| reconciles (`dealertenant_reconciles_total`) | <= {MAX_RECONCILES_PER_TENANT} | {} | | {:.2} | |\n\
+             | resync round: reconciles | >= 1 | {} | | {:.2} | |\n\
+             | writes about no tenant | | {} | | | |\n\
+             | reads about no tenant (lists, watches) | | {} | | | |\n",
+            self.reconciles,
+            self.reconciles as f64 / n.max(1) as f64,
+            self.round_reconciles,
+            self.round_reconciles as f64 / n.max(1) as f64,
+            self.converge.other.total_writes(),
+            self.converge.other.total_reads(),
+        ));
+
+        let resources: Vec<String> = self.written_resources(&self.converge).into_iter().collect();
+        out.push_str("\nPer tenant, until settled:\n\n| tenant | writes |");
+        for r in &resources {
+            out.push_str(&format!(" `{r}` |"));
+        }
+        out.push_str(" reads | Warning Events | resync writes |\n|---|---:|");
+        out.push_str(&"---:|".repeat(resources.len() + 3));
+        out.push('\n');
+        for t in &self.names {
+            let c = self.converge.tenant(t);
+            out.push_str(&format!("| {t} | {} |", c.total_writes()));
+            for r in &resources {
+                out.push_str(&format!(" {} |", c.writes_of(r)));
+            }
+            out.push_str(&format!(
+                " {} | {} | {} |\n",
+                c.total_reads(),
+                self.warning_count(t),
+                self.round_requests.tenant(t).total_writes()
+            ));
+        }
+        let mut reasons: BTreeMap<&str, u64> = BTreeMap::new();
+        for w in self.warnings.values().flatten() {
+            *reasons.entry(w.as_str()).or_default() += 1;
+        }
+        if !reasons.is_empty() {
+            out.push_str("\nWarning Events (reason (series count): note → tenants):\n\n");
+            for (reason, count) in reasons {
+                out.push_str(&format!("- {reason} → {count}\n"));
+            }
+        }
+        let mut refused: BTreeMap<String, u64> = BTreeMap::new();
+        for t in &self.names {
+            for (what, count) in self.converge.tenant(t).failed {
+                *refused.entry(what).or_default() += count;
+            }
+        }
+        if !refused.is_empty() {
+            out.push_str("\nRefused requests (verb resource: status → count):\n\n");
+            for (what, count) in refused {
+                out.push_str(&format!("- {what} → {count}\n"));
+            }
+        }
+        out
+    }
+
+    /// The targets missed, one line each.
+    fn failures(&self) -> Vec<String> {
+        let n = self.n();
+        let mut failures = Vec::new();
+        let over: Vec<(String, u64)> = self
+            .names
+            .iter()
+            .map(|t| (t.clone(), self.converge.tenant(t).total_writes()))
+            .filter(|(_, w)| *w > MAX_WRITES_PER_TENANT)
+            .collect();
+        if let Some((worst, writes)) = over.iter().max_by_key(|(_, w)| *w) {
+            failures.push(format!(
+                "{} of {n} tenants needed more than {MAX_WRITES_PER_TENANT} API writes \
+                 ({OWNED_OBJECTS} owned objects + 3); most: {worst} with {writes}: {:?}",
+                over.len(),
+                self.converge.tenant(worst).writes
+            ));
+        }
+        if self.reconciles > MAX_RECONCILES_PER_TENANT * n {
+            failures.push(format!(
+                "{} reconcile passes for {n} tenants ({:.2} per tenant; target <= \
+                 {MAX_RECONCILES_PER_TENANT})",
+                self.reconciles,
+                self.reconciles as f64 / n as f64
+            ));
+        }
+        let warned: u64 = self.warnings.values().map(|w| w.len() as u64).sum();
+        if warned > 0 {
+            let (tenant, events) = self.warnings.iter().next().expect("a Warning Event");
+            failures.push(format!(
+                "{warned} Warning Events about {} tenants, e.g. {tenant}: {events:?}",
+                self.warnings.len()
+            ));
+        }
+        let mut round_writes: BTreeMap<String, u64> = BTreeMap::new();
+        for t in &self.names {
+            for (resource, count) in self.round_requests.tenant(t).writes {
+                *round_writes.entry(resource).or_default() += count;
+            }
+        }
+        if !round_writes.is_empty() {
+            failures.push(format!(
+                "the resync round wrote {} times (target 0): {round_writes:?}",
+                round_writes.values().sum::<u64>()
+            ));
+        }
+        if self.round_reconciles < n {
+            failures.push(format!(
+                "no full resync round in {}s (resyncSeconds {SCALE_RESYNC_SECONDS}): {} \
+                 reconcile passes for {n} tenants",
+                self.round.as_secs(),
+                self.round_reconciles
+            ));
+        }
+        failures
+    }
 }
 
 /// Switches the external components off. The operator runs with its built-in default
@@ -174,6 +497,11 @@ struct E2e {
     client: Client,
     run_id: String,
     log: PathBuf,
+    /// Kubeconfig the operator runs with ([`OPERATOR_KUBECONFIG_ENV`]); `KUBECONFIG` if none.
+    operator_kubeconfig: Option<PathBuf>,
+    /// [`AUDIT_LOG_ENV`], and where in it the operator's requests of this run start.
+    audit_log: Option<PathBuf>,
+    audit_start: u64,
     operator: Mutex<Option<Operator>>,
     created: Mutex<Vec<String>>,
     admission: Mutex<AdmissionState>,
@@ -204,10 +532,26 @@ impl E2e {
             version.git_version,
             log.display()
         );
-        let e2e = Self {
+        let operator_kubeconfig = env_path(OPERATOR_KUBECONFIG_ENV);
+        let audit_log = env_path(AUDIT_LOG_ENV);
+        match &operator_kubeconfig {
+            Some(path) => eprintln!(
+                "e2e: the operator runs as user {OPERATOR_USER} ({OPERATOR_KUBECONFIG_ENV}={}) \
+                 with the rights of deploy/rbac.yaml",
+                path.display()
+            ),
+            None => eprintln!(
+                "e2e: notice: {OPERATOR_KUBECONFIG_ENV} is not set; the operator runs with \
+                 KUBECONFIG's rights, so its RBAC is not checked"
+            ),
+        }
+        let mut e2e = Self {
             client,
             run_id,
             log,
+            operator_kubeconfig,
+            audit_log,
+            audit_start: 0,
             operator: Mutex::new(None),
             created: Mutex::new(Vec::new()),
             admission: Mutex::new(AdmissionState::default()),
@@ -215,9 +559,74 @@ impl E2e {
         install_crd(&e2e.client).await;
         // The operator keeps erasure receipts there; it must exist before it starts.
         e2e.ensure_operator_namespace().await;
-        let operator = Operator::spawn(&e2e.log);
+        if let Some(path) = &e2e.operator_kubeconfig {
+            grant_operator_rbac(&e2e.client).await;
+            wait_until_rbac_is_active(path).await;
+        }
+        if let Some(path) = &e2e.audit_log {
+            e2e.audit_start = audit::end_of(path)
+                .unwrap_or_else(|e| panic!("{AUDIT_LOG_ENV}={}: {e}", path.display()));
+        }
+        let operator = Operator::spawn(
+            &e2e.log,
+            &OperatorOptions {
+                kubeconfig: e2e.operator_kubeconfig.as_deref(),
+                config: None,
+                append: false,
+            },
+        );
         *e2e.operator.lock().unwrap_or_else(PoisonError::into_inner) = Some(operator);
         e2e
+    }
+
+    /// Stops the running operator and starts another with `config`, appending to the same
+    /// log. Returns the new operator's metrics address.
+    fn restart_operator(&self, config: &Path) -> SocketAddr {
+        let mut slot = self.operator.lock().unwrap_or_else(PoisonError::into_inner);
+        drop(slot.take());
+        let operator = Operator::spawn(
+            &self.log,
+            &OperatorOptions {
+                kubeconfig: self.operator_kubeconfig.as_deref(),
+                config: Some(config),
+                append: true,
+            },
+        );
+        let metrics = operator.metrics;
+        *slot = Some(operator);
+        metrics
+    }
+
+    /// With an audit log: fails if the API server refused the operator any request since it
+    /// started (403: RBAC misses something it does).
+    fn no_request_was_forbidden(&self) {
+        let Some(path) = &self.audit_log else { return };
+        let (requests, _) = audit::read_from(path, self.audit_start)
+            .unwrap_or_else(|e| panic!("read audit log {}: {e}", path.display()));
+        let summary = audit::Summary::of(&requests);
+        eprintln!(
+            "e2e: the operator made {} requests ({} writes) in the scenarios",
+            requests.len(),
+            summary.other.total_writes()
+                + summary
+                    .tenants
+                    .values()
+                    .map(audit::Counts::total_writes)
+                    .sum::<u64>()
+        );
+        let forbidden: Vec<String> = summary
+            .forbidden
+            .iter()
+            .map(|r| format!("{} {}", r.verb, r.request_uri))
+            .collect();
+        assert!(
+            forbidden.is_empty(),
+            "the API server refused the operator (user {OPERATOR_USER}, rights of \
+             deploy/rbac.yaml) {} request(s) with 403 Forbidden:\n{}\noperator log: {}",
+            forbidden.len(),
+            forbidden.join("\n"),
+            self.log.display()
+        );
     }
 
     fn tenants(&self) -> Api<DealerTenant> {
@@ -1124,6 +1533,278 @@ impl E2e {
             .applied = false;
     }
 
+    // ---- at scale ----
+
+    /// `n` tenants without components or replicas, with an operator of its own whose
+    /// `resyncSeconds` is [`SCALE_RESYNC_SECONDS`]: counts the operator's API writes per
+    /// tenant until they are Ready and settled, their Warning Events and the reconcile
+    /// passes, then the writes of one resync round; prints the numbers, deletes the tenants
+    /// (deletionPolicy Delete), and only then asserts the targets.
+    async fn at_scale_writes_settle_and_resync_is_quiet(&self, n: usize) {
+        let audit_log = self
+            .audit_log
+            .clone()
+            .expect("the scale phase reads the audit log");
+        let read_audit = |offset: u64| {
+            audit::read_from(&audit_log, offset)
+                .unwrap_or_else(|e| panic!("read audit log {}: {e}", audit_log.display()))
+        };
+        eprintln!(
+            "e2e: at scale: {n} tenants; restarting the operator with resyncSeconds {SCALE_RESYNC_SECONDS}"
+        );
+        let config = self.write_scale_config();
+        let metrics = self.restart_operator(&config);
+        let reconciles_before = self.wait_for_metrics(metrics).await;
+        let start = audit::end_of(&audit_log)
+            .unwrap_or_else(|e| panic!("audit log {}: {e}", audit_log.display()));
+
+        let names: Vec<String> = (1..=n).map(|i| self.name(&format!("s{i:03}"))).collect();
+        let started = Instant::now();
+        for name in &names {
+            self.try_create(name, scale_spec())
+                .await
+                .unwrap_or_else(|e| panic!("create tenant {name}: {e}"));
+        }
+        eprintln!(
+            "e2e: created {n} tenants in {}s",
+            started.elapsed().as_secs()
+        );
+        self.wait_all_ready(&names, started).await;
+        let ready_after = started.elapsed();
+        eprintln!("e2e: letting the operator settle for {}s", SETTLE.as_secs());
+        tokio::time::sleep(SETTLE).await;
+        self.assert_operator_running();
+        let reconciles_settled = reconciles_total(metrics)
+            .unwrap_or_else(|| panic!("the operator's /metrics on {metrics} does not answer"));
+        let (requests, round_start) = read_audit(start);
+        let warnings = self.warning_events(&names).await;
+
+        // Every tenant is due again resyncSeconds after its last pass.
+        let round = Duration::from_secs(SCALE_RESYNC_SECONDS) + SETTLE;
+        eprintln!("e2e: watching one resync round ({}s)", round.as_secs());
+        tokio::time::sleep(round).await;
+        self.assert_operator_running();
+        let reconciles_round = reconciles_total(metrics)
+            .unwrap_or_else(|| panic!("the operator's /metrics on {metrics} does not answer"));
+        let (round_requests, deletion_start) = read_audit(round_start);
+
+        let report = ScaleReport {
+            names: names.clone(),
+            ready_after,
+            converge: audit::Summary::of(&requests),
+            reconciles: reconciles_settled.saturating_sub(reconciles_before),
+            warnings,
+            round,
+            round_requests: audit::Summary::of(&round_requests),
+            round_reconciles: reconciles_round.saturating_sub(reconciles_settled),
+        };
+        // Straight to stderr: the numbers show in CI logs also when the test passes.
+        let _ = writeln!(std::io::stderr(), "{}", report.markdown());
+        let failures = report.failures();
+
+        let deleting = Instant::now();
+        self.delete_all_at_scale(&names, &failures).await;
+        let (deletion_requests, _) = read_audit(deletion_start);
+        let deletion = audit::Summary::of(&deletion_requests);
+        let deletion_writes: u64 = names
+            .iter()
+            .map(|t| deletion.tenant(t).total_writes())
+            .sum();
+        let _ = writeln!(
+            std::io::stderr(),
+            "e2e: deleting {n} tenants and their namespaces took {}s and {deletion_writes} \
+             operator writes ({:.1} per tenant)\n",
+            deleting.elapsed().as_secs(),
+            deletion_writes as f64 / n as f64
+        );
+
+        assert!(
+            failures.is_empty(),
+            "the operator misses its targets at scale ({n} tenants; numbers above; operator \
+             log {}):\n- {}",
+            self.log.display(),
+            failures.join("\n- ")
+        );
+    }
+
+    /// The built-in default configuration with `resyncSeconds` [`SCALE_RESYNC_SECONDS`].
+    fn write_scale_config(&self) -> PathBuf {
+        let config = OperatorConfig {
+            resync_seconds: SCALE_RESYNC_SECONDS,
+            ..OperatorConfig::default()
+        };
+        let yaml = serde_saphyr::to_string(&config).expect("the configuration serializes");
+        let path =
+            std::env::temp_dir().join(format!("dealertenant-e2e-{}-config.yaml", self.run_id));
+        std::fs::write(&path, yaml).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
+        path
+    }
+
+    /// Waits until the operator serves its metrics; returns the reconcile count.
+    async fn wait_for_metrics(&self, metrics: SocketAddr) -> u64 {
+        let found = self
+            .poll(Duration::from_secs(60), async || reconciles_total(metrics))
+            .await;
+        found.unwrap_or_else(|| {
+            panic!(
+                "the operator serves no dealertenant_reconciles_total on http://{metrics}/metrics \
+                 after 60s; log: {}",
+                self.log.display()
+            )
+        })
+    }
+
+    /// Waits until every tenant of `names` is Ready, reporting progress.
+    async fn wait_all_ready(&self, names: &[String], started: Instant) {
+        let timeout = Duration::from_secs(300).max(Duration::from_secs(3) * names.len() as u32);
+        let wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        eprintln!(
+            "e2e: waiting for {} tenants to be Ready (at most {}s)",
+            names.len(),
+            timeout.as_secs()
+        );
+        let api = self.tenants();
+        let mut last_report = Instant::now();
+        let mut not_ready: Vec<String> = names.to_vec();
+        let all = self
+            .poll(timeout, async || {
+                let list = api.list(&ListParams::default()).await.ok()?;
+                let ready: BTreeSet<String> = list
+                    .items
+                    .iter()
+                    .filter(|t| wanted.contains(t.name_any().as_str()) && is_ready(t))
+                    .map(ResourceExt::name_any)
+                    .collect();
+                not_ready = names
+                    .iter()
+                    .filter(|n| !ready.contains(*n))
+                    .cloned()
+                    .collect();
+                if last_report.elapsed() >= Duration::from_secs(10) {
+                    eprintln!(
+                        "e2e:   {}/{} Ready after {}s",
+                        ready.len(),
+                        names.len(),
+                        started.elapsed().as_secs()
+                    );
+                    last_report = Instant::now();
+                }
+                not_ready.is_empty().then_some(())
+            })
+            .await;
+        if all.is_none() {
+            let first = &not_ready[0];
+            panic!(
+                "{} of {} tenants are not Ready after {}s, e.g. {first}: {}\noperator log: {}",
+                not_ready.len(),
+                names.len(),
+                timeout.as_secs(),
+                self.tenant_json(first).await,
+                self.log.display()
+            );
+        }
+        eprintln!(
+            "e2e:   all {} Ready after {}s",
+            names.len(),
+            started.elapsed().as_secs()
+        );
+    }
+
+    /// Warning Events (events.k8s.io) about the tenants: `reason: note` by tenant. Events
+    /// about a cluster-scoped object are in namespace `default`.
+    async fn warning_events(&self, names: &[String]) -> BTreeMap<String, Vec<String>> {
+        let wanted: BTreeSet<&str> = names.iter().map(String::as_str).collect();
+        let events: Api<K8sEvent> = Api::namespaced(self.client.clone(), "default");
+        let list = events
+            .list(&ListParams::default())
+            .await
+            .unwrap_or_else(|e| panic!("list Events in namespace default: {e}"));
+        let mut warnings: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for event in list.items {
+            let Some(regarding) = event.regarding.as_ref() else {
+                continue;
+            };
+            let tenant = regarding.name.clone().unwrap_or_default();
+            if regarding.kind.as_deref() != Some("DealerTenant")
+                || !wanted.contains(tenant.as_str())
+                || event.type_.as_deref() != Some("Warning")
+            {
+                continue;
+            }
+            let count = event.series.as_ref().map_or(1, |s| s.count);
+            warnings.entry(tenant).or_default().push(format!(
+                "{} (x{count}): {}",
+                event.reason.as_deref().unwrap_or("-"),
+                event.note.as_deref().unwrap_or("")
+            ));
+        }
+        warnings
+    }
+
+    /// Deletes the tenants and waits until they and their namespaces are gone. A timeout
+    /// fails the test, also naming the scale targets `failures` already missed.
+    async fn delete_all_at_scale(&self, names: &[String], failures: &[String]) {
+        eprintln!("e2e: deleting {} tenants", names.len());
+        for name in names {
+            match self.tenants().delete(name, &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => panic!("delete tenant {name}: {e}"),
+            }
+        }
+        let timeout = Duration::from_secs(300).max(Duration::from_secs(4) * names.len() as u32);
+        let wanted: BTreeSet<String> = names.iter().cloned().collect();
+        let namespaces: BTreeSet<String> = names.iter().map(|n| format!("tenant-{n}")).collect();
+        let (tenants, ns_api) = (self.tenants(), self.namespaces());
+        let started = Instant::now();
+        let mut last_report = Instant::now();
+        let mut left = (names.len(), names.len());
+        let done = self
+            .poll(timeout, async || {
+                let t = tenants.list(&ListParams::default()).await.ok()?;
+                let ns = ns_api.list(&ListParams::default()).await.ok()?;
+                left = (
+                    t.items
+                        .iter()
+                        .filter(|t| wanted.contains(&t.name_any()))
+                        .count(),
+                    ns.items
+                        .iter()
+                        .filter(|n| namespaces.contains(&n.name_any()))
+                        .count(),
+                );
+                if last_report.elapsed() >= Duration::from_secs(10) {
+                    eprintln!(
+                        "e2e:   after {}s: {} tenants and {} namespaces left",
+                        started.elapsed().as_secs(),
+                        left.0,
+                        left.1
+                    );
+                    last_report = Instant::now();
+                }
+                (left == (0, 0)).then_some(())
+            })
+            .await;
+        assert!(
+            done.is_some(),
+            "{} tenants and {} namespaces are still there {}s after the tenants were deleted \
+             (deletionPolicy Delete); operator log: {}{}",
+            left.0,
+            left.1,
+            timeout.as_secs(),
+            self.log.display(),
+            if failures.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "\nbefore that, the scale targets were missed:\n- {}",
+                    failures.join("\n- ")
+                )
+            }
+        );
+        eprintln!("e2e:   all gone after {}s", started.elapsed().as_secs());
+    }
+
     async fn assert_no_pdb(&self, t: &DealerTenant) {
         let pdb = self
             .in_namespace::<PodDisruptionBudget>(t)
@@ -1373,36 +2054,227 @@ where
     eprintln!("e2e: {kind} {name} is left from an earlier run; replacing it");
 }
 
-/// The operator binary cargo built for this test, running `run` with the built-in default
-/// configuration. Dropping it kills it.
+/// How to start the operator.
+struct OperatorOptions<'a> {
+    /// `KUBECONFIG` of the operator; the test's own when `None`.
+    kubeconfig: Option<&'a Path>,
+    /// `--config`; the built-in default configuration when `None`.
+    config: Option<&'a Path>,
+    /// Append to the log rather than start it afresh.
+    append: bool,
+}
+
+/// The operator binary cargo built for this test, running `run`. Dropping it kills it.
 struct Operator {
     child: Child,
+    /// Where it serves `/metrics`.
+    metrics: SocketAddr,
 }
 
 impl Operator {
-    fn spawn(log: &Path) -> Self {
-        let stdout = File::create(log)
-            .unwrap_or_else(|e| panic!("create operator log {}: {e}", log.display()));
+    fn spawn(log: &Path, options: &OperatorOptions) -> Self {
+        let stdout = if options.append {
+            File::options().append(true).create(true).open(log)
+        } else {
+            File::create(log)
+        };
+        let mut stdout =
+            stdout.unwrap_or_else(|e| panic!("open operator log {}: {e}", log.display()));
+        if options.append {
+            let _ = writeln!(stdout, "\n===== e2e: operator restarted =====\n");
+        }
         let stderr = stdout.try_clone().expect("a second handle to the log file");
-        let child = Command::new(env!("CARGO_BIN_EXE_dealertenant-operator"))
+        // Any free port: nothing else on the machine may hold the default one.
+        let metrics = free_port();
+        let binary = env_path(OPERATOR_BIN_ENV)
+            .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dealertenant-operator")));
+        let mut command = Command::new(&binary);
+        command
             .arg("run")
-            // Any free port: nothing else on the machine may hold the default one.
-            .args(["--metrics-addr", "127.0.0.1:0"])
+            .args(["--metrics-addr", &metrics.to_string()])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .env_remove("DEALERTENANT_CONFIG")
             .env_remove("DEALERTENANT_LOG_JSON")
+            .env_remove("DEALERTENANT_METRICS_ADDR");
+        if let Some(config) = options.config {
+            command.arg("--config").arg(config);
+        }
+        if let Some(kubeconfig) = options.kubeconfig {
+            command.env("KUBECONFIG", kubeconfig);
+        }
+        let child = command
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("start the operator: {e}"));
-        eprintln!("e2e: operator started (pid {})", child.id());
-        Self { child }
+        eprintln!(
+            "e2e: operator {} started (pid {}, metrics on {metrics})",
+            binary.display(),
+            child.id()
+        );
+        Self { child, metrics }
     }
 
     fn exited(&mut self) -> Option<ExitStatus> {
         self.child.try_wait().ok().flatten()
+    }
+}
+
+/// A port on 127.0.0.1 that nothing listens on right now.
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("find a free port on 127.0.0.1: {e}"))
+}
+
+/// `dealertenant_reconciles_total` from the operator's `/metrics`; `None` while it does
+/// not answer.
+fn reconciles_total(metrics: SocketAddr) -> Option<u64> {
+    let timeout = Duration::from_secs(5);
+    let mut stream = TcpStream::connect_timeout(&metrics, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    // HTTP/1.0: the server closes the connection after the response, unchunked.
+    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    metric_value(&response, "dealertenant_reconciles_total")
+}
+
+/// The value of a sample without labels in an OpenMetrics text.
+fn metric_value(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        let value: f64 = value.split_whitespace().next()?.parse().ok()?;
+        Some(value as u64)
+    })
+}
+
+/// Server-side applies every object of `deploy/rbac.yaml` and binds [`OPERATOR_USER`] to
+/// exactly its ClusterRole and its Role (in the Role's namespace).
+async fn grant_operator_rbac(client: &Client) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+        .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
+    let mut roles = Vec::new();
+    for doc in docs.into_iter().filter(|d| !d.is_null()) {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        if matches!(kind, "ClusterRole" | "Role") {
+            let name = doc["metadata"]["name"].as_str().unwrap_or_default();
+            let namespace = doc["metadata"]["namespace"].as_str();
+            roles.push((
+                kind.to_string(),
+                name.to_string(),
+                namespace.map(str::to_string),
+            ));
+        }
+        apply_manifest(client, doc).await;
+    }
+    assert!(
+        roles
+            .iter()
+            .any(|(k, n, _)| k == "ClusterRole" && n == "dealertenant-operator"),
+        "{} has no ClusterRole dealertenant-operator: {roles:?}",
+        path.display()
+    );
+    for (kind, role, namespace) in roles {
+        let binding_kind = if kind == "ClusterRole" {
+            "ClusterRoleBinding"
+        } else {
+            "RoleBinding"
+        };
+        let mut metadata = json!({"name": OPERATOR_USER_BINDING});
+        if let Some(ns) = &namespace {
+            metadata["namespace"] = json!(ns);
+        }
+        apply_manifest(
+            client,
+            json!({
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": binding_kind,
+                "metadata": metadata,
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": kind,
+                    "name": role,
+                },
+                "subjects": [{
+                    "kind": "User",
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "name": OPERATOR_USER,
+                }],
+            }),
+        )
+        .await;
+    }
+}
+
+/// Server-side applies one manifest of any kind the API server serves.
+async fn apply_manifest(client: &Client, manifest: Value) {
+    let obj: DynamicObject = serde_json::from_value(manifest.clone())
+        .unwrap_or_else(|e| panic!("not a Kubernetes object ({e}): {manifest}"));
+    let types = obj
+        .types
+        .clone()
+        .unwrap_or_else(|| panic!("no apiVersion/kind: {manifest}"));
+    let gvk = GroupVersionKind::try_from(&types)
+        .unwrap_or_else(|e| panic!("apiVersion {}: {e}", types.api_version));
+    let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk)
+        .await
+        .unwrap_or_else(|e| panic!("the API server does not serve {gvk:?}: {e}"));
+    let name = obj.name_any();
+    let what = match obj.namespace() {
+        Some(ns) => format!("{} {ns}/{name}", types.kind),
+        None => format!("{} {name}", types.kind),
+    };
+    let api: Api<DynamicObject> = match (capabilities.scope, obj.namespace()) {
+        (Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
+        (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), &ns, &resource),
+        (Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &resource),
+    };
+    eprintln!("e2e: applying {what}");
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&obj),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("server-side apply {what}: {e}"));
+}
+
+/// Waits until the API server's authorizer lets the operator user do what the new
+/// bindings grant (list tenants cluster-wide, read ConfigMaps in its namespace).
+async fn wait_until_rbac_is_active(kubeconfig: &Path) {
+    let config = Kubeconfig::read_from(kubeconfig)
+        .unwrap_or_else(|e| panic!("read {}: {e}", kubeconfig.display()));
+    let config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", kubeconfig.display()));
+    let client = Client::try_from(config)
+        .unwrap_or_else(|e| panic!("client for {}: {e}", kubeconfig.display()));
+    let tenants: Api<DealerTenant> = Api::all(client.clone());
+    let receipts: Api<ConfigMap> = Api::namespaced(client, OPERATOR_NAMESPACE);
+    let one = ListParams::default().limit(1);
+    let deadline = Instant::now() + RBAC_ACTIVE_TIMEOUT;
+    loop {
+        let last = match (
+            tenants.list(&one).await,
+            receipts.get_opt("dealertenant-e2e-rbac-probe").await,
+        ) {
+            (Ok(_), Ok(_)) => return,
+            (Err(e), _) | (_, Err(e)) => e,
+        };
+        assert!(
+            Instant::now() < deadline,
+            "user {OPERATOR_USER} still lacks the rights of deploy/rbac.yaml {}s after they \
+             were bound: {last}",
+            RBAC_ACTIVE_TIMEOUT.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
