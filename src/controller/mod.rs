@@ -202,6 +202,16 @@ pub async fn run(
             .get(names::TENANT_LABEL)
             .map(|t| ObjectRef::new(t))
     }
+    // Objects in the tenant namespace are mapped to the (cluster-scoped) tenant that
+    // controls them, by name and without a namespace. `owns_stream` would give the owner
+    // the owned object's namespace, and `DealerTenant/x` and `DealerTenant/x` in
+    // `tenant-x` would be two work items: two passes over one tenant at the same time.
+    fn by_owner<K: Resource>(obj: K) -> Option<ObjectRef<DealerTenant>> {
+        obj.owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true) && o.kind == "DealerTenant")
+            .map(|o| ObjectRef::new(&o.name))
+    }
     info!("starting dealertenant controller");
     // Bounded concurrency: providers have per-project rate limits (Cloud SQL 180/min).
     // The debounce lets the burst of watch events a pass's own writes cause arrive before
@@ -224,13 +234,19 @@ pub async fn run(
         .with_config(controller_config)
         .watches_stream(owned::<Namespace>(&client, w.namespaces), by_tenant_label)
         .watches_stream(owned::<Secret>(&client, w.secrets), by_tenant_label)
-        .owns_stream(owned::<ResourceQuota>(&client, w.quotas))
-        .owns_stream(owned::<LimitRange>(&client, w.limits))
-        .owns_stream(owned::<NetworkPolicy>(&client, w.network_policies))
-        .owns_stream(owned::<ServiceAccount>(&client, w.service_accounts))
-        .owns_stream(owned::<Deployment>(&client, w.deployments))
-        .owns_stream(owned::<Service>(&client, w.services))
-        .owns_stream(owned::<PodDisruptionBudget>(&client, w.pdbs))
+        .watches_stream(owned::<ResourceQuota>(&client, w.quotas), by_owner)
+        .watches_stream(owned::<LimitRange>(&client, w.limits), by_owner)
+        .watches_stream(
+            owned::<NetworkPolicy>(&client, w.network_policies),
+            by_owner,
+        )
+        .watches_stream(
+            owned::<ServiceAccount>(&client, w.service_accounts),
+            by_owner,
+        )
+        .watches_stream(owned::<Deployment>(&client, w.deployments), by_owner)
+        .watches_stream(owned::<Service>(&client, w.services), by_owner)
+        .watches_stream(owned::<PodDisruptionBudget>(&client, w.pdbs), by_owner)
         .shutdown_on_signal()
         .run(
             |tenant, ctx: Arc<Context>| async move {
