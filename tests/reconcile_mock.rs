@@ -316,20 +316,26 @@ async fn a_new_tenant_first_gets_only_the_finalizer() {
 }
 
 #[tokio::test]
-async fn the_first_pass_applies_exactly_the_owned_objects_and_writes_status_once() {
+async fn the_first_pass_applies_exactly_the_owned_objects_and_waits_for_the_rollout() {
     let t = with_finalizer(tenant("{displayName: Acme, region: europe-west3}"));
     let h = harness(&t, |_| {}, NamespaceDelete::Gone, None);
     let (result, calls) = h.run(t).await;
-    result.unwrap();
     // The namespace is not in the cache: its absence is confirmed with the API server
     // first (a retained namespace of another tenant must not be taken for a free name).
+    // No status yet: the only open point is the Deployment just applied, whose status
+    // change starts the next pass; a "Provisioning" status would be overwritten by it.
     let mut want = vec![NS_GET.to_string()];
     want.extend(owned_object_paths(false));
-    want.push(format!("PATCH {TENANT_PATH}/status"));
-    want.push(format!("POST {EVENTS}"));
     assert_eq!(lines(&calls), want);
+    assert_eq!(
+        format!("{:?}", result.unwrap()),
+        format!(
+            "{:?}",
+            kube::runtime::controller::Action::requeue(std::time::Duration::from_secs(60))
+        )
+    );
     let calls = &calls[1..];
-    for c in calls.iter().filter(|c| c.method == "PATCH") {
+    for c in calls.iter() {
         assert_eq!(c.content_type, "application/apply-patch+yaml", "{}", c.path);
         assert!(
             c.query.contains("fieldManager=dealertenant-operator"),
@@ -337,9 +343,51 @@ async fn the_first_pass_applies_exactly_the_owned_objects_and_writes_status_once
             c.query
         );
         assert!(c.query.contains("force=true"), "{}", c.query);
+        assert!(
+            c.body["metadata"]["annotations"]["dealerdesk.de/applied-hash"].is_string(),
+            "{}",
+            c.path
+        );
     }
-    // The Deployment controller has not seen the Deployment yet: provisioning, not ready.
-    let status = &calls[calls.len() - 2].body["status"];
+    // The namespace is not owned (Retain keeps it); everything in it is. It is bound to
+    // the tenant's UID.
+    assert!(calls[0].body["metadata"].get("ownerReferences").is_none());
+    assert_eq!(
+        calls[0].body["metadata"]["labels"]["dealerdesk.de/tenant-uid"],
+        "tenant-uid"
+    );
+    assert_eq!(
+        calls[1].body["metadata"]["ownerReferences"][0]["uid"],
+        "tenant-uid"
+    );
+}
+
+#[tokio::test]
+async fn a_rollout_not_yet_observed_is_reported_once_without_a_warning() {
+    let t = with_finalizer(tenant("{displayName: Acme, region: europe-west3}"));
+    let not_observed = |w: &mut Writers| {
+        converged(&t)(w);
+        let mut d = w
+            .deployments
+            .as_reader()
+            .state()
+            .first()
+            .map(|d| (**d).clone())
+            .unwrap();
+        d.status = None;
+        w.deployments.apply_watcher_event(&watcher::Event::Apply(d));
+    };
+    let h = harness(&t, not_observed, NamespaceDelete::Gone, None);
+    let (result, calls) = h.run(t).await;
+    result.unwrap();
+    assert_eq!(
+        lines(&calls),
+        [
+            format!("PATCH {TENANT_PATH}/status"),
+            format!("POST {EVENTS}")
+        ]
+    );
+    let status = &calls[0].body["status"];
     assert_eq!(status["phase"], "Provisioning");
     assert_eq!(status["observedGeneration"], 1);
     assert_eq!(status["namespace"], "tenant-acme");
@@ -357,28 +405,9 @@ async fn the_first_pass_applies_exactly_the_owned_objects_and_writes_status_once
     assert_eq!(cond("NamespaceReady")["status"], "True");
     assert_eq!(cond("ServerReady")["status"], "False");
     assert_eq!(cond("ServerReady")["observedGeneration"], 1);
-    // The namespace is not owned (Retain keeps it); everything in it is. It is bound to
-    // the tenant's UID, and every applied object carries the digest of what was applied.
-    assert!(calls[0].body["metadata"].get("ownerReferences").is_none());
-    assert_eq!(
-        calls[0].body["metadata"]["labels"]["dealerdesk.de/tenant-uid"],
-        "tenant-uid"
-    );
-    for c in calls.iter().filter(|c| {
-        c.content_type == "application/apply-patch+yaml" && !c.path.ends_with("/status")
-    }) {
-        assert!(
-            c.body["metadata"]["annotations"]["dealerdesk.de/applied-hash"].is_string(),
-            "{}",
-            c.path
-        );
-    }
-    assert_eq!(
-        calls[1].body["metadata"]["ownerReferences"][0]["uid"],
-        "tenant-uid"
-    );
-    let event = &calls.last().unwrap().body;
+    let event = &calls[1].body;
     assert_eq!(event["reason"], "RolloutPending");
+    assert_eq!(event["type"], "Normal");
     assert_eq!(event["regarding"]["name"], "acme");
 }
 

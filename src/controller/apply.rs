@@ -76,23 +76,30 @@ impl ApiFor for k8s_openapi::api::core::v1::Namespace {
     }
 }
 
-/// Digests of what this process applied and has not yet seen in its cache, by object.
-/// A watch cache lags behind the writes that caused it: without this, the pass that the
-/// write's own watch event triggers would find the old object and apply again.
+/// What this process applied and has not yet seen in its cache, by object: the digest it
+/// applied and the resourceVersion the API server answered with. A watch cache lags behind
+/// the writes that caused it: without this, the pass that the write's own watch event
+/// triggers would find the old object and apply again. And that watch event (the same
+/// resourceVersion) tells the operator nothing new, so it need not start a pass at all.
 #[derive(Default)]
 pub struct Written {
-    digests: Mutex<HashMap<String, String>>,
+    entries: Mutex<HashMap<String, (String, String)>>,
 }
 
 impl Written {
     fn get(&self, key: &str) -> Option<String> {
-        self.lock().get(key).cloned()
+        self.lock().get(key).map(|(digest, _)| digest.clone())
     }
-    fn remember(&self, key: String, digest: String) {
-        self.lock().insert(key, digest);
+    fn remember(&self, key: String, digest: String, resource_version: String) {
+        self.lock().insert(key, (digest, resource_version));
     }
     fn forget(&self, key: &str) {
         self.lock().remove(key);
+    }
+    /// Whether `resource_version` of the object `key` (as [`describe`] names it) is the
+    /// one this process's own write produced.
+    pub fn is_echo(&self, key: &str, resource_version: Option<&str>) -> bool {
+        resource_version.is_some_and(|rv| self.lock().get(key).is_some_and(|(_, mine)| mine == rv))
     }
     /// Forgets everything written in `namespace` (the tenant is gone).
     pub fn forget_namespace(&self, namespace: &str) {
@@ -105,8 +112,8 @@ impl Written {
     pub fn pending(&self) -> usize {
         self.lock().len()
     }
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, String>> {
-        self.digests.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, String)>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -188,7 +195,11 @@ pub async fn ensure<K: ApiFor>(
         )
         .await
         .map_err(|e| Error::kube(format!("apply {what}"), e))?;
-    ctx.written.remember(what.clone(), digest);
+    ctx.written.remember(
+        what.clone(),
+        digest,
+        object.resource_version().unwrap_or_default(),
+    );
     tracing::debug!(object = %what, "applied");
     Ok(Ensured {
         object,
@@ -260,4 +271,28 @@ pub async fn read<K: ApiFor>(
         .get_opt(name)
         .await
         .map_err(|e| Error::kube(format!("get {what}"), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_dropped_field_changes_the_digest_so_the_object_is_applied_again() {
+        let with = json!({"metadata": {"name": "q"}, "spec": {"hard": {"pods": "30", "cpu": "4"}}});
+        let without = json!({"metadata": {"name": "q"}, "spec": {"hard": {"pods": "30"}}});
+        let (applied, d1) = stamped(&with).unwrap();
+        let (want, d2) = stamped(&without).unwrap();
+        assert_ne!(d1, d2);
+        // The cluster still holds the dropped key and the old digest: not satisfied, so
+        // the apply (which no longer sends the key) removes it.
+        assert!(!compare::is_satisfied(&want, &applied));
+        // Unchanged: satisfied, no write.
+        assert!(compare::is_satisfied(&applied, &applied));
+        assert_eq!(
+            applied["metadata"]["annotations"][APPLIED_HASH_ANNOTATION],
+            json!(d1)
+        );
+    }
 }

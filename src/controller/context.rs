@@ -102,7 +102,7 @@ pub struct Context {
     /// Consecutive failures per tenant, for backoff; cleared by a successful pass.
     pub failures: Mutex<HashMap<String, u32>>,
     /// What this process applied that the caches may not show yet.
-    pub written: super::apply::Written,
+    pub written: std::sync::Arc<super::apply::Written>,
     /// The status this process last wrote, by tenant UID. The operator is the only writer
     /// of the status, so this is never older than the tenant in the watch cache, which
     /// may not have seen the write yet.

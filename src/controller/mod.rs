@@ -14,10 +14,11 @@ pub mod rbac;
 pub mod receipt;
 pub mod reconcile;
 pub mod status;
+pub mod triggers;
 
 use std::sync::Arc;
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
     LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount,
@@ -81,16 +82,20 @@ pub fn error_policy(tenant: Arc<DealerTenant>, err: &Error, ctx: Arc<Context>) -
 }
 
 /// A watch of one owned kind, filtered to what this operator manages, feeding a cache.
-/// Managed fields are dropped from the cache: they are large and never read.
+/// Managed fields are dropped from the cache: they are large and never read. Every event
+/// reaches the cache; only changes of what a pass decides on trigger one
+/// ([`triggers::decides_on`]).
 fn owned<K>(
     client: &Client,
     writer: Writer<K>,
+    written: Arc<apply::Written>,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()>
         + Clone
         + std::fmt::Debug
         + DeserializeOwned
+        + serde::Serialize
         + Send
         + Sync
         + 'static,
@@ -103,6 +108,14 @@ where
     )
     .default_backoff()
     .touched_objects()
+    // First the predicate (it must see every version, the echo included, to know what
+    // changed later), then the echo of the operator's own write: the pass that wrote it
+    // saw the answer.
+    .predicate_filter(triggers::decides_on::<K>, Default::default())
+    .try_filter(move |obj| {
+        let key = apply::describe::<K>(obj.namespace().as_deref(), &obj.name_any());
+        futures::future::ready(!written.is_echo(&key, obj.resource_version().as_deref()))
+    })
 }
 
 /// Creates the operator's namespace when it is missing (development clusters).
@@ -232,21 +245,42 @@ pub async fn run(
     .predicate_filter(decides_on, Default::default());
     Controller::for_stream(tenant_stream, tenant_reader)
         .with_config(controller_config)
-        .watches_stream(owned::<Namespace>(&client, w.namespaces), by_tenant_label)
-        .watches_stream(owned::<Secret>(&client, w.secrets), by_tenant_label)
-        .watches_stream(owned::<ResourceQuota>(&client, w.quotas), by_owner)
-        .watches_stream(owned::<LimitRange>(&client, w.limits), by_owner)
         .watches_stream(
-            owned::<NetworkPolicy>(&client, w.network_policies),
+            owned::<Namespace>(&client, w.namespaces, ctx.written.clone()),
+            by_tenant_label,
+        )
+        .watches_stream(
+            owned::<Secret>(&client, w.secrets, ctx.written.clone()),
+            by_tenant_label,
+        )
+        .watches_stream(
+            owned::<ResourceQuota>(&client, w.quotas, ctx.written.clone()),
             by_owner,
         )
         .watches_stream(
-            owned::<ServiceAccount>(&client, w.service_accounts),
+            owned::<LimitRange>(&client, w.limits, ctx.written.clone()),
             by_owner,
         )
-        .watches_stream(owned::<Deployment>(&client, w.deployments), by_owner)
-        .watches_stream(owned::<Service>(&client, w.services), by_owner)
-        .watches_stream(owned::<PodDisruptionBudget>(&client, w.pdbs), by_owner)
+        .watches_stream(
+            owned::<NetworkPolicy>(&client, w.network_policies, ctx.written.clone()),
+            by_owner,
+        )
+        .watches_stream(
+            owned::<ServiceAccount>(&client, w.service_accounts, ctx.written.clone()),
+            by_owner,
+        )
+        .watches_stream(
+            owned::<Deployment>(&client, w.deployments, ctx.written.clone()),
+            by_owner,
+        )
+        .watches_stream(
+            owned::<Service>(&client, w.services, ctx.written.clone()),
+            by_owner,
+        )
+        .watches_stream(
+            owned::<PodDisruptionBudget>(&client, w.pdbs, ctx.written.clone()),
+            by_owner,
+        )
         .shutdown_on_signal()
         .run(
             |tenant, ctx: Arc<Context>| async move {
