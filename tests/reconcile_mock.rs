@@ -305,14 +305,19 @@ fn converged(t: &DealerTenant) -> impl FnOnce(&mut Writers) {
 use kube::ResourceExt;
 
 #[tokio::test]
-async fn a_new_tenant_first_gets_only_the_finalizer() {
+async fn a_new_tenant_gets_the_finalizer_and_is_built_in_the_same_pass() {
     let t = tenant("{displayName: Acme, region: europe-west3}");
     let h = harness(&t, |_| {}, NamespaceDelete::Gone, None);
     let (result, calls) = h.run(t).await;
     result.unwrap();
-    assert_eq!(lines(&calls), [format!("PATCH {TENANT_PATH}")]);
+    // The finalizer first (nothing is built before erasure is guaranteed), then the pass
+    // goes on with the tenant as the API server answered: no second pass is needed.
+    let mut want = vec![format!("PATCH {TENANT_PATH}"), NS_GET.to_string()];
+    want.extend(owned_object_paths(false));
+    assert_eq!(lines(&calls), want);
     assert_eq!(calls[0].content_type, "application/json-patch+json");
     assert!(calls[0].body.to_string().contains("dealerdesk.de/cleanup"));
+    assert!(calls[0].body.to_string().contains("\"test\""));
 }
 
 #[tokio::test]

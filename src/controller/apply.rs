@@ -93,13 +93,18 @@ impl Written {
     fn remember(&self, key: String, digest: String, resource_version: String) {
         self.lock().insert(key, (digest, resource_version));
     }
-    fn forget(&self, key: &str) {
+    pub(crate) fn forget(&self, key: &str) {
         self.lock().remove(key);
     }
     /// Whether `resource_version` of the object `key` (as [`describe`] names it) is the
     /// one this process's own write produced.
     pub fn is_echo(&self, key: &str, resource_version: Option<&str>) -> bool {
         resource_version.is_some_and(|rv| self.lock().get(key).is_some_and(|(_, mine)| mine == rv))
+    }
+    /// Remembers that `resource_version` of `key` is the answer to a write of this process
+    /// other than an apply (the finalizer patch).
+    pub fn remember_echo(&self, key: String, resource_version: String) {
+        self.lock().insert(key, (String::new(), resource_version));
     }
     /// Forgets everything written in `namespace` (the tenant is gone).
     pub fn forget_namespace(&self, namespace: &str) {

@@ -160,6 +160,8 @@ impl Context {
         }
         self.written
             .forget_namespace(&crate::desired::names::namespace(t.tenant_name()));
+        self.written
+            .forget(&super::reconcile::tenant_key(t.tenant_name()));
         self.note_success(t.tenant_name());
     }
 

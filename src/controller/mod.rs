@@ -242,7 +242,15 @@ pub async fn run(
     )
     .default_backoff()
     .touched_objects()
-    .predicate_filter(decides_on, Default::default());
+    .predicate_filter(decides_on, Default::default())
+    // The finalizer this operator just added: the pass that added it went on.
+    .try_filter({
+        let written = ctx.written.clone();
+        move |t| {
+            let key = reconcile::tenant_key(&t.name_any());
+            futures::future::ready(!written.is_echo(&key, t.resource_version().as_deref()))
+        }
+    });
     Controller::for_stream(tenant_stream, tenant_reader)
         .with_config(controller_config)
         .watches_stream(

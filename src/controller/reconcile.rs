@@ -49,6 +49,13 @@ pub async fn reconcile(tenant: Arc<DealerTenant>, ctx: Arc<Context>) -> Result<A
         return paused(&tenant, &ctx).await;
     }
     let api: Api<DealerTenant> = Api::all(ctx.client.clone());
+    let tenant = if tenant.metadata.deletion_timestamp.is_none()
+        && !tenant.finalizers().iter().any(|f| f == FINALIZER)
+    {
+        Arc::new(add_finalizer(&api, &tenant, &ctx).await?)
+    } else {
+        tenant
+    };
     let result = finalizer(&api, FINALIZER, tenant, |event| async {
         match event {
             Finalizer::Apply(t) => apply(&t, &ctx).await,
@@ -61,6 +68,48 @@ pub async fn reconcile(tenant: Arc<DealerTenant>, ctx: Arc<Context>) -> Result<A
         ctx.note_success(&name);
     }
     result
+}
+
+/// Adds the `dealerdesk.de/cleanup` finalizer (a JSON patch that fails if someone changed
+/// the finalizers meanwhile, as kube's finalizer helper does) and returns the tenant as
+/// the API server answered. The same pass then goes on to build the tenant, and the watch
+/// event of this patch, which holds nothing new, starts no pass of its own.
+async fn add_finalizer(
+    api: &Api<DealerTenant>,
+    t: &DealerTenant,
+    ctx: &Context,
+) -> Result<DealerTenant, Error> {
+    let ops = if t.finalizers().is_empty() {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": null},
+            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
+        ])
+    } else {
+        serde_json::json!([
+            {"op": "test", "path": "/metadata/finalizers", "value": t.finalizers()},
+            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
+        ])
+    };
+    let patch: json_patch::Patch =
+        serde_json::from_value(ops).map_err(|e| Error::Serialize("finalizer patch", e))?;
+    let patched = api
+        .patch(
+            t.tenant_name(),
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Json::<()>(patch),
+        )
+        .await
+        .map_err(|e| Error::kube("add finalizer", e))?;
+    ctx.written.remember_echo(
+        tenant_key(t.tenant_name()),
+        patched.resource_version().unwrap_or_default(),
+    );
+    Ok(patched)
+}
+
+/// How [`super::apply::Written`] names a tenant.
+pub fn tenant_key(name: &str) -> String {
+    format!("DealerTenant {name}")
 }
 
 /// What the API server itself would refuse; checked again here so that a hand-edited CRD
