@@ -196,6 +196,33 @@ async fn every_component_becomes_ready_with_its_secret_and_then_costs_nothing() 
     assert_eq!(writes, 4);
 }
 
+/// What the operator stops wanting is removed: once the last component is switched off,
+/// the server no longer reads any component Secret (the fake API server's apply replaces
+/// the object with what was sent, as server-side apply does for the only field manager).
+#[tokio::test]
+async fn switching_every_component_off_removes_the_servers_secret_references() {
+    let s = stack(SPEC);
+    s.converge(5).await;
+    {
+        let mut w = s.world.lock().unwrap();
+        for c in ["database", "storage", "search", "email"] {
+            w.tenant["spec"][c]["enabled"] = serde_json::json!(false);
+        }
+    }
+    s.converge(5).await;
+    let w = s.world.lock().unwrap();
+    let dep = w
+        .object("/apis/apps/v1/namespaces/tenant-acme/deployments/server")
+        .unwrap();
+    let container = &dep["spec"]["template"]["spec"]["containers"][0];
+    assert!(
+        container
+            .get("envFrom")
+            .is_none_or(|e| e.as_array().is_some_and(|a| a.is_empty())),
+        "envFrom was left behind: {container}"
+    );
+}
+
 #[tokio::test]
 async fn deleting_a_secret_rotates_that_credential_only() {
     let s = stack(SPEC);
