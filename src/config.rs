@@ -156,6 +156,9 @@ pub struct NamespaceDefaults {
     /// LimitRange `default` (limit) for containers.
     #[serde(default = "default_container_limit")]
     pub default_limit: BTreeMap<String, Quantity>,
+    /// Where tenant Pods may connect to. Everything else is denied.
+    #[serde(default)]
+    pub egress: EgressConfig,
 }
 
 impl Default for NamespaceDefaults {
@@ -164,8 +167,62 @@ impl Default for NamespaceDefaults {
             quota: default_quota(),
             default_request: default_container_request(),
             default_limit: default_container_limit(),
+            egress: EgressConfig::default(),
         }
     }
+}
+
+/// Egress of tenant Pods: denied by default; allowed to the cluster DNS, to the tenant's
+/// own namespace, and to what is listed here (the providers' endpoints). The cloud metadata
+/// server (169.254.169.254) is never allowed, even inside a listed range.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressConfig {
+    /// Destinations outside the cluster, as CIDRs with optional ports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<EgressRule>,
+}
+
+/// One allowed destination.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EgressRule {
+    /// `10.20.0.0/16`, `2001:db8::/32`.
+    pub cidr: String,
+    /// TCP ports; all ports when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+}
+
+impl EgressConfig {
+    /// Every CIDR parses, is not the metadata server alone, and no port is 0.
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, r) in self.allow.iter().enumerate() {
+            let net: ipnet::IpNet = r.cidr.parse().map_err(|_| {
+                format!(
+                    "namespace.egress.allow[{i}].cidr: \"{}\" is not a CIDR (such as 10.20.0.0/16)",
+                    r.cidr
+                )
+            })?;
+            if net == metadata_server() {
+                return Err(format!(
+                    "namespace.egress.allow[{i}].cidr: {} is the cloud metadata server, which tenant Pods may never reach",
+                    r.cidr
+                ));
+            }
+            if r.ports.contains(&0) {
+                return Err(format!(
+                    "namespace.egress.allow[{i}].ports: 0 is not a port"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The cloud metadata server, as a /32.
+pub fn metadata_server() -> ipnet::IpNet {
+    "169.254.169.254/32".parse().expect("a valid CIDR")
 }
 
 impl Default for OperatorConfig {
@@ -321,6 +378,10 @@ impl OperatorConfig {
         if let Some(why) = regions::why_not_eu(&self.cluster.region) {
             return bad(format!("cluster.region: {why}"));
         }
+        self.namespace
+            .egress
+            .validate()
+            .map_err(ConfigError::Invalid)?;
         self.database.validate().map_err(ConfigError::Invalid)?;
         self.storage.validate().map_err(ConfigError::Invalid)?;
         self.email.validate().map_err(ConfigError::Invalid)?;

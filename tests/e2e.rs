@@ -145,9 +145,9 @@ const SCALE_RESYNC_SECONDS: u64 = 20;
 /// before it counts: longer than any debounce of the operator's.
 const SETTLE: Duration = Duration::from_secs(10);
 /// Objects the operator owns per tenant with `replicas: 0` and every component off:
-/// Namespace, ResourceQuota, LimitRange, 3 NetworkPolicies, ServiceAccount, Service,
+/// Namespace, ResourceQuota, LimitRange, 5 NetworkPolicies, ServiceAccount, Service,
 /// Deployment.
-const OWNED_OBJECTS: u64 = 9;
+const OWNED_OBJECTS: u64 = 11;
 /// Target: API writes per tenant until it is Ready and settled (the owned objects, the
 /// finalizer, one status write and one Event fit).
 const MAX_WRITES_PER_TENANT: u64 = OWNED_OBJECTS + 3;
@@ -950,8 +950,46 @@ impl E2e {
             "default-deny-ingress",
             "allow-same-namespace",
             "allow-ingress-controller",
+            "default-deny-egress",
+            "allow-egress",
         ] {
             self.assert_owned::<NetworkPolicy>(t, policy).await;
+        }
+        // Egress: denied by default, and nothing the API server stored lets a Pod reach
+        // the cloud metadata server or another namespace.
+        let policies: Api<NetworkPolicy> = self.in_namespace(t);
+        let allow = policies.get("allow-egress").await.expect("allow-egress");
+        let spec = allow.spec.expect("a spec");
+        assert_eq!(
+            spec.policy_types.as_deref(),
+            Some(&["Egress".to_string()][..])
+        );
+        for rule in spec.egress.iter().flatten() {
+            for peer in rule.to.iter().flatten() {
+                if let Some(ns) = &peer.namespace_selector {
+                    assert_eq!(
+                        ns.match_labels
+                            .as_ref()
+                            .and_then(|l| l.get("kubernetes.io/metadata.name"))
+                            .map(String::as_str),
+                        Some("kube-system"),
+                        "egress to another namespace than DNS's: {peer:?}"
+                    );
+                }
+                if let Some(block) = &peer.ip_block {
+                    assert!(
+                        block.cidr == "169.254.169.254/32"
+                            || block
+                                .except
+                                .iter()
+                                .flatten()
+                                .any(|e| e == "169.254.169.254/32")
+                            || !block.cidr.starts_with("0.0.0.0")
+                                && !block.cidr.starts_with("169.254"),
+                        "{block:?}"
+                    );
+                }
+            }
         }
         self.assert_owned::<ServiceAccount>(t, "server").await;
         self.assert_owned::<Service>(t, "server").await;

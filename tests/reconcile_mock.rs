@@ -241,6 +241,8 @@ fn owned_object_paths(with_pdb: bool) -> Vec<String> {
         "PATCH /apis/networking.k8s.io/v1/namespaces/tenant-acme/networkpolicies/default-deny-ingress".into(),
         "PATCH /apis/networking.k8s.io/v1/namespaces/tenant-acme/networkpolicies/allow-same-namespace".into(),
         "PATCH /apis/networking.k8s.io/v1/namespaces/tenant-acme/networkpolicies/allow-ingress-controller".into(),
+        "PATCH /apis/networking.k8s.io/v1/namespaces/tenant-acme/networkpolicies/default-deny-egress".into(),
+        "PATCH /apis/networking.k8s.io/v1/namespaces/tenant-acme/networkpolicies/allow-egress".into(),
         "PATCH /api/v1/namespaces/tenant-acme/serviceaccounts/server".into(),
         "PATCH /api/v1/namespaces/tenant-acme/services/server".into(),
         "PATCH /apis/apps/v1/namespaces/tenant-acme/deployments/server".into(),

@@ -33,6 +33,10 @@ pub const NP_DENY: &str = "default-deny-ingress";
 pub const NP_SAME_NS: &str = "allow-same-namespace";
 /// NetworkPolicy that lets the ingress controller reach the server.
 pub const NP_INGRESS: &str = "allow-ingress-controller";
+/// NetworkPolicy that denies all egress by default.
+pub const NP_DENY_EGRESS: &str = "default-deny-egress";
+/// NetworkPolicy that allows DNS, the namespace itself and the configured destinations.
+pub const NP_EGRESS: &str = "allow-egress";
 
 /// The tenant's namespace: `tenant-<name>`.
 pub fn namespace(tenant: &str) -> String {
