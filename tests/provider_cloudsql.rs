@@ -115,6 +115,10 @@ async fn first_pass_starts_the_instance_later_passes_converge_and_then_nothing_i
         insert["settings"]["userLabels"]["managed-by"],
         "dealertenant-operator"
     );
+    assert_eq!(
+        insert["settings"]["userLabels"]["dealerdesk-tenant-uid"],
+        "uid-1"
+    );
     assert_eq!(insert["settings"]["deletionProtectionEnabled"], true);
     assert_eq!(insert["settings"]["backupConfiguration"]["enabled"], true);
     assert_eq!(
@@ -236,7 +240,12 @@ async fn drift_is_repaired_by_one_patch_of_the_drifted_settings_only() {
     assert_eq!(i["settings"]["dataDiskSizeGb"], "50");
     assert_eq!(
         i["settings"]["userLabels"],
-        json!({"tenant": "acme", "managed-by": "dealertenant-operator", "cost-center": "sales"})
+        json!({
+            "tenant": "acme",
+            "managed-by": "dealertenant-operator",
+            "dealerdesk-tenant-uid": "uid-1",
+            "cost-center": "sales"
+        })
     );
 
     // Repaired: the next pass writes nothing.
@@ -596,6 +605,127 @@ async fn an_instance_of_another_tenant_is_left_alone() {
     assert_eq!(e.reason(), "DeletionBlocked");
     assert!(d.writes().is_empty());
     assert_eq!(d.instance_names(), ["dt-a-b"]);
+    assert_clean(&d);
+}
+
+const UID_LABEL: &str = "dealerdesk-tenant-uid";
+const ADOPT: &str = "dealerdesk.de/adopt-retained";
+
+fn uid_label(d: &CloudSqlDouble, instance: &str) -> serde_json::Value {
+    d.instance(instance).unwrap()["settings"]["userLabels"][UID_LABEL].clone()
+}
+
+#[tokio::test]
+async fn a_retained_instance_is_bound_to_its_tenants_uid() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    let mut old = tenant("acme", "europe-west3");
+    old.uid = "5a70ad95-0c70-4dba-b433-bea48aafe77e".into();
+    let mut old_secret = None;
+    converge(&p, &old, &mut old_secret, 5).await;
+    let old_secret = old_secret.unwrap();
+    let old_pw = old_secret.get("DATABASE_PASSWORD").unwrap().to_string();
+    assert_eq!(uid_label(&d, "dt-acme"), json!(old.uid));
+
+    // Another customer, same name, no Secret: refused before any write; the retained
+    // tenant's password still works.
+    let mut newcomer = old.clone();
+    newcomer.uid = "11111111-1111-1111-1111-111111111111".into();
+    d.clear_calls();
+    let err = p.reconcile(&newcomer, None).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Foreign { .. }), "{err}");
+    assert_eq!(err.reason(), "RetainedDataExists");
+    assert!(err.to_string().contains(&old.uid), "{err}");
+    assert!(err.to_string().contains(ADOPT), "{err}");
+    assert!(d.writes().is_empty(), "{:?}", d.writes());
+    assert!(d.login("dt-acme", "dt_acme", &old_pw));
+    // Its deletion leaves the retained instance alone.
+    let erased = p.delete(&newcomer).await.unwrap();
+    assert!(erased.resources.is_empty(), "{:?}", erased.resources);
+    assert!(d.writes().is_empty(), "{:?}", d.writes());
+    assert_eq!(d.instance_names(), ["dt-acme"]);
+    assert_eq!(d.instance("dt-acme").unwrap()["state"], "RUNNABLE");
+    assert_eq!(d.databases().len(), 1);
+    // Adopting some other UID changes nothing either.
+    newcomer
+        .annotations
+        .insert(ADOPT.into(), "22222222-2222-2222-2222-222222222222".into());
+    let err = p.reconcile(&newcomer, None).await.unwrap_err();
+    assert_eq!(err.reason(), "RetainedDataExists", "{err}");
+    assert!(d.writes().is_empty(), "{:?}", d.writes());
+    assert!(d.login("dt-acme", "dt_acme", &old_pw));
+    assert_eq!(uid_label(&d, "dt-acme"), json!(old.uid));
+
+    // Adopting exactly that UID hands it over: new credentials, the labels name the adopter.
+    newcomer.annotations.insert(ADOPT.into(), old.uid.clone());
+    let mut secret = None;
+    let r = converge(&p, &newcomer, &mut secret, 5).await;
+    assert!(r.ready, "{}", r.message);
+    let written: Vec<String> = d.writes().into_iter().map(|c| c.id).collect();
+    assert_eq!(written, ["sql.users.update", "sql.instances.patch"]);
+    assert_eq!(uid_label(&d, "dt-acme"), json!(newcomer.uid));
+    let labels = &d.instance("dt-acme").unwrap()["settings"]["userLabels"];
+    assert_eq!(labels["tenant"], "acme");
+    assert_eq!(labels["managed-by"], "dealertenant-operator");
+    let secret = secret.expect("adoption issues credentials");
+    let new_pw = secret.get("DATABASE_PASSWORD").unwrap();
+    assert!(d.login("dt-acme", "dt_acme", new_pw));
+    assert!(!d.login("dt-acme", "dt_acme", &old_pw));
+    assert_eq!(d.instance_names(), ["dt-acme"]);
+    assert_eq!(d.databases().len(), 1);
+    // Converged: a second pass writes nothing.
+    d.clear_calls();
+    let again = p.reconcile(&newcomer, Some(&secret)).await.unwrap();
+    assert!(again.ready && again.secret.is_none(), "{}", again.message);
+    assert!(d.writes().is_empty(), "{:?}", d.writes());
+
+    // Now bound to the adopter: the old UID is the stranger, for reconcile and delete.
+    let err = p.reconcile(&old, Some(&old_secret)).await.unwrap_err();
+    assert_eq!(err.reason(), "RetainedDataExists", "{err}");
+    assert!(err.to_string().contains(&newcomer.uid), "{err}");
+    assert!(p.delete(&old).await.unwrap().resources.is_empty());
+    assert!(d.writes().is_empty(), "{:?}", d.writes());
+    assert!(d.login("dt-acme", "dt_acme", new_pw));
+
+    // The adopter's own deletion erases it.
+    let erased = p.delete(&newcomer).await.unwrap();
+    assert_eq!(erased.resources.len(), 3);
+    assert!(d.instance_names().is_empty());
+    assert_clean(&d);
+}
+
+#[tokio::test]
+async fn an_instance_without_the_uid_label_gets_it() {
+    // Made by a version before the UID label: ours by name and labels, bound on the next pass.
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    let t = tenant("acme", "europe-west3");
+    let mut secret = None;
+    converge(&p, &t, &mut secret, 5).await;
+    d.edit_instance("dt-acme", |i| {
+        i["settings"]["userLabels"]
+            .as_object_mut()
+            .unwrap()
+            .remove(UID_LABEL);
+    });
+    d.clear_calls();
+    let r = p.reconcile(&t, secret.as_ref()).await.unwrap();
+    assert!(r.ready && r.secret.is_none(), "{}", r.message);
+    let writes = d.writes();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(writes[0].id, "sql.instances.patch");
+    assert_eq!(
+        writes[0].body.clone().unwrap(),
+        json!({"settings": {"userLabels": {
+            "tenant": "acme",
+            "managed-by": "dealertenant-operator",
+            UID_LABEL: "uid-1",
+        }}})
+    );
+    assert_eq!(uid_label(&d, "dt-acme"), json!("uid-1"));
+    d.clear_calls();
+    p.reconcile(&t, secret.as_ref()).await.unwrap();
+    assert!(d.writes().is_empty(), "{:?}", d.writes());
     assert_clean(&d);
 }
 

@@ -49,6 +49,11 @@ fn assert_settings(fake: &FakeGcs, id: &str, cfg: &StorageConfig, tenant: &str) 
     assert_eq!(b.project, PROJECT_NUMBER);
     assert_eq!(b.labels.get("tenant").map(String::as_str), Some(tenant));
     assert_eq!(
+        b.labels.get("dealerdesk-tenant-uid").map(String::as_str),
+        Some(format!("uid-{tenant}").as_str()),
+        "bound to the tenant's UID"
+    );
+    assert_eq!(
         b.labels.get("managed-by").map(String::as_str),
         Some("dealertenant-operator")
     );
@@ -682,6 +687,113 @@ async fn already_exists_for_a_foreign_bucket_is_refused() {
         ["get_bucket", "create_bucket", "get_bucket"]
     );
     assert_eq!(fake.bucket_names(), ["dd-test-acme"]);
+}
+
+// ----- tenant identity: names are reused, UIDs are not ------------------------------------
+
+const UID_LABEL: &str = "dealerdesk-tenant-uid";
+const ADOPT: &str = "dealerdesk.de/adopt-retained";
+
+fn uid_label(fake: &FakeGcs, id: &str) -> Option<String> {
+    fake.bucket(id).unwrap().labels.get(UID_LABEL).cloned()
+}
+
+#[tokio::test]
+async fn a_retained_bucket_is_bound_to_its_tenants_uid() {
+    let fake = FakeGcs::new();
+    let p = provider(&fake, cfg());
+    let mut old = tenant("acme");
+    old.uid = "5a70ad95-0c70-4dba-b433-bea48aafe77e".into();
+    let old_secret = p.reconcile(&old, None).await.unwrap().secret.unwrap();
+    assert_eq!(
+        uid_label(&fake, "dd-test-acme").as_deref(),
+        Some(old.uid.as_str())
+    );
+    fake.put_object("dd-test-acme", "customer-a.pdf");
+
+    // Another customer, same name: refused before any write.
+    let mut newcomer = old.clone();
+    newcomer.uid = "11111111-1111-1111-1111-111111111111".into();
+    fake.clear_calls();
+    let err = p.reconcile(&newcomer, None).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Foreign { .. }), "{err}");
+    assert_eq!(err.reason(), "RetainedDataExists");
+    assert!(err.to_string().contains(&old.uid), "{err}");
+    assert!(err.to_string().contains(ADOPT), "{err}");
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+    // Its deletion leaves the retained bucket and its objects alone.
+    let erased = p.delete(&newcomer).await.unwrap();
+    assert!(erased.resources.is_empty(), "{:?}", erased.resources);
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+    assert_eq!(fake.objects("dd-test-acme").len(), 1);
+    // Adopting some other UID changes nothing either.
+    newcomer
+        .annotations
+        .insert(ADOPT.into(), "22222222-2222-2222-2222-222222222222".into());
+    let err = p.reconcile(&newcomer, None).await.unwrap_err();
+    assert_eq!(err.reason(), "RetainedDataExists", "{err}");
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+    assert_eq!(
+        uid_label(&fake, "dd-test-acme").as_deref(),
+        Some(old.uid.as_str())
+    );
+
+    // Adopting exactly that UID hands the bucket over, objects and all: one label update.
+    newcomer.annotations.insert(ADOPT.into(), old.uid.clone());
+    let r = p.reconcile(&newcomer, None).await.unwrap();
+    assert!(r.ready, "{}", r.message);
+    let writes = fake.writes();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(writes[0].method, "update_bucket");
+    assert_eq!(writes[0].detail, "labels");
+    assert_eq!(
+        uid_label(&fake, "dd-test-acme").as_deref(),
+        Some(newcomer.uid.as_str())
+    );
+    assert_eq!(fake.objects("dd-test-acme").len(), 1);
+    let secret = r.secret.expect("the Secret is issued to the adopter");
+    fake.clear_calls();
+    let again = p.reconcile(&newcomer, Some(&secret)).await.unwrap();
+    assert!(again.ready && again.secret.is_none());
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+
+    // Now bound to the adopter: the old UID is the stranger, for reconcile and delete.
+    let err = p.reconcile(&old, Some(&old_secret)).await.unwrap_err();
+    assert_eq!(err.reason(), "RetainedDataExists", "{err}");
+    assert!(err.to_string().contains(&newcomer.uid), "{err}");
+    assert!(p.delete(&old).await.unwrap().resources.is_empty());
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
+    assert_eq!(fake.bucket_names(), ["dd-test-acme"]);
+
+    // The adopter's own deletion erases it.
+    let erased = p.delete(&newcomer).await.unwrap();
+    assert_eq!(erased.resources.len(), 1);
+    assert!(fake.bucket_names().is_empty());
+}
+
+#[tokio::test]
+async fn a_bucket_without_the_uid_label_gets_it() {
+    // Made by a version before the UID label: ours by name and labels, bound on the next pass.
+    let fake = FakeGcs::new();
+    let p = provider(&fake, cfg());
+    let t = tenant("acme");
+    let secret = p.reconcile(&t, None).await.unwrap().secret;
+    fake.mutate("dd-test-acme", |b| {
+        b.labels.remove(UID_LABEL);
+    });
+    fake.clear_calls();
+    let r = p.reconcile(&t, secret.as_ref()).await.unwrap();
+    assert!(r.ready && r.secret.is_none(), "{}", r.message);
+    let writes = fake.writes();
+    assert_eq!(writes.len(), 1, "{writes:?}");
+    assert_eq!(writes[0].detail, "labels");
+    assert_eq!(
+        uid_label(&fake, "dd-test-acme").as_deref(),
+        Some("uid-acme")
+    );
+    fake.clear_calls();
+    p.reconcile(&t, secret.as_ref()).await.unwrap();
+    assert!(fake.writes().is_empty(), "{:?}", fake.writes());
 }
 
 // ----- create/delete spacing -------------------------------------------------------------

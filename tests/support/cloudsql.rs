@@ -596,6 +596,26 @@ fn in_progress() -> Response {
     )
 }
 
+/// Google Cloud's rules for `userLabels` (not in the discovery document): at most 64
+/// labels; keys 1-63 characters starting with a lowercase letter, values 0-63 characters,
+/// both of lowercase letters, digits, `_` and `-`.
+fn label_error(labels: &Value) -> Option<String> {
+    let map = labels.as_object()?;
+    let ok = |s: &str| {
+        s.len() <= 63
+            && s.bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+    };
+    if map.len() > 64 {
+        return Some("Invalid request: more than 64 user labels.".into());
+    }
+    map.iter().find_map(|(k, v)| {
+        let v = v.as_str().unwrap_or_default();
+        let key_ok = ok(k) && k.starts_with(|c: char| c.is_ascii_lowercase());
+        (!key_ok || !ok(v)).then(|| format!("Invalid request: invalid user label {k}={v}."))
+    })
+}
+
 fn invalid(message: &str) -> Response {
     google_error(400, "INVALID_ARGUMENT", "invalid", message)
 }
@@ -1065,6 +1085,10 @@ fn serve(
                     "Invalid request: Missing required field: settings.tier.",
                 ));
             }
+            if let Some(msg) = label_error(&b["settings"]["userLabels"]) {
+                st.violations.push(format!("sql.instances.insert: {msg}"));
+                return Err(invalid(&msg));
+            }
             if exists(st, &name) {
                 return Err(google_error(
                     409,
@@ -1137,6 +1161,10 @@ fn serve(
                 return Err(in_progress());
             }
             let b = body.unwrap_or_default();
+            if let Some(msg) = label_error(&b["settings"]["userLabels"]) {
+                st.violations.push(format!("sql.instances.patch: {msg}"));
+                return Err(invalid(&msg));
+            }
             let i = st.instances.get_mut(&inst).unwrap();
             if let Some(s) = b.get("settings") {
                 merge(&mut i["settings"], s);

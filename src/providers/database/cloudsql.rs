@@ -6,7 +6,12 @@
 //! 1. `instances.get` by the deterministic name. Missing: residency check, `instances.insert`,
 //!    report "being created (operation ...)", not ready.
 //! 2. Present: ownership labels and the reported region are checked; `PENDING_CREATE`,
-//!    maintenance and the like report not ready without writing.
+//!    maintenance and the like report not ready without writing. The label
+//!    `dealerdesk-tenant-uid` binds the instance to the UID of the tenant that made it: one
+//!    bound to another UID (retained from a deleted tenant whose name this one reuses) is
+//!    refused with `RetainedDataExists` before any write, unless the tenant adopts it with
+//!    `dealerdesk.de/adopt-retained: <that uid>`; then the label is rewritten with the other
+//!    drifted settings. Deleting a tenant never erases an instance bound to another UID.
 //! 3. `RUNNABLE`: work out the writes needed (database, user, password, drifted settings).
 //!    None: no write at all. Some: first make sure no operation runs on the instance (Cloud
 //!    SQL runs one at a time), then do them in order, stopping as soon as one returns an
@@ -31,7 +36,9 @@ use google_cloud_sql_v1::model::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::desired::names::ADOPT_ANNOTATION;
 use crate::processors::ids;
+use crate::providers::storage::bucket::uid_label_value;
 use crate::providers::{
     Component, Erased, ExternalResource, Provider, ProviderError, Reconciled, SecretData,
     TenantInfo, residency, secret,
@@ -48,6 +55,9 @@ pub const SUFFIX_ANNOTATION: &str = "dealerdesk.de/database-instance-suffix";
 pub const LABEL_TENANT: &str = "tenant";
 pub const LABEL_MANAGED_BY: &str = "managed-by";
 pub const MANAGED_BY: &str = "dealertenant-operator";
+/// Label key whose value is the UID of the tenant the instance belongs to: names are
+/// reused, UIDs are not. A Kubernetes UID is a valid label value as it is.
+pub const LABEL_TENANT_UID: &str = "dealerdesk-tenant-uid";
 
 /// PostgreSQL's port; Cloud SQL does not let it be changed.
 const POSTGRES_PORT: &str = "5432";
@@ -274,12 +284,51 @@ pub fn instance_name_for(prefix: &str, t: &TenantInfo) -> Result<String, Provide
     Ok(format!("{base}-{suffix}"))
 }
 
-/// The user labels that mark the instance of `tenant`.
-pub fn labels(tenant: &str) -> HashMap<String, String> {
-    HashMap::from([
+/// The user labels that mark the instance of `tenant` (the tenant with UID `uid`; no UID
+/// label when the UID is unknown, as offline).
+pub fn labels(tenant: &str, uid: &str) -> HashMap<String, String> {
+    let mut l = HashMap::from([
         (LABEL_TENANT.to_string(), tenant.to_string()),
         (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
-    ])
+    ]);
+    if !uid.is_empty() {
+        l.insert(LABEL_TENANT_UID.to_string(), uid_label_value(uid));
+    }
+    l
+}
+
+/// The tenant UID an instance is bound to (its [`LABEL_TENANT_UID`]), if any. Instances made
+/// before the label existed have none.
+pub fn owner_of(observed: &DatabaseInstance) -> Option<&str> {
+    observed
+        .settings
+        .as_ref()
+        .and_then(|s| s.user_labels.get(LABEL_TENANT_UID))
+        .map(String::as_str)
+        .filter(|u| !u.is_empty())
+}
+
+/// Refuses an instance bound to another tenant UID (data retained from a deleted tenant
+/// whose name `tenant` reuses), unless `tenant` adopts exactly that UID. Nothing is written
+/// before this check.
+pub fn check_uid(
+    name: &str,
+    tenant: &TenantInfo,
+    observed: &DatabaseInstance,
+) -> Result<(), ProviderError> {
+    match owner_of(observed) {
+        Some(owner) if owner != uid_label_value(&tenant.uid) && !tenant.adopts(owner) => {
+            Err(ProviderError::Foreign {
+                service: SERVICE,
+                message: format!(
+                    "instance {name} holds data retained from another tenant (UID {owner}); \
+                     nothing was changed. Annotate this tenant {ADOPT_ANNOTATION}: {owner} to \
+                     take it over, or delete the instance {name} first"
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The IP configuration `cfg` asks for: private only, or public with authorized networks.
@@ -317,24 +366,25 @@ pub fn desired_backup_configuration(cfg: &CloudSqlConfig) -> BackupConfiguration
     b
 }
 
-/// The settings the instance of `tenant` must have.
-pub fn desired_settings(cfg: &CloudSqlConfig, tenant: &str) -> Settings {
+/// The settings the instance of `tenant` (UID `uid`) must have.
+pub fn desired_settings(cfg: &CloudSqlConfig, tenant: &str, uid: &str) -> Settings {
     let mut s = Settings::new();
     s.tier = cfg.tier.clone();
     s.edition = Edition::from(cfg.edition.as_str());
     s.availability_type = SqlAvailabilityType::from(cfg.availability_type.as_str());
     s.data_disk_size_gb = Some(cfg.disk_size_gb);
     s.deletion_protection_enabled = Some(cfg.deletion_protection);
-    s.user_labels = labels(tenant);
+    s.user_labels = labels(tenant, uid);
     s.backup_configuration = Some(desired_backup_configuration(cfg));
     s.ip_configuration = Some(desired_ip_configuration(cfg));
     s
 }
 
-/// The body of `instances.insert` for `tenant`'s instance `name` in `region`.
+/// The body of `instances.insert` for `tenant`'s (UID `uid`) instance `name` in `region`.
 pub fn desired_instance(
     cfg: &CloudSqlConfig,
     tenant: &str,
+    uid: &str,
     name: &str,
     region: &str,
 ) -> DatabaseInstance {
@@ -342,7 +392,7 @@ pub fn desired_instance(
     i.name = name.to_string();
     i.region = region.to_string();
     i.database_version = SqlDatabaseVersion::from(cfg.database_version.as_str());
-    i.settings = Some(desired_settings(cfg, tenant));
+    i.settings = Some(desired_settings(cfg, tenant, uid));
     i
 }
 
@@ -352,9 +402,12 @@ pub fn desired_instance(
 /// Left alone on purpose: the disk when it is larger than configured (Cloud SQL grows it
 /// automatically and cannot shrink it), the backup start time when none is configured, the
 /// database version (a major upgrade is not a drift repair), and labels other than ours.
+/// A missing or other UID label is a drift: an instance made before the label existed,
+/// or one the tenant adopts (the caller refuses one bound to another UID before).
 pub fn settings_patch(
     cfg: &CloudSqlConfig,
     tenant: &str,
+    uid: &str,
     observed: &Settings,
 ) -> (Settings, Vec<&'static str>) {
     let mut patch = Settings::new();
@@ -415,7 +468,7 @@ pub fn settings_patch(
         patch.ip_configuration = Some(want_ip);
         drift.push("ipConfiguration");
     }
-    let ours = labels(tenant);
+    let ours = labels(tenant, uid);
     if ours
         .iter()
         .any(|(k, v)| observed.user_labels.get(k) != Some(v))
@@ -845,7 +898,7 @@ impl CloudSqlProvider {
         name: &str,
     ) -> Result<Reconciled, ProviderError> {
         residency::check_before_create(&format!("Cloud SQL instance {name}"), &tenant.region)?;
-        let body = desired_instance(&self.cfg, &tenant.name, name, &tenant.region);
+        let body = desired_instance(&self.cfg, &tenant.name, &tenant.uid, name, &tenant.region);
         let what = format!("create instance {name}");
         match self
             .instances
@@ -921,6 +974,9 @@ impl Provider for CloudSqlProvider {
             return self.create_instance(tenant, &name).await;
         };
         check_ownership(&name, &tenant.name, &instance)?;
+        // Whose is it? One bound to another tenant UID is not touched, credentials
+        // included, unless this tenant adopts it by that UID.
+        check_uid(&name, tenant, &instance)?;
         residency::check_reported(
             &format!("Cloud SQL instance {name}"),
             &instance.region,
@@ -978,6 +1034,7 @@ impl Provider for CloudSqlProvider {
         let (patch, drift) = settings_patch(
             &self.cfg,
             &tenant.name,
+            &tenant.uid,
             &obs.instance.settings.clone().unwrap_or_default(),
         );
         let password = secret
@@ -1145,6 +1202,13 @@ impl Provider for CloudSqlProvider {
                 message: e.to_string(),
             });
         }
+        // Another tenant's (retained) instance under this name is not this tenant's to erase.
+        if let Some(owner) = owner_of(&instance)
+            && owner != uid_label_value(&tenant.uid)
+        {
+            tracing::info!(instance = %name, "instance is bound to another tenant UID; not erased");
+            return Ok(Erased::default());
+        }
         let region = instance.region.clone();
         let obs = if instance.state == SqlInstanceState::Runnable {
             Observed {
@@ -1287,8 +1351,14 @@ mod tests {
             authorized_networks: vec!["203.0.113.0/24".into()],
             ..CloudSqlConfig::default()
         };
-        let body = serde_json::to_value(desired_instance(&cfg, "acme", "dt-acme", "europe-west3"))
-            .unwrap();
+        let body = serde_json::to_value(desired_instance(
+            &cfg,
+            "acme",
+            "",
+            "dt-acme",
+            "europe-west3",
+        ))
+        .unwrap();
         assert_eq!(
             body,
             json!({
@@ -1321,7 +1391,7 @@ mod tests {
             backups: false,
             ..CloudSqlConfig::default()
         };
-        let s = serde_json::to_value(desired_settings(&private, "acme")).unwrap();
+        let s = serde_json::to_value(desired_settings(&private, "acme", "")).unwrap();
         assert_eq!(
             s["ipConfiguration"],
             json!({"ipv4Enabled": false, "privateNetwork": "projects/p/global/networks/n"})
@@ -1336,8 +1406,8 @@ mod tests {
     #[test]
     fn drift_is_computed_field_by_field() {
         let cfg = CloudSqlConfig::default();
-        let desired = desired_settings(&cfg, "acme");
-        let (_, drift) = settings_patch(&cfg, "acme", &desired);
+        let desired = desired_settings(&cfg, "acme", "");
+        let (_, drift) = settings_patch(&cfg, "acme", "", &desired);
         assert!(drift.is_empty(), "{drift:?}");
 
         // What Cloud SQL adds on its own is no drift: a chosen backup window, a grown disk,
@@ -1348,12 +1418,12 @@ mod tests {
         observed
             .user_labels
             .insert("cost-center".into(), "sales".into());
-        assert!(settings_patch(&cfg, "acme", &observed).1.is_empty());
+        assert!(settings_patch(&cfg, "acme", "", &observed).1.is_empty());
 
         let mut observed = desired.clone();
         observed.tier = "db-custom-2-7680".into();
         observed.data_disk_size_gb = Some(10);
-        let (patch, drift) = settings_patch(&cfg, "acme", &observed);
+        let (patch, drift) = settings_patch(&cfg, "acme", "", &observed);
         assert_eq!(drift, ["tier", "dataDiskSizeGb"]);
         assert_eq!(
             serde_json::to_value(patch).unwrap(),
@@ -1371,7 +1441,7 @@ mod tests {
         observed.backup_configuration.as_mut().unwrap().start_time = "04:00".into();
         observed.deletion_protection_enabled = None;
         observed.ip_configuration = None;
-        let (patch, drift) = settings_patch(&cfg, "acme", &observed);
+        let (patch, drift) = settings_patch(&cfg, "acme", "", &observed);
         assert_eq!(
             drift,
             [
@@ -1396,10 +1466,10 @@ mod tests {
             backup_start_time: Some("02:00".into()),
             ..CloudSqlConfig::default()
         };
-        let mut observed = desired_settings(&timed, "acme");
+        let mut observed = desired_settings(&timed, "acme", "");
         observed.backup_configuration.as_mut().unwrap().start_time = "23:00".into();
         assert_eq!(
-            settings_patch(&timed, "acme", &observed).1,
+            settings_patch(&timed, "acme", "", &observed).1,
             ["backupConfiguration"]
         );
     }
@@ -1407,7 +1477,7 @@ mod tests {
     #[test]
     fn only_our_instances_are_touched() {
         let mut i = DatabaseInstance::new();
-        i.settings = Some(desired_settings(&CloudSqlConfig::default(), "acme"));
+        i.settings = Some(desired_settings(&CloudSqlConfig::default(), "acme", ""));
         assert!(check_ownership("dt-acme", "acme", &i).is_ok());
         let e = check_ownership("dt-acme", "other", &i).unwrap_err();
         assert!(e.to_string().contains("tenant=acme"), "{e}");
@@ -1421,6 +1491,61 @@ mod tests {
         // Labels removed by hand: drift, not a refusal.
         i.settings.as_mut().unwrap().user_labels.clear();
         assert!(check_ownership("dt-acme", "acme", &i).is_ok());
+    }
+
+    #[test]
+    fn an_instance_is_bound_to_its_tenants_uid() {
+        let uid_a = "5a70ad95-0c70-4dba-b433-bea48aafe77e";
+        let uid_b = "11111111-1111-1111-1111-111111111111";
+        let cfg = CloudSqlConfig::default();
+        let mut i = DatabaseInstance::new();
+        i.settings = Some(desired_settings(&cfg, "acme", uid_a));
+        assert_eq!(
+            i.settings.as_ref().unwrap().user_labels[LABEL_TENANT_UID],
+            uid_a
+        );
+        assert_eq!(owner_of(&i), Some(uid_a));
+        let mut a = tenant("acme");
+        a.uid = uid_a.into();
+        assert!(check_uid("dt-acme", &a, &i).is_ok());
+        let mut b = tenant("acme");
+        b.uid = uid_b.into();
+        let e = check_uid("dt-acme", &b, &i).unwrap_err();
+        assert_eq!(e.reason(), "RetainedDataExists");
+        assert!(e.to_string().contains(uid_a), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("dealerdesk.de/adopt-retained: {uid_a}")),
+            "{e}"
+        );
+        b.annotations
+            .insert("dealerdesk.de/adopt-retained".into(), uid_b.into());
+        assert!(
+            check_uid("dt-acme", &b, &i).is_err(),
+            "adopting another UID"
+        );
+        b.annotations
+            .insert("dealerdesk.de/adopt-retained".into(), uid_a.into());
+        assert!(check_uid("dt-acme", &b, &i).is_ok());
+        // Adopted: the labels are a drift to the adopter's UID, the others kept.
+        let (patch, drift) = settings_patch(&cfg, "acme", uid_b, i.settings.as_ref().unwrap());
+        assert_eq!(drift, ["userLabels"]);
+        assert_eq!(patch.user_labels[LABEL_TENANT_UID], uid_b);
+        // Made before the label: no owner, not refused, the label is added.
+        i.settings
+            .as_mut()
+            .unwrap()
+            .user_labels
+            .remove(LABEL_TENANT_UID);
+        assert_eq!(owner_of(&i), None);
+        let mut c = tenant("acme");
+        c.uid = uid_b.into();
+        assert!(check_uid("dt-acme", &c, &i).is_ok());
+        let (patch, drift) = settings_patch(&cfg, "acme", uid_a, i.settings.as_ref().unwrap());
+        assert_eq!(drift, ["userLabels"]);
+        assert_eq!(patch.user_labels[LABEL_TENANT_UID], uid_a);
+        // Offline (no UID): no label.
+        assert!(!labels("acme", "").contains_key(LABEL_TENANT_UID));
     }
 
     #[test]

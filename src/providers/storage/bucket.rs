@@ -15,6 +15,8 @@ pub const LABEL_TENANT: &str = "tenant";
 /// Label that marks buckets this operator manages.
 pub const LABEL_MANAGED_BY: &str = "managed-by";
 pub const MANAGED_BY: &str = "dealertenant-operator";
+/// Label with the UID of the tenant the bucket belongs to: names are reused, UIDs are not.
+pub const LABEL_TENANT_UID: &str = "dealerdesk-tenant-uid";
 /// `iam_config.public_access_prevention` value that forbids public access.
 pub const ENFORCED: &str = "enforced";
 
@@ -50,12 +52,49 @@ pub fn bucket_id(b: &Bucket) -> &str {
     }
 }
 
-/// The labels the operator puts on a tenant's bucket.
+/// A tenant UID as a Google Cloud label value (Cloud Storage and Cloud SQL share the rules:
+/// at most 63 lowercase letters, digits, `_` and `-`). A Kubernetes UID (a lowercase UUID)
+/// is returned as it is; anything else is lowercased, other characters become `_`.
+pub fn uid_label_value(uid: &str) -> String {
+    uid.chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(63)
+        .collect()
+}
+
+/// The labels the operator puts on a tenant's bucket: its name, ours, and (when known) the
+/// tenant's UID.
 pub fn desired_labels(tenant: &TenantInfo) -> BTreeMap<String, String> {
-    BTreeMap::from([
+    let mut l = BTreeMap::from([
         (LABEL_TENANT.to_string(), tenant.name.clone()),
         (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
-    ])
+    ]);
+    if !tenant.uid.is_empty() {
+        l.insert(LABEL_TENANT_UID.to_string(), uid_label_value(&tenant.uid));
+    }
+    l
+}
+
+/// The tenant UID the bucket is bound to, if any (buckets made before the label existed
+/// have none).
+pub fn owner_of(b: &Bucket) -> Option<&str> {
+    b.labels
+        .get(LABEL_TENANT_UID)
+        .map(String::as_str)
+        .filter(|u| !u.is_empty())
+}
+
+/// The UID of another tenant the bucket is bound to: `None` when it is unbound (legacy) or
+/// bound to `tenant`.
+pub fn bound_elsewhere<'a>(b: &'a Bucket, tenant: &TenantInfo) -> Option<&'a str> {
+    owner_of(b).filter(|owner| *owner != uid_label_value(&tenant.uid))
 }
 
 /// Whether the bucket carries the tenant's label.
@@ -312,7 +351,7 @@ mod tests {
         );
         let b = req.bucket.unwrap();
         assert_eq!(b.name, "projects/_/buckets/dd-test-acme");
-        assert_eq!(b.labels.len(), 3);
+        assert_eq!(b.labels.len(), 4);
         assert_eq!(b.labels["team"], "sales");
         assert_eq!(b.labels["managed-by"], "dealertenant-operator");
         assert!(!b.versioning.unwrap().enabled);
@@ -331,6 +370,38 @@ mod tests {
         assert_eq!(s.get(KEY_LOCATION), Some("europe-west3"));
         assert_eq!(s.get(KEY_PROJECT), Some("dd-test"));
         assert_eq!(s.keys().count(), 3);
+    }
+
+    #[test]
+    fn buckets_are_bound_to_the_tenant_uid() {
+        let uid = "5a70ad95-0c70-4dba-b433-bea48aafe77e";
+        assert_eq!(uid_label_value(uid), uid, "a Kubernetes UID fits as it is");
+        assert_eq!(uid_label_value("A.b/C"), "a_b_c");
+        assert_eq!(uid_label_value(&"x".repeat(70)).len(), 63);
+        let b = as_created(&create_request(&cfg(), &tenant()));
+        assert_eq!(b.labels[LABEL_TENANT_UID], "u-1");
+        assert_eq!(owner_of(&b), Some("u-1"));
+        assert_eq!(bound_elsewhere(&b, &tenant()), None);
+        let other = TenantInfo {
+            uid: uid.into(),
+            ..tenant()
+        };
+        assert_eq!(bound_elsewhere(&b, &other), Some("u-1"));
+        // Adopted: a label drift; the update carries the adopter's UID.
+        assert_eq!(drift(&cfg(), &other, &b), [MASK_LABELS]);
+        let req = update_request(&cfg(), &other, &b, &[MASK_LABELS]);
+        assert_eq!(req.bucket.unwrap().labels[LABEL_TENANT_UID], uid);
+        // Made before the label: bound to nobody, the label is added.
+        let mut legacy = b.clone();
+        legacy.labels.remove(LABEL_TENANT_UID);
+        assert_eq!(bound_elsewhere(&legacy, &other), None);
+        assert_eq!(drift(&cfg(), &tenant(), &legacy), [MASK_LABELS]);
+        // Offline (no UID): no label.
+        let offline = TenantInfo {
+            uid: String::new(),
+            ..tenant()
+        };
+        assert!(!desired_labels(&offline).contains_key(LABEL_TENANT_UID));
     }
 
     #[test]

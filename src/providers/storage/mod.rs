@@ -4,13 +4,18 @@
 //!
 //! One bucket per tenant, named `<bucketPrefix>-<tenant>` in Cloud Storage's global
 //! namespace, in the tenant's region, with uniform bucket-level access, public access
-//! prevention `enforced`, the labels `tenant` and `managed-by`, and the configured soft
-//! delete retention and versioning.
+//! prevention `enforced`, the labels `tenant`, `managed-by` and `dealerdesk-tenant-uid` (the
+//! UID of the tenant that made it), and the configured soft delete retention and versioning.
 //!
 //! - Observe: get the bucket by name. A bucket under our name counts as the tenant's only
 //!   when it carries the tenant's label and lives in our project; otherwise the name is
 //!   taken (permanent error: choose another prefix). Nothing is ever written to or deleted
 //!   from a bucket that is not ours.
+//! - Identity: names are reused, UIDs are not. A bucket whose UID label names another tenant
+//!   (one deleted under `Retain`) is refused with `RetainedDataExists` before any write, and
+//!   the tenant's deletion leaves it alone; the annotation `dealerdesk.de/adopt-retained:
+//!   <that uid>` hands it over (the label update rewrites the UID). A bucket without the UID
+//!   label (made by an earlier version) gets it as a drift repair.
 //! - Create when missing (residency check first, then the process-wide create/delete
 //!   spacing). ALREADY_EXISTS after a crash or a race is healed by adopting the bucket when
 //!   it is ours. The bucket is read back and its reported location checked.
@@ -312,6 +317,21 @@ impl StorageProvider {
                 &format!("it does not belong to project {}", self.cfg.project),
             ));
         }
+        // Whose is it? A bucket bound to another tenant UID (retained from a deleted tenant
+        // whose name this one reuses) is not touched unless this tenant adopts that UID.
+        if let Some(owner) = bucket::bound_elsewhere(&b, tenant)
+            && !tenant.adopts(owner)
+        {
+            return Err(ProviderError::Foreign {
+                service: SERVICE,
+                message: format!(
+                    "bucket {name} holds data retained from another tenant (UID {owner}); \
+                     nothing was changed. Annotate this tenant {}: {owner} to take it over, \
+                     or delete the bucket {name} first",
+                    crate::desired::names::ADOPT_ANNOTATION
+                ),
+            });
+        }
         Ok(b)
     }
 
@@ -511,6 +531,11 @@ impl Provider for StorageProvider {
                     tenant.name
                 ),
             });
+        }
+        // Another tenant's (retained) bucket under this name is not this tenant's to erase.
+        if bucket::bound_elsewhere(&b, tenant).is_some() {
+            tracing::info!(bucket = %name, "bucket is bound to another tenant UID; not erased");
+            return Ok(Erased::default());
         }
         let erased = Erased {
             resources: vec![self.resource(&b)],
