@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use dealertenant_operator::providers::search::SearchConfig;
 use dealertenant_operator::providers::search::elasticsearch::{
-    ElasticsearchProvider, role_body, secret_keys, tenant_descriptor,
+    ElasticsearchProvider, UID_META, role_body, secret_keys, tenant_descriptor,
 };
 use dealertenant_operator::providers::{
     Provider, ProviderError, Reconciled, SecretData, TenantInfo,
@@ -165,8 +165,16 @@ async fn first_reconcile_creates_index_role_key_and_secret() {
         .unwrap();
     assert_eq!(
         create.body,
-        json!({"settings": {"index": {"number_of_shards": 1, "number_of_replicas": 1}}})
+        json!({"settings": {"index": {"number_of_shards": 1, "number_of_replicas": 1}},
+               "mappings": {"_meta": {"dealerdesk.de/tenant-uid": "uid-acme"}}})
     );
+    // Index, role and key are bound to the tenant's UID.
+    assert_eq!(
+        es.index("dt-acme").unwrap().meta,
+        Some(json!({"dealerdesk.de/tenant-uid": "uid-acme"}))
+    );
+    assert_eq!(role["metadata"][UID_META], json!("uid-acme"));
+    assert_eq!(valid[0].metadata[UID_META], json!("uid-acme"));
 
     // What is reported, with the deployment's region.
     let kinds: Vec<_> = r.resources.iter().map(|x| x.kind.as_str()).collect();
@@ -229,7 +237,7 @@ async fn drift_is_repaired_and_then_left_alone() {
 
     // Replicas changed and the role widened behind the operator's back.
     es.set_replicas("dt-acme", 3);
-    let mut wide = role_body("dt-acme", "acme");
+    let mut wide = role_body("dt-acme", "acme", "uid-acme");
     wide["indices"][0]["names"] = json!(["*"]);
     wide["indices"][0]["privileges"] = json!(["all"]);
     wide["cluster"] = json!(["monitor"]);
@@ -518,6 +526,173 @@ async fn delete_of_an_unknown_tenant_is_ok() {
         .unwrap();
     assert!(erased.resources.is_empty());
     assert!(es.calls().iter().all(|c| !c.is_create()));
+}
+
+// --- tenant UIDs: retained data ---------------------------------------------------------
+
+const ADOPT: &str = "dealerdesk.de/adopt-retained";
+
+fn assert_foreign(e: &ProviderError, owner: &str) {
+    assert!(matches!(e, ProviderError::Foreign { .. }), "{e}");
+    assert_eq!(e.reason(), "RetainedDataExists");
+    let text = e.to_string();
+    assert!(text.contains(owner), "{text}");
+    assert!(text.contains(&format!("{ADOPT}: {owner}")), "{text}");
+    assert!(text.contains("delete the index dt-acme"), "{text}");
+}
+
+#[tokio::test]
+async fn a_retained_index_is_bound_to_its_tenants_uid() {
+    let es = EsDouble::start().await;
+    let p = provider(&config(&es));
+    let old = tenant("acme");
+    let old_secret = p.reconcile(&old, None).await.unwrap().secret.unwrap();
+    assert_eq!(es.index_doc_as(key_of(&old_secret), "dt-acme").await, 201);
+    let uuid = es.index("dt-acme").unwrap().uuid;
+    // The tenant's own key cannot rebind its index (explicit mapping updates need
+    // `manage`).
+    assert_eq!(
+        es.status_as("PUT", key_of(&old_secret), "dt-acme/_mapping")
+            .await,
+        403
+    );
+
+    // Another customer, same name, another UID: refused before any write, no key issued,
+    // not even with the retained tenant's Secret at hand (a retained namespace).
+    let mut newcomer = old.clone();
+    newcomer.uid = "uid-acme-newcomer".into();
+    for held in [None, Some(&old_secret)] {
+        let n = es.call_count();
+        let e = p.reconcile(&newcomer, held).await.unwrap_err();
+        assert_foreign(&e, &old.uid);
+        let calls = es.calls_since(n);
+        assert!(writes(&calls).is_empty(), "{:?}", lines(&calls));
+    }
+    // Adopting some other UID changes nothing either.
+    newcomer
+        .annotations
+        .insert(ADOPT.into(), "uid-someone-else".into());
+    let n = es.call_count();
+    let e = p.reconcile(&newcomer, None).await.unwrap_err();
+    assert_foreign(&e, &old.uid);
+    assert!(writes(&es.calls_since(n)).is_empty());
+    // Its deletion leaves the retained index, role and key alone.
+    let n = es.call_count();
+    let erased = p.delete(&newcomer).await.unwrap();
+    assert!(erased.resources.is_empty(), "{:?}", erased.resources);
+    assert!(writes(&es.calls_since(n)).is_empty());
+    assert_converged(&es, "dt-acme", &old_secret).await;
+    assert_eq!(es.index("dt-acme").unwrap().docs, 1);
+
+    // Adopting exactly that UID hands it over, data and all, with a new key; the retained
+    // tenant's key is invalidated (the data belongs to the adopter now), even though its
+    // Secret was handed in.
+    newcomer.annotations.insert(ADOPT.into(), old.uid.clone());
+    let n = es.call_count();
+    let r = p.reconcile(&newcomer, Some(&old_secret)).await.unwrap();
+    assert!(r.message.contains("adopted"), "{}", r.message);
+    let new_secret = r.secret.expect("adoption issues a new key");
+    assert_ne!(id_of(&new_secret), id_of(&old_secret));
+    assert!(
+        writes(&es.calls_since(n)).contains(&"PUT /dt-acme/_mapping".to_string()),
+        "{:?}",
+        lines(&es.calls_since(n))
+    );
+    let index = es.index("dt-acme").unwrap();
+    assert_eq!((index.uuid.as_str(), index.docs), (uuid.as_str(), 1));
+    assert_eq!(index.meta, Some(json!({UID_META: newcomer.uid})));
+    assert_eq!(
+        es.role("dt-acme").unwrap()["metadata"][UID_META],
+        json!(newcomer.uid)
+    );
+    assert_converged(&es, "dt-acme", &new_secret).await;
+    assert_eq!(
+        es.valid_keys("dt-acme")[0].metadata[UID_META],
+        json!(newcomer.uid)
+    );
+    assert_eq!(es.search_as(key_of(&old_secret), "dt-acme").await, 401);
+    // A second pass writes nothing.
+    let n = es.call_count();
+    let again = p.reconcile(&newcomer, Some(&new_secret)).await.unwrap();
+    assert!(again.secret.is_none());
+    assert!(writes(&es.calls_since(n)).is_empty());
+
+    // Now bound to the adopter: the old UID is the stranger, for reconcile and delete.
+    let n = es.call_count();
+    let e = p.reconcile(&old, Some(&old_secret)).await.unwrap_err();
+    assert_foreign(&e, &newcomer.uid);
+    assert!(p.delete(&old).await.unwrap().resources.is_empty());
+    assert!(writes(&es.calls_since(n)).is_empty());
+    assert_converged(&es, "dt-acme", &new_secret).await;
+
+    // The adopter's own deletion erases everything.
+    let erased = p.delete(&newcomer).await.unwrap();
+    assert_eq!(erased.resources.len(), 3, "{:?}", erased.resources);
+    assert!(es.index_names().is_empty() && es.role_names().is_empty());
+}
+
+#[tokio::test]
+async fn an_index_of_an_earlier_version_is_bound_on_the_next_pass() {
+    let es = EsDouble::start().await;
+    es.put_index("dt-acme", 1, 1);
+    es.set_index_meta("dt-acme", Some(json!({"kept": "x"})));
+    let p = provider(&config(&es));
+    let t = tenant("acme");
+    let r = p.reconcile(&t, None).await.unwrap();
+    assert!(
+        writes(&es.calls()).contains(&"PUT /dt-acme/_mapping".to_string()),
+        "{:?}",
+        lines(&es.calls())
+    );
+    assert_eq!(
+        es.index("dt-acme").unwrap().meta,
+        Some(json!({"kept": "x", UID_META: "uid-acme"}))
+    );
+    let secret = converge(&es, &p, &t, r.secret).await;
+    assert_converged(&es, "dt-acme", &secret).await;
+}
+
+#[tokio::test]
+async fn a_failure_at_any_request_of_an_adoption_heals() {
+    let old = tenant("acme");
+    let mut newcomer = old.clone();
+    newcomer.uid = "uid-acme-newcomer".into();
+    newcomer.annotations.insert(ADOPT.into(), old.uid.clone());
+    let es = EsDouble::start().await;
+    let p = provider(&config(&es));
+    p.reconcile(&old, None).await.unwrap();
+    let n = es.call_count();
+    p.reconcile(&newcomer, None).await.unwrap();
+    let total = es.call_count() - n;
+
+    for performed in [false, true] {
+        for k in 1..=total {
+            let es = EsDouble::start().await;
+            let p = provider(&config(&es));
+            let old_secret = p.reconcile(&old, None).await.unwrap().secret.unwrap();
+            es.fail_request(k, performed);
+            let r = p.reconcile(&newcomer, Some(&old_secret)).await;
+            es.clear_fault();
+            if let Err(e) = &r {
+                assert!(e.is_transient(), "k={k}: {e}");
+            }
+            // The component Secret still holds the retained tenant's key until a new one
+            // is issued.
+            let held = r.ok().and_then(|r| r.secret).unwrap_or(old_secret.clone());
+            let secret = converge(&es, &p, &newcomer, Some(held)).await;
+            assert_converged(&es, "dt-acme", &secret).await;
+            assert_eq!(
+                es.index("dt-acme").unwrap().meta,
+                Some(json!({UID_META: newcomer.uid})),
+                "k={k}"
+            );
+            assert_eq!(
+                es.search_as(key_of(&old_secret), "dt-acme").await,
+                401,
+                "k={k}"
+            );
+        }
+    }
 }
 
 // --- errors ------------------------------------------------------------------------------

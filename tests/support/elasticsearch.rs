@@ -3,7 +3,7 @@
 //!
 //! Behaviour follows the official Elasticsearch REST API specification
 //! (github.com/elastic/elasticsearch-specification: `indices.create`, `indices.get`,
-//! `indices.put_settings`, `indices.delete`, `security.put_role`, `security.get_role`,
+//! `indices.put_settings`, `indices.get_mapping`, `indices.put_mapping`, `indices.delete`, `security.put_role`, `security.get_role`,
 //! `security.delete_role`, `security.create_api_key`, `security.get_api_key`,
 //! `security.invalidate_api_key`, `security.authenticate`, `search`, `index`), the
 //! Elasticsearch reference pages of those APIs, and the server's behaviour where the spec is
@@ -27,6 +27,11 @@
 //! - A request authenticated by an API key may create only keys with an explicit role
 //!   descriptor that grants nothing.
 //! - Index settings come back as strings; `number_of_shards` is static.
+//! - Mappings hold only `_meta` here (reference, "_meta field"): set at creation from
+//!   `mappings._meta`, reported by `GET /{index}` and `GET /{index}/_mapping`, and
+//!   replaced as a whole by `PUT /{index}/_mapping` with `{"_meta": {..}}` ("Update mapping
+//!   API"); other mapping parts are accepted and not kept. Explicit mapping updates need
+//!   `manage` (since 8.0 `write` grants only `indices:admin/mapping/auto_put`).
 //! - Tenant keys are authorized by their role descriptors (an empty map means the owner's
 //!   rights); the operator user is a superuser. Auto-creation of indices is off
 //!   (`action.auto_create_index: false`).
@@ -113,6 +118,8 @@ pub struct Index {
     pub replicas: u32,
     pub docs: u64,
     pub creation_date: i64,
+    /// `mappings._meta`, when set.
+    pub meta: Option<Value>,
 }
 
 /// An API key as stored.
@@ -295,8 +302,14 @@ impl EsDouble {
                 replicas,
                 docs: 0,
                 creation_date,
+                meta: None,
             },
         );
+    }
+
+    /// Replaces an index's `mappings._meta` directly (out of band).
+    pub fn set_index_meta(&self, name: &str, meta: Option<Value>) {
+        self.lock().indices.get_mut(name).unwrap().meta = meta;
     }
 
     pub fn set_replicas(&self, name: &str, replicas: u32) {
@@ -565,6 +578,11 @@ fn route_action(method: &Method, segs: &[String]) -> Option<Action> {
             Index("indices:admin/delete", &["delete_index", "manage", "all"])
         }
         ("PUT", [_, "_settings"]) => Index("indices:admin/settings/update", &["manage", "all"]),
+        ("GET", [_, "_mapping"]) => Index(
+            "indices:admin/mappings/get",
+            &["view_index_metadata", "manage", "all"],
+        ),
+        ("PUT" | "POST", [_, "_mapping"]) => Index("indices:admin/mapping/put", &["manage", "all"]),
         ("GET" | "POST", [_, "_search"]) => Index("indices:data/read/search", &["read", "all"]),
         ("POST", [_, "_doc"]) => Index(
             "indices:data/write/index",
@@ -938,6 +956,11 @@ fn perform(
             None => index_not_found(index, None),
         },
         ("PUT", [index, "_settings"]) => put_settings(s, index, body),
+        ("GET", [index, "_mapping"]) => match s.indices.get(*index) {
+            Some(i) => reply(200, json!({ *index: {"mappings": mappings_json(i)} })),
+            None => index_not_found(index, None),
+        },
+        ("PUT" | "POST", [index, "_mapping"]) => put_mapping(s, index, body),
         ("GET" | "POST", [index, "_search"]) => match s.indices.get(*index) {
             Some(i) => reply(
                 200,
@@ -1007,10 +1030,38 @@ fn authenticate_info(s: &State_, principal: &Principal) -> Response {
     }
 }
 
+fn mappings_json(i: &Index) -> Value {
+    match &i.meta {
+        Some(meta) => json!({ "_meta": meta }),
+        None => json!({}),
+    }
+}
+
+/// `PUT /{index}/_mapping`: `_meta`, when given, replaces the stored one.
+fn put_mapping(s: &mut State_, index: &str, body: &Value) -> Response {
+    let Some(i) = s.indices.get_mut(index) else {
+        return index_not_found(index, None);
+    };
+    match body.get("_meta") {
+        None => {}
+        Some(m @ Value::Object(_)) => i.meta = Some(m.clone()),
+        Some(Value::Null) => i.meta = None,
+        Some(_) => {
+            return error(
+                400,
+                "mapper_parsing_exception",
+                json!("Failed to parse mapping: [_meta] must be an object"),
+                json!({}),
+            );
+        }
+    }
+    reply(200, json!({"acknowledged": true}))
+}
+
 fn index_json(name: &str, i: &Index) -> Value {
     json!({
         "aliases": {},
-        "mappings": {},
+        "mappings": mappings_json(i),
         "settings": {"index": {
             "routing": {"allocation": {"include": {"_tier_preference": "data_content"}}},
             "number_of_shards": i.shards.to_string(),
@@ -1075,6 +1126,7 @@ fn create_index(s: &mut State_, index: &str, body: &Value) -> Response {
                 replicas: 1,
                 docs: 0,
                 creation_date,
+                meta: None,
             },
         );
     }
@@ -1126,6 +1178,18 @@ fn create_index(s: &mut State_, index: &str, body: &Value) -> Response {
             ),
         );
     }
+    let meta = match body.get("mappings").and_then(|m| m.get("_meta")) {
+        None | Some(Value::Null) => None,
+        Some(m @ Value::Object(_)) => Some(m.clone()),
+        Some(_) => {
+            return error(
+                400,
+                "mapper_parsing_exception",
+                json!("Failed to parse mapping: [_meta] must be an object"),
+                json!({}),
+            );
+        }
+    };
     let creation_date = s.tick();
     let uuid = s.random_id(22);
     s.indices.insert(
@@ -1136,6 +1200,7 @@ fn create_index(s: &mut State_, index: &str, body: &Value) -> Response {
             replicas: replicas as u32,
             docs: 0,
             creation_date,
+            meta,
         },
     );
     reply(

@@ -15,6 +15,21 @@
 //!   was created, or a deliberate rotation) every key of that name is invalidated and one
 //!   new key is created. Either way exactly one valid key remains.
 //!
+//! Each index is bound to the UID of the tenant that created it: `mappings._meta` holds
+//! `{"dealerdesk.de/tenant-uid": "<uid>"}` (set at creation, read from `GET /{index}`,
+//! updated with `PUT /{index}/_mapping`; Elasticsearch reference, "_meta field" and
+//! "Update mapping API"); the role's and the key's `metadata` carry it too. Tenant names
+//! are reused, UIDs are not: an index bound to another UID holds data retained (under
+//! `deletionPolicy: Retain`) from a deleted tenant, and is neither reconciled nor erased,
+//! nor is a key issued for it, unless the tenant adopts exactly that UID with the
+//! annotation `dealerdesk.de/adopt-retained: <uid>`. Adoption rewrites the role, issues a
+//! new key, invalidating every older key of that name, the retained tenant's included (the
+//! data belongs to the adopter from then on), and rebinds the index last, so that a pass
+//! cut short adopts again. A held key bound to another UID is never kept. An index without the
+//! UID (made by an earlier version) is bound to the tenant that reconciles it. Only
+//! `manage` (not the tenants' `write`) covers the update mapping API from Elasticsearch 8
+//! on, so a tenant key cannot rebind its own index there.
+//!
 //! The operator authenticates either with an API key (`Authorization: ApiKey`, the default)
 //! or, when `search.username` is set, as that user with HTTP Basic. Elasticsearch refuses
 //! to let a request authenticated by an API key create a key that carries privileges
@@ -165,6 +180,10 @@ pub const MANAGED_BY: &str = "dealertenant-operator";
 /// What a tenant's role and key may do on its own index, and nothing else.
 pub const TENANT_PRIVILEGES: [&str; 3] = ["read", "view_index_metadata", "write"];
 
+/// Key of the tenant UID in the index's `mappings._meta` and in the role's and the key's
+/// `metadata`.
+pub const UID_META: &str = "dealerdesk.de/tenant-uid";
+
 pub const KIND_INDEX: &str = "ElasticsearchIndex";
 pub const KIND_ROLE: &str = "ElasticsearchRole";
 pub const KIND_KEY: &str = "ElasticsearchApiKey";
@@ -185,13 +204,24 @@ const MAX_REASON: usize = 400;
 // Pure parts: request bodies, comparisons, parsing of answers.
 // ---------------------------------------------------------------------------------------
 
-/// Body of `PUT /{index}`.
-pub fn index_body(shards: u32, replicas: u32) -> Value {
+/// Body of `PUT /{index}`: settings, and the index bound to the tenant `uid` in
+/// `mappings._meta`.
+pub fn index_body(shards: u32, replicas: u32, uid: &str) -> Value {
     json!({
         "settings": {
             "index": { "number_of_shards": shards, "number_of_replicas": replicas }
-        }
+        },
+        "mappings": { "_meta": { UID_META: uid } }
     })
+}
+
+/// Body of `PUT /{index}/_mapping` that binds the index to `uid`, keeping the other keys of
+/// its `_meta` (the whole object is sent, so it is right whether the service merges or
+/// replaces `_meta`).
+pub fn bind_body(meta: &serde_json::Map<String, Value>, uid: &str) -> Value {
+    let mut meta = meta.clone();
+    meta.insert(UID_META.into(), json!(uid));
+    json!({ "_meta": meta })
 }
 
 /// The role descriptor of a tenant: its index, [`TENANT_PRIVILEGES`], no cluster privileges.
@@ -206,24 +236,24 @@ pub fn tenant_descriptor(index: &str) -> Value {
     })
 }
 
-/// `metadata` on the role and the key.
-pub fn tenant_metadata(tenant: &str) -> Value {
-    json!({ "managed-by": MANAGED_BY, "tenant": tenant })
+/// `metadata` on the role and the key: who manages it, the tenant's name and UID.
+pub fn tenant_metadata(tenant: &str, uid: &str) -> Value {
+    json!({ "managed-by": MANAGED_BY, "tenant": tenant, UID_META: uid })
 }
 
 /// Body of `PUT /_security/role/{name}`.
-pub fn role_body(index: &str, tenant: &str) -> Value {
+pub fn role_body(index: &str, tenant: &str, uid: &str) -> Value {
     let mut body = tenant_descriptor(index);
-    body["metadata"] = tenant_metadata(tenant);
+    body["metadata"] = tenant_metadata(tenant, uid);
     body
 }
 
 /// Body of `POST /_security/api_key`.
-pub fn api_key_body(name: &str, index: &str, tenant: &str) -> Value {
+pub fn api_key_body(name: &str, index: &str, tenant: &str, uid: &str) -> Value {
     json!({
         "name": name,
         "role_descriptors": { name: tenant_descriptor(index) },
-        "metadata": tenant_metadata(tenant)
+        "metadata": tenant_metadata(tenant, uid)
     })
 }
 
@@ -278,11 +308,12 @@ pub fn grants_exactly(desc: &Value, index: &str) -> bool {
 }
 
 /// Whether the role `GET /_security/role/{name}` returned is the tenant's role.
-pub fn role_matches(role: &Value, index: &str, tenant: &str) -> bool {
+pub fn role_matches(role: &Value, index: &str, tenant: &str, uid: &str) -> bool {
     let meta = role.get("metadata");
     grants_exactly(role, index)
         && meta.and_then(|m| m.get("managed-by")) == Some(&json!(MANAGED_BY))
         && meta.and_then(|m| m.get("tenant")) == Some(&json!(tenant))
+        && meta.and_then(|m| m.get(UID_META)) == Some(&json!(uid))
 }
 
 /// What `GET /{index}` says about the index.
@@ -291,6 +322,18 @@ pub struct IndexState {
     pub uuid: Option<String>,
     pub shards: Option<u32>,
     pub replicas: Option<u32>,
+    /// `mappings._meta` (empty when there is none).
+    pub meta: serde_json::Map<String, Value>,
+}
+
+impl IndexState {
+    /// The UID of the tenant the index is bound to, if any.
+    pub fn owner(&self) -> Option<&str> {
+        self.meta
+            .get(UID_META)
+            .and_then(Value::as_str)
+            .filter(|u| !u.is_empty())
+    }
 }
 
 /// Reads an index setting in nested or flat form; values come as strings.
@@ -323,12 +366,18 @@ pub fn parse_index_state(body: &Value, name: &str) -> Result<IndexState, String>
         ));
     };
     let settings = entry.get("settings").cloned().unwrap_or(Value::Null);
+    let meta = match entry.get("mappings").and_then(|m| m.get("_meta")) {
+        None | Some(Value::Null) => serde_json::Map::new(),
+        Some(Value::Object(m)) => m.clone(),
+        Some(_) => return Err("its mappings._meta is not an object".into()),
+    };
     Ok(IndexState {
         uuid: index_setting(&settings, "uuid")
             .and_then(Value::as_str)
             .map(str::to_string),
         shards: as_u32(index_setting(&settings, "number_of_shards")),
         replicas: as_u32(index_setting(&settings, "number_of_replicas")),
+        meta,
     })
 }
 
@@ -342,6 +391,8 @@ pub struct KeyInfo {
     pub expiration: Option<i64>,
     /// Reported by Elasticsearch 8.5 and later.
     pub role_descriptors: Option<Value>,
+    /// Reported by Elasticsearch 7.13 and later.
+    pub metadata: Option<Value>,
 }
 
 impl KeyInfo {
@@ -360,6 +411,16 @@ impl KeyInfo {
             Some(_) => false,
         }
     }
+
+    /// Whether the key's metadata names a tenant UID other than `uid` (a key without one,
+    /// issued by an earlier version or reported by an older service, is not).
+    pub fn bound_elsewhere(&self, uid: &str) -> bool {
+        self.metadata
+            .as_ref()
+            .and_then(|m| m.get(UID_META))
+            .and_then(Value::as_str)
+            .is_some_and(|u| u != uid)
+    }
 }
 
 /// Parses `{"api_keys": [...]}`.
@@ -375,6 +436,7 @@ pub fn parse_keys(body: &Value) -> Vec<KeyInfo> {
                         invalidated: k.get("invalidated").and_then(Value::as_bool) == Some(true),
                         expiration: k.get("expiration").and_then(Value::as_i64),
                         role_descriptors: k.get("role_descriptors").cloned(),
+                        metadata: k.get("metadata").cloned(),
                     })
                 })
                 .collect()
@@ -736,8 +798,37 @@ impl ElasticsearchProvider {
         }
     }
 
-    /// Observes the index, creates it when missing and brings replicas back.
-    async fn ensure_index(&self, name: &str) -> Result<IndexState, ProviderError> {
+    /// Refuses an index bound to another tenant UID that `tenant` does not adopt.
+    fn check_owner(
+        &self,
+        name: &str,
+        state: &IndexState,
+        tenant: &TenantInfo,
+    ) -> Result<(), ProviderError> {
+        match state.owner() {
+            Some(owner) if owner != tenant.uid && !tenant.adopts(owner) => {
+                Err(ProviderError::Foreign {
+                    service: SERVICE,
+                    message: format!(
+                        "index {name} holds data retained from another tenant (UID {owner}); \
+                         nothing was changed and no API key was issued. Annotate this tenant \
+                         dealerdesk.de/adopt-retained: {owner} to take it over, or delete the \
+                         index {name} first"
+                    ),
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Observes the index, creates it (bound to the tenant) when missing, refuses one bound
+    /// to another tenant that is not adopted, and brings replicas back. Returns the state
+    /// and whether the index is being adopted.
+    async fn ensure_index(
+        &self,
+        name: &str,
+        tenant: &TenantInfo,
+    ) -> Result<(IndexState, bool), ProviderError> {
         let mut state = match self.get_index(name).await? {
             Some(s) => s,
             None => {
@@ -745,7 +836,7 @@ impl ElasticsearchProvider {
                     &format!("Elasticsearch index {name}"),
                     &self.cfg.region,
                 )?;
-                let body = index_body(self.cfg.shards, self.cfg.replicas);
+                let body = index_body(self.cfg.shards, self.cfg.replicas, &tenant.uid);
                 let a = self
                     .call(Method::PUT, &[name], &[], Some(&body), As::Operator)
                     .await?;
@@ -763,6 +854,10 @@ impl ElasticsearchProvider {
                     })?
             }
         };
+        // Whose is it? Checked before any write (and again after a create that found the
+        // index made concurrently).
+        self.check_owner(name, &state, tenant)?;
+        let adopted = state.owner().is_some_and(|owner| owner != tenant.uid);
         if let Some(shards) = state.shards
             && shards != self.cfg.shards
         {
@@ -793,12 +888,42 @@ impl ElasticsearchProvider {
             tracing::info!(index = %name, replicas = self.cfg.replicas, "set index replicas");
             state.replicas = Some(self.cfg.replicas);
         }
-        Ok(state)
+        Ok((state, adopted))
+    }
+
+    /// Binds an index made by an earlier version, or adopted, to `tenant` (no write when
+    /// it is bound to it already).
+    async fn bind_index(
+        &self,
+        name: &str,
+        state: &mut IndexState,
+        tenant: &TenantInfo,
+    ) -> Result<(), ProviderError> {
+        if state.owner() != Some(tenant.uid.as_str()) {
+            let body = bind_body(&state.meta, &tenant.uid);
+            let a = self
+                .call(
+                    Method::PUT,
+                    &[name, "_mapping"],
+                    &[],
+                    Some(&body),
+                    As::Operator,
+                )
+                .await?;
+            if a.status != 200 {
+                return Err(self.failed(&format!("binding index {name} to its tenant"), &a, &[]));
+            }
+            tracing::info!(index = %name, "bound Elasticsearch index to its tenant's UID");
+            if let Some(Value::Object(meta)) = body.get("_meta") {
+                state.meta = meta.clone();
+            }
+        }
+        Ok(())
     }
 
     // --- role ----------------------------------------------------------------------------
 
-    async fn ensure_role(&self, name: &str, tenant: &str) -> Result<(), ProviderError> {
+    async fn ensure_role(&self, name: &str, tenant: &TenantInfo) -> Result<(), ProviderError> {
         let what = format!("reading role {name}");
         let a = self
             .call(
@@ -814,10 +939,10 @@ impl ElasticsearchProvider {
             404 => None,
             _ => return Err(self.failed(&what, &a, &[])),
         };
-        if current.is_some_and(|r| role_matches(&r, name, tenant)) {
+        if current.is_some_and(|r| role_matches(&r, name, &tenant.name, &tenant.uid)) {
             return Ok(());
         }
-        let body = role_body(name, tenant);
+        let body = role_body(name, &tenant.name, &tenant.uid);
         let a = self
             .call(
                 Method::PUT,
@@ -924,10 +1049,10 @@ impl ElasticsearchProvider {
     async fn create_key(
         &self,
         name: &str,
-        tenant: &str,
+        tenant: &TenantInfo,
     ) -> Result<(String, String), ProviderError> {
         let what = format!("creating API key {name}");
-        let body = api_key_body(name, name, tenant);
+        let body = api_key_body(name, name, &tenant.name, &tenant.uid);
         let a = self
             .call(
                 Method::POST,
@@ -982,12 +1107,15 @@ impl ElasticsearchProvider {
     }
 
     /// Keeps the key the Secret holds when it is sound (no write), else replaces every key
-    /// of that name by one new key. Returns the key ID and new Secret data, if any.
+    /// of that name by one new key. Returns the key ID and new Secret data, if any. A key
+    /// bound to another tenant UID is never sound, and on adoption (`reissue`) none is: the
+    /// retained tenant's keys stop working.
     async fn ensure_key(
         &self,
         name: &str,
-        tenant: &str,
+        tenant: &TenantInfo,
         secret: Option<&SecretData>,
+        reissue: bool,
     ) -> Result<(String, Option<SecretData>), ProviderError> {
         let now = now_ms();
         let active: Vec<KeyInfo> = self
@@ -1004,9 +1132,10 @@ impl ElasticsearchProvider {
                 s,
             ))
         });
-        if let Some((id, encoded, s)) = held
+        if let Some((id, encoded, s)) = held.filter(|_| !reissue)
             && let Some(key) = active.iter().find(|k| k.id == id)
             && key.limited_to(name)
+            && !key.bound_elsewhere(&tenant.uid)
             && self.key_authenticates(encoded, id).await?
         {
             // Sound. Other valid keys of this name are strays: invalidate them.
@@ -1051,19 +1180,28 @@ impl Provider for ElasticsearchProvider {
         // in the EU (it was validated at load; this guards a config that slipped past).
         residency::check_before_create(&format!("Elasticsearch index {name}"), &self.cfg.region)?;
 
-        let index = self.ensure_index(&name).await?;
-        self.ensure_role(&name, &tenant.name).await?;
-        let (key_id, new_secret) = self.ensure_key(&name, &tenant.name, secret).await?;
+        // An index bound to another tenant UID is refused here, before any write.
+        let (mut index, adopted) = self.ensure_index(&name, tenant).await?;
+        self.ensure_role(&name, tenant).await?;
+        let (key_id, new_secret) = self.ensure_key(&name, tenant, secret, adopted).await?;
+        // Binding comes last: on adoption it is the commit point, after the retained
+        // tenant's keys were invalidated and the new key issued. A pass that stops before
+        // it adopts again (issuing yet another key); one that stops after it finds the
+        // retained keys invalidated and issues a key for a missing or unusable Secret.
+        self.bind_index(&name, &mut index, tenant).await?;
 
+        let mut message = format!(
+            "index {name} ({} primary shard(s), {} replica(s)) with its role and API key in {}",
+            index.shards.unwrap_or(self.cfg.shards),
+            index.replicas.unwrap_or(self.cfg.replicas),
+            self.cfg.region
+        );
+        if adopted {
+            message.push_str("; adopted from the retained tenant, whose API keys were invalidated");
+        }
         Ok(Reconciled {
             ready: true,
-            message: format!(
-                "index {name} ({} primary shard(s), {} replica(s)) with its role and API key \
-                 in {}",
-                index.shards.unwrap_or(self.cfg.shards),
-                index.replicas.unwrap_or(self.cfg.replicas),
-                self.cfg.region
-            ),
+            message,
             secret: new_secret,
             resources: vec![
                 self.resource(KIND_INDEX, &name, index.uuid.as_deref()),
@@ -1076,6 +1214,16 @@ impl Provider for ElasticsearchProvider {
     async fn delete(&self, tenant: &TenantInfo) -> Result<Erased, ProviderError> {
         let name = self.name(tenant);
         let mut erased = Vec::new();
+
+        // Another tenant's (retained) data under this name is not this tenant's to erase:
+        // neither its index nor its role or keys.
+        let index = self.get_index(&name).await?;
+        if let Some(owner) = index.as_ref().and_then(IndexState::owner)
+            && owner != tenant.uid
+        {
+            tracing::info!(index = %name, "index is bound to another tenant UID; not erased");
+            return Ok(Erased::default());
+        }
 
         // Keys first, so that nothing reaches the index while it is being deleted.
         // Invalidated keys stay listed (without working) until Elasticsearch's retention
@@ -1092,7 +1240,7 @@ impl Provider for ElasticsearchProvider {
             erased.push(self.resource(KIND_KEY, &name, Some(&id)));
         }
 
-        if let Some(state) = self.get_index(&name).await? {
+        if let Some(state) = index {
             let a = self
                 .call(Method::DELETE, &[&name], &[], None, As::Operator)
                 .await?;
@@ -1136,10 +1284,11 @@ mod tests {
     fn names_and_bodies() {
         assert_eq!(index_name("dt-", "acme"), "dt-acme");
         assert_eq!(
-            index_body(1, 2),
-            json!({"settings": {"index": {"number_of_shards": 1, "number_of_replicas": 2}}})
+            index_body(1, 2, "u-acme"),
+            json!({"settings": {"index": {"number_of_shards": 1, "number_of_replicas": 2}},
+                   "mappings": {"_meta": {"dealerdesk.de/tenant-uid": "u-acme"}}})
         );
-        let role = role_body("dt-acme", "acme");
+        let role = role_body("dt-acme", "acme", "u-acme");
         assert_eq!(role["cluster"], json!([]));
         assert_eq!(role["indices"][0]["names"], json!(["dt-acme"]));
         assert_eq!(
@@ -1147,13 +1296,21 @@ mod tests {
             json!(["read", "view_index_metadata", "write"])
         );
         assert_eq!(role["metadata"]["tenant"], json!("acme"));
-        let key = api_key_body("dt-acme", "dt-acme", "acme");
+        let key = api_key_body("dt-acme", "dt-acme", "acme", "u-acme");
         assert_eq!(key["name"], json!("dt-acme"));
         assert_eq!(
             key["role_descriptors"]["dt-acme"],
             tenant_descriptor("dt-acme")
         );
         assert_eq!(key["metadata"]["managed-by"], json!(MANAGED_BY));
+        assert_eq!(key["metadata"][UID_META], json!("u-acme"));
+        assert_eq!(role["metadata"][UID_META], json!("u-acme"));
+        // Binding keeps the other keys of `_meta`.
+        let meta = json!({"other": 1, UID_META: "u-old"});
+        assert_eq!(
+            bind_body(meta.as_object().unwrap(), "u-new"),
+            json!({"_meta": {"other": 1, UID_META: "u-new"}})
+        );
         assert!(key.get("expiration").is_none());
     }
 
@@ -1167,39 +1324,41 @@ mod tests {
 
     #[test]
     fn role_comparison_sees_every_widening() {
-        let ok = reported(role_body("dt-a", "a"));
-        assert!(role_matches(&ok, "dt-a", "a"));
+        let ok = reported(role_body("dt-a", "a", "u-a"));
+        assert!(role_matches(&ok, "dt-a", "a", "u-a"));
         // Another tenant's index, or the same role for another tenant.
-        assert!(!role_matches(&ok, "dt-b", "b"));
+        assert!(!role_matches(&ok, "dt-b", "b", "u-b"));
         let mut r = ok.clone();
         r["indices"][0]["privileges"] = json!(["all"]);
-        assert!(!role_matches(&r, "dt-a", "a"));
+        assert!(!role_matches(&r, "dt-a", "a", "u-a"));
         let mut r = ok.clone();
         r["indices"][0]["names"] = json!(["dt-*"]);
-        assert!(!role_matches(&r, "dt-a", "a"));
+        assert!(!role_matches(&r, "dt-a", "a", "u-a"));
         let mut r = ok.clone();
         r["cluster"] = json!(["monitor"]);
-        assert!(!role_matches(&r, "dt-a", "a"));
+        assert!(!role_matches(&r, "dt-a", "a", "u-a"));
         let mut r = ok.clone();
         r["run_as"] = json!(["elastic"]);
-        assert!(!role_matches(&r, "dt-a", "a"));
+        assert!(!role_matches(&r, "dt-a", "a", "u-a"));
         let mut r = ok.clone();
         r["indices"][0]["allow_restricted_indices"] = json!(true);
-        assert!(!role_matches(&r, "dt-a", "a"));
+        assert!(!role_matches(&r, "dt-a", "a", "u-a"));
         let mut r = ok.clone();
         r["indices"]
             .as_array_mut()
             .unwrap()
             .push(json!({"names": ["x"], "privileges": ["read"]}));
-        assert!(!role_matches(&r, "dt-a", "a"));
+        assert!(!role_matches(&r, "dt-a", "a", "u-a"));
         let mut r = ok.clone();
         r["metadata"] = json!({});
-        assert!(!role_matches(&r, "dt-a", "a"));
+        assert!(!role_matches(&r, "dt-a", "a", "u-a"));
+        // The same role bound to another tenant UID (a retained tenant of the same name).
+        assert!(!role_matches(&ok, "dt-a", "a", "u-other"));
         // Order and the string form of `names` do not matter.
         let mut r = ok;
         r["indices"][0]["names"] = json!("dt-a");
         r["indices"][0]["privileges"] = json!(["write", "read", "view_index_metadata"]);
-        assert!(role_matches(&r, "dt-a", "a"));
+        assert!(role_matches(&r, "dt-a", "a", "u-a"));
     }
 
     #[test]
@@ -1212,9 +1371,19 @@ mod tests {
             IndexState {
                 uuid: Some("u1".into()),
                 shards: Some(1),
-                replicas: Some(2)
+                replicas: Some(2),
+                meta: Default::default(),
             }
         );
+        assert_eq!(parse_index_state(&body, "dt-a").unwrap().owner(), None);
+        let bound = json!({"dt-a": {"mappings": {"_meta": {UID_META: "u1", "x": 1}},
+            "settings": {}}});
+        assert_eq!(
+            parse_index_state(&bound, "dt-a").unwrap().owner(),
+            Some("u1")
+        );
+        let odd = json!({"dt-a": {"mappings": {"_meta": "u1"}, "settings": {}}});
+        assert!(parse_index_state(&odd, "dt-a").is_err());
         let flat = json!({"dt-a": {"settings": {"index.number_of_shards": "3"}}});
         let s = parse_index_state(&flat, "dt-a").unwrap();
         assert_eq!((s.shards, s.replicas), (Some(3), None));
@@ -1257,6 +1426,16 @@ mod tests {
             "empty descriptors = creator's rights"
         );
         assert!(parse_keys(&json!({})).is_empty());
+        let bound = parse_keys(&json!({"api_keys": [
+            {"id": "k5", "name": "dt-a", "metadata": {UID_META: "u1"}},
+            {"id": "k6", "name": "dt-a", "metadata": {}}
+        ]}));
+        assert!(!bound[0].bound_elsewhere("u1"));
+        assert!(bound[0].bound_elsewhere("u2"));
+        assert!(
+            !bound[1].bound_elsewhere("u2"),
+            "no UID: an earlier version's key"
+        );
     }
 
     #[test]
