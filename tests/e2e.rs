@@ -2761,15 +2761,7 @@ impl E2e {
             .await;
         let secret = secrets.get("database").await.unwrap();
         let password = secret_value(&secret, "DATABASE_PASSWORD");
-        assert_eq!(
-            pg.password_statements(&role),
-            1,
-            "{}",
-            pg.statements_about(&role)
-        );
-        pg.login(&role, &password)
-            .await
-            .expect("the Secret's password works");
+        pg.assert_password_set_once(&role, &password).await;
 
         // Restart on a converged tenant: no credential changes.
         let metrics = self.restart_operator(&good);
@@ -2787,15 +2779,7 @@ impl E2e {
             secret.resource_version(),
             "the Secret was rewritten"
         );
-        assert_eq!(
-            pg.password_statements(&role),
-            1,
-            "{}",
-            pg.statements_about(&role)
-        );
-        pg.login(&role, &password)
-            .await
-            .expect("the password still works");
+        pg.assert_password_set_once(&role, &password).await;
 
         // A pass in which the provider fails keeps the database in the register...
         let metrics = self.restart_operator(&bad);
@@ -2957,6 +2941,19 @@ impl PgE2e {
             .filter(|l| l.contains("statement:") && l.contains(&quoted))
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// Exactly one statement ever set `role`'s password, and `password` logs in.
+    async fn assert_password_set_once(&self, role: &str, password: &str) {
+        assert_eq!(
+            self.password_statements(role),
+            1,
+            "{}",
+            self.statements_about(role)
+        );
+        self.login(role, password)
+            .await
+            .unwrap_or_else(|e| panic!("the Secret's password for {role} does not work: {e}"));
     }
 
     /// How many statements set `role`'s password (its creation with one included).
