@@ -46,14 +46,16 @@ enum Command {
     Crd,
     /// Print the built-in default operator configuration as YAML.
     DefaultConfig,
-    /// Print the ValidatingAdmissionPolicy, its binding and parameter ConfigMap as YAML.
+    /// Print the ValidatingAdmissionPolicy and its binding as YAML, with the rules of the
+    /// operator configuration's `thirdCountryProcessors`.
     AdmissionPolicy {
-        /// Namespace of the parameter ConfigMap (the operator's namespace).
-        #[arg(long, default_value = "dealertenant-system")]
-        namespace: String,
-        /// Cluster policy for third-country processors.
-        #[arg(long, value_enum, default_value_t = Policy::Allow)]
-        third_country_processors: Policy,
+        /// Operator configuration to take `thirdCountryProcessors` from (default: the
+        /// built-in configuration, or DEALERTENANT_CONFIG).
+        #[arg(long, env = "DEALERTENANT_CONFIG")]
+        config: Option<PathBuf>,
+        /// Overrides the configuration's `thirdCountryProcessors`.
+        #[arg(long, value_enum)]
+        third_country_processors: Option<Policy>,
     },
     /// Print every resource the operator would create for a manifest (offline, a dry run).
     Plan {
@@ -113,17 +115,20 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::AdmissionPolicy {
-            namespace,
+            config,
             third_country_processors,
         } => {
             use dealertenant_operator::config::ThirdCountryPolicy;
-            let policy = match third_country_processors {
-                Policy::Allow => ThirdCountryPolicy::Allow,
-                Policy::Deny => ThirdCountryPolicy::Deny,
+            let cfg = match load_config(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return fail(e),
             };
-            out(&dealertenant_operator::desired::admission::yaml(
-                &namespace, policy,
-            ));
+            let policy = match third_country_processors {
+                Some(Policy::Allow) => ThirdCountryPolicy::Allow,
+                Some(Policy::Deny) => ThirdCountryPolicy::Deny,
+                None => cfg.third_country_processors,
+            };
+            out(&dealertenant_operator::desired::admission::yaml(policy));
             ExitCode::SUCCESS
         }
         Command::DefaultConfig => match serde_saphyr::to_string(&OperatorConfig::default()) {

@@ -115,7 +115,6 @@ fn admission_policy_is_what_the_code_generates() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/admission-policy.yaml");
     let stored = std::fs::read_to_string(path).unwrap();
     let generated = dealertenant_operator::desired::admission::yaml(
-        "dealertenant-system",
         dealertenant_operator::config::ThirdCountryPolicy::Allow,
     );
     assert!(

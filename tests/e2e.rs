@@ -24,15 +24,14 @@
 //! the suite is about the in-cluster part, and the default configuration has no provider
 //! for those.
 //!
-//! The last phase installs the ValidatingAdmissionPolicy `dealertenants.dealerdesk.de`, its
-//! binding and its parameter ConfigMap `dealertenant-system/dealertenant-policy` (with
-//! `thirdCountryProcessors: deny`; the namespace is created if missing) and checks that the
-//! API server refuses tenants with email on. Should an object of that name already exist
+//! The last phase installs the ValidatingAdmissionPolicy `dealertenants.dealerdesk.de` and
+//! its binding, generated for `thirdCountryProcessors: deny` (no parameter), checks that the
+//! API server refuses tenants with email on, deletes and re-applies them, and checks again. Should an object of that name already exist
 //! that this suite did not write, the phase fails without touching it rather than replace
 //! and then delete it.
 //!
-//! At the end, also when a check fails, it deletes the policy's binding, the policy and its
-//! ConfigMap (first, since a binding left behind governs every tenant), every tenant and
+//! At the end, also when a check fails, it deletes the policy's binding and the policy
+//! (first, since a binding left behind governs every tenant), every tenant and
 //! `tenant-e2e-<run id>-*` namespace it created, and `dealertenant-system` if this run
 //! created it, and stops the operator.
 //!
@@ -71,7 +70,7 @@ use std::time::{Duration, Instant};
 
 use dealertenant_operator::api::{DealerTenant, DeletionPolicy, FINALIZER, Phase};
 use dealertenant_operator::config::{OperatorConfig, ThirdCountryPolicy};
-use dealertenant_operator::desired::admission::{self, PARAMS_NAME, POLICY_NAME};
+use dealertenant_operator::desired::admission::{self, POLICY_NAME};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
@@ -115,8 +114,8 @@ const POD_TIMEOUT: Duration = Duration::from_secs(90);
 const NAMESPACE_GONE_TIMEOUT: Duration = Duration::from_secs(180);
 /// Upper bound for the cleanup at the end.
 const CLEANUP_TIMEOUT: Duration = Duration::from_secs(120);
-/// Namespace of the admission policy's parameter ConfigMap: the operator's default
-/// namespace, where it also writes erasure receipts when a tenant is deleted.
+/// The operator's default namespace, where it writes erasure receipts when a tenant is
+/// deleted.
 const OPERATOR_NAMESPACE: &str = "dealertenant-system";
 /// How long kube-controller-manager may take to type-check a new admission policy.
 const TYPE_CHECK_TIMEOUT: Duration = Duration::from_secs(20);
@@ -528,7 +527,7 @@ struct E2e {
 /// What the admission phase put into the cluster, for the cleanup.
 #[derive(Default)]
 struct AdmissionState {
-    /// The policy, its binding or its ConfigMap may exist.
+    /// The policy or its binding may exist.
     applied: bool,
     /// This run created [`OPERATOR_NAMESPACE`].
     created_namespace: bool,
@@ -1338,8 +1337,7 @@ impl E2e {
             .unwrap_or_else(|e| panic!("delete namespace {ns}: {e}"));
     }
 
-    /// The ValidatingAdmissionPolicy, bound to a ConfigMap saying `thirdCountryProcessors:
-    /// deny`, makes the API server itself refuse a tenant with email on, both when it is
+    /// The ValidatingAdmissionPolicy, generated for `thirdCountryProcessors: deny`, makes the API server itself refuse a tenant with email on, both when it is
     /// created and when email is switched on later; a tenant with email off is accepted and
     /// stays deletable (the policy exempts objects being deleted, so the operator can
     /// remove its finalizer). Removes the policy again at the end; the cleanup does so too
@@ -1349,6 +1347,24 @@ impl E2e {
         self.install_admission_policy().await;
         let refusal = self.wait_until_email_is_refused().await;
         eprintln!("e2e:   the API server said: {refusal}");
+        // Deleted and applied again (this API server may then no longer find a policy's
+        // parameter object; this policy has none): every rule still holds.
+        eprintln!("e2e: deleting and re-applying the admission policy");
+        self.remove_admission_policy().await;
+        self.install_admission_policy().await;
+        let refusal = self.wait_until_email_is_refused().await;
+        eprintln!("e2e:   after re-applying, the API server said: {refusal}");
+        let policies: Api<ValidatingAdmissionPolicy> = Api::all(self.client.clone());
+        let stored = policies.get(POLICY_NAME).await.expect("the policy");
+        let spec = stored.spec.expect("a spec");
+        assert!(
+            spec.param_kind.is_none(),
+            "the policy must have no parameter"
+        );
+        assert_eq!(
+            spec.validations.map(|v| v.len()),
+            Some(admission::validations(ThirdCountryPolicy::Deny).len())
+        );
 
         let off = self
             .create_tenant("vap-off", tenant_with_email(false))
@@ -1385,19 +1401,15 @@ impl E2e {
         self.remove_admission_policy().await;
     }
 
-    /// Creates [`OPERATOR_NAMESPACE`] if needed, server-side applies the policy's ConfigMap
-    /// and the policy, checks that the policy type-checks, and only then binds it.
+    /// Server-side applies the policy generated for `thirdCountryProcessors: deny`, checks
+    /// that it type-checks, and only then binds it.
     async fn install_admission_policy(&self) {
-        let (policy, binding, params) =
-            admission::objects(OPERATOR_NAMESPACE, ThirdCountryPolicy::Deny);
+        let (policy, binding) = admission::objects(ThirdCountryPolicy::Deny);
         let policies: Api<ValidatingAdmissionPolicy> = Api::all(self.client.clone());
         let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(self.client.clone());
-        let config_maps: Api<ConfigMap> = Api::namespaced(self.client.clone(), OPERATOR_NAMESPACE);
         // Replacing and then deleting someone else's policy would be worse than failing.
         assert_absent_or_ours(&bindings, POLICY_NAME).await;
         assert_absent_or_ours(&policies, POLICY_NAME).await;
-        assert_absent_or_ours(&config_maps, PARAMS_NAME).await;
-        self.ensure_operator_namespace().await;
 
         // From here on the cleanup deletes them, whatever happens.
         self.admission
@@ -1405,13 +1417,6 @@ impl E2e {
             .unwrap_or_else(PoisonError::into_inner)
             .applied = true;
         let apply = PatchParams::apply(FIELD_MANAGER).force();
-        eprintln!("e2e: applying ConfigMap {OPERATOR_NAMESPACE}/{PARAMS_NAME}");
-        config_maps
-            .patch(PARAMS_NAME, &apply, &Patch::Apply(&params))
-            .await
-            .unwrap_or_else(|e| {
-                panic!("server-side apply ConfigMap {OPERATOR_NAMESPACE}/{PARAMS_NAME}: {e}")
-            });
         eprintln!("e2e: applying ValidatingAdmissionPolicy {POLICY_NAME}");
         policies
             .patch(POLICY_NAME, &apply, &Patch::Apply(&policy))
@@ -1569,14 +1574,12 @@ impl E2e {
         }
     }
 
-    /// Deletes the binding, the policy and its ConfigMap, and fails if that does not work: a
+    /// Deletes the binding and the policy, and fails if that does not work: a
     /// binding left behind with failurePolicy Fail would govern every later tenant. The
     /// namespace, if this run created it, goes in the cleanup, after the tenants (the
     /// operator writes their erasure receipts into it).
     async fn remove_admission_policy(&self) {
-        eprintln!(
-            "e2e: removing ValidatingAdmissionPolicy {POLICY_NAME}, its binding and its ConfigMap"
-        );
+        eprintln!("e2e: removing ValidatingAdmissionPolicy {POLICY_NAME} and its binding");
         let problems = delete_admission_objects(&self.client).await;
         assert!(
             problems.is_empty(),
@@ -1930,7 +1933,7 @@ impl Drop for E2e {
     }
 }
 
-/// Deletes the admission policy's binding, the policy and its ConfigMap (first: a binding
+/// Deletes the admission policy's binding and the policy (first: a binding
 /// left behind would govern every tenant), then every tenant of the run, letting the
 /// operator finalize them for a while, then stops the operator, releases whatever is still
 /// stuck on its finalizer, and deletes the run's namespaces. Best effort: reports problems,
@@ -1949,9 +1952,7 @@ async fn clean_up(
         }
     };
     if admission.applied {
-        eprintln!(
-            "e2e cleanup: removing ValidatingAdmissionPolicy {POLICY_NAME}, its binding and its ConfigMap"
-        );
+        eprintln!("e2e cleanup: removing ValidatingAdmissionPolicy {POLICY_NAME} and its binding");
         for problem in delete_admission_objects(&client).await {
             eprintln!("e2e cleanup: {problem}");
         }
@@ -2049,7 +2050,6 @@ async fn clean_up(
 async fn delete_admission_objects(client: &Client) -> Vec<String> {
     let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(client.clone());
     let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), OPERATOR_NAMESPACE);
     let results = [
         (
             format!("ValidatingAdmissionPolicyBinding {POLICY_NAME}"),
@@ -2058,10 +2058,6 @@ async fn delete_admission_objects(client: &Client) -> Vec<String> {
         (
             format!("ValidatingAdmissionPolicy {POLICY_NAME}"),
             delete_if_present(&policies, POLICY_NAME).await,
-        ),
-        (
-            format!("ConfigMap {OPERATOR_NAMESPACE}/{PARAMS_NAME}"),
-            delete_if_present(&config_maps, PARAMS_NAME).await,
         ),
     ];
     results

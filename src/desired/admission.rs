@@ -3,16 +3,18 @@
 //! they hold even if someone edits the CRD by hand. Generated from the same region list as
 //! the CRD; `deploy/admission-policy.yaml` is exactly what `admission-policy` prints.
 //!
-//! The cluster policy is read from the ConfigMap `dealertenant-policy` in the operator
-//! namespace (key `thirdCountryProcessors`: `allow` or `deny`), the policy's parameter.
-//! Keep it equal to `thirdCountryProcessors` in the operator configuration.
+//! The policy has no parameter: every rule is in the policy itself, so nothing (a deleted
+//! ConfigMap, a parameter the API server no longer finds after the policy was re-created)
+//! can switch a rule off. The cluster's processor policy is generated into it from the
+//! operator configuration (`admission-policy --config FILE`): with
+//! `thirdCountryProcessors: deny` the policy refuses tenants with email on; with `allow`
+//! that rule is left out. Regenerate and re-apply it when that setting changes.
 
 use k8s_openapi::api::admissionregistration::v1::{
-    MatchCondition, MatchResources, NamedRuleWithOperations, ParamKind, ParamRef,
-    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
-    ValidatingAdmissionPolicyBindingSpec, ValidatingAdmissionPolicySpec, Validation,
+    MatchCondition, MatchResources, NamedRuleWithOperations, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding, ValidatingAdmissionPolicyBindingSpec,
+    ValidatingAdmissionPolicySpec, Validation,
 };
-use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::api::{GROUP, MAX_NAME_LEN, VERSION, regions};
@@ -20,14 +22,13 @@ use crate::config::ThirdCountryPolicy;
 
 /// Name of the policy and its binding.
 pub const POLICY_NAME: &str = "dealertenants.dealerdesk.de";
-/// The parameter ConfigMap.
-pub const PARAMS_NAME: &str = "dealertenant-policy";
 
-/// The policy's CEL validations: `(expression, message, messageExpression)`.
-pub fn validations() -> Vec<(String, String, Option<String>)> {
+/// The policy's CEL validations under the cluster's processor `policy`:
+/// `(expression, message, messageExpression)`.
+pub fn validations(policy: ThirdCountryPolicy) -> Vec<(String, String, Option<String>)> {
     let regions: Vec<String> = regions::eu_region_ids().map(|r| format!("'{r}'")).collect();
     let allowed = regions::eu_region_ids().collect::<Vec<_>>().join(", ");
-    vec![
+    let mut out = vec![
         (
             format!("object.spec.region in [{}]", regions.join(", ")),
             format!("spec.region must be a Google Cloud region in an EU member state ({allowed})"),
@@ -44,31 +45,28 @@ pub fn validations() -> Vec<(String, String, Option<String>)> {
         ),
         (
             "request.operation != 'UPDATE' || object.spec.region == oldObject.spec.region".into(),
-            "spec.region is immutable: moving a tenant between regions is a migration, not an edit".into(),
+            "spec.region is immutable: moving a tenant between regions is a migration, not an edit"
+                .into(),
             None,
         ),
-        (
-            "params == null || !has(params.data) || !('thirdCountryProcessors' in params.data) \
-             || params.data.thirdCountryProcessors != 'deny' \
-             || (has(object.spec.email) && has(object.spec.email.enabled) && object.spec.email.enabled == false)"
+    ];
+    if policy == ThirdCountryPolicy::Deny {
+        out.push((
+            "has(object.spec.email) && has(object.spec.email.enabled) && object.spec.email.enabled == false"
                 .into(),
             "the cluster denies third-country processors (thirdCountryProcessors: deny): email (Postmark, \
              ActiveCampaign LLC, United States) must be off; set spec.email.enabled: false"
                 .into(),
             None,
-        ),
-    ]
+        ));
+    }
+    out
 }
 
-/// The policy, its binding, and the parameter ConfigMap with `policy`.
+/// The policy (with the rules of the cluster's processor `policy`) and its binding.
 pub fn objects(
-    operator_namespace: &str,
     policy: ThirdCountryPolicy,
-) -> (
-    ValidatingAdmissionPolicy,
-    ValidatingAdmissionPolicyBinding,
-    ConfigMap,
-) {
+) -> (ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding) {
     let meta = |name: &str| ObjectMeta {
         name: Some(name.into()),
         labels: Some(
@@ -84,10 +82,6 @@ pub fn objects(
         metadata: meta(POLICY_NAME),
         spec: Some(ValidatingAdmissionPolicySpec {
             failure_policy: Some("Fail".into()),
-            param_kind: Some(ParamKind {
-                api_version: Some("v1".into()),
-                kind: Some("ConfigMap".into()),
-            }),
             match_constraints: Some(MatchResources {
                 resource_rules: Some(vec![NamedRuleWithOperations {
                     api_groups: Some(vec![GROUP.into()]),
@@ -104,7 +98,7 @@ pub fn objects(
                 expression: "!has(object.metadata.deletionTimestamp)".into(),
             }]),
             validations: Some(
-                validations()
+                validations(policy)
                     .into_iter()
                     .map(|(expression, message, message_expression)| Validation {
                         expression,
@@ -122,43 +116,28 @@ pub fn objects(
         metadata: meta(POLICY_NAME),
         spec: ValidatingAdmissionPolicyBindingSpec {
             policy_name: POLICY_NAME.into(),
-            param_ref: Some(ParamRef {
-                name: Some(PARAMS_NAME.into()),
-                namespace: Some(operator_namespace.into()),
-                parameter_not_found_action: Some("Allow".into()),
-                ..Default::default()
-            }),
             validation_actions: vec!["Deny".into()],
             ..Default::default()
         },
     };
-    let mut params_meta = meta(PARAMS_NAME);
-    params_meta.namespace = Some(operator_namespace.into());
-    let params = ConfigMap {
-        metadata: params_meta,
-        data: Some(
-            [(
-                "thirdCountryProcessors".to_string(),
-                match policy {
-                    ThirdCountryPolicy::Allow => "allow".to_string(),
-                    ThirdCountryPolicy::Deny => "deny".to_string(),
-                },
-            )]
-            .into(),
-        ),
-        ..Default::default()
-    };
-    (vap, binding, params)
+    (vap, binding)
 }
 
-/// The three objects as one YAML stream, as `deploy/admission-policy.yaml` holds them.
-pub fn yaml(operator_namespace: &str, policy: ThirdCountryPolicy) -> String {
-    let (vap, binding, params) = objects(operator_namespace, policy);
-    let header = "# Generated by `dealertenant-operator admission-policy`; do not edit.\n";
+/// The policy and its binding as one YAML stream, as `deploy/admission-policy.yaml` holds
+/// them (generated with the built-in default configuration).
+pub fn yaml(policy: ThirdCountryPolicy) -> String {
+    let (vap, binding) = objects(policy);
+    let rule = match policy {
+        ThirdCountryPolicy::Allow => "allow",
+        ThirdCountryPolicy::Deny => "deny",
+    };
+    let header = format!(
+        "# Generated by `dealertenant-operator admission-policy` (thirdCountryProcessors: {rule});\n\
+         # do not edit. No parameters: nothing outside this policy can switch a rule off.\n"
+    );
     let docs = [
         serde_saphyr::to_string(&vap).expect("serializes"),
         serde_saphyr::to_string(&binding).expect("serializes"),
-        serde_saphyr::to_string(&params).expect("serializes"),
     ];
     format!("{header}{}", docs.join("---\n"))
 }
@@ -178,7 +157,12 @@ mod tests {
     }
 
     /// Messages of the validations that fail, evaluated as the API server would.
-    fn failures(op: &str, object: Value, old: Option<Value>, params: Option<Value>) -> Vec<String> {
+    fn failures(
+        op: &str,
+        object: Value,
+        old: Option<Value>,
+        policy: Option<ThirdCountryPolicy>,
+    ) -> Vec<String> {
         let mut b = VapEvaluator::builder()
             .object(object)
             .request(AdmissionRequest {
@@ -188,9 +172,9 @@ mod tests {
         if let Some(o) = old {
             b = b.old_object(o);
         }
-        // The API server always declares `params` (null without a parameter object).
-        b = b.params(params.unwrap_or(Value::Null));
-        let exprs: Vec<VapExpression> = validations()
+        // The API server always declares `params`: null, as this policy has none.
+        b = b.params(Value::Null);
+        let exprs: Vec<VapExpression> = validations(policy.unwrap_or(ThirdCountryPolicy::Allow))
             .into_iter()
             .map(|(expression, message, _)| VapExpression {
                 expression,
@@ -206,8 +190,8 @@ mod tests {
             .collect()
     }
 
-    fn deny() -> Option<Value> {
-        Some(json!({"data": {"thirdCountryProcessors": "deny"}}))
+    fn deny() -> Option<ThirdCountryPolicy> {
+        Some(ThirdCountryPolicy::Deny)
     }
 
     #[test]
@@ -256,8 +240,11 @@ mod tests {
         assert_eq!(f.len(), 1, "{f:?}");
         assert!(f[0].contains("spec.email.enabled: false"));
         assert!(failures("CREATE", tenant("europe-west3", false), None, deny()).is_empty());
-        let allow = Some(json!({"data": {"thirdCountryProcessors": "allow"}}));
+        let allow = Some(ThirdCountryPolicy::Allow);
         assert!(failures("CREATE", tenant("europe-west3", true), None, allow).is_empty());
+        // Under deny, the other rules still hold.
+        let f = failures("CREATE", tenant("europe-west2", false), None, deny());
+        assert_eq!(f.len(), 1, "{f:?}");
     }
 
     #[test]
@@ -268,15 +255,20 @@ mod tests {
     }
 
     #[test]
-    fn the_objects_bind_the_policy_to_its_parameters() {
-        let (vap, binding, params) = objects("dealertenant-system", ThirdCountryPolicy::Deny);
-        let spec = vap.spec.unwrap();
-        assert_eq!(spec.validations.unwrap().len(), validations().len());
-        assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
-        let b = binding.spec;
-        assert_eq!(b.policy_name, POLICY_NAME);
-        assert_eq!(b.validation_actions, ["Deny"]);
-        assert_eq!(b.param_ref.unwrap().name.as_deref(), Some(PARAMS_NAME));
-        assert_eq!(params.data.unwrap()["thirdCountryProcessors"], "deny");
+    fn the_policy_has_no_parameter_that_could_switch_it_off() {
+        for policy in [ThirdCountryPolicy::Allow, ThirdCountryPolicy::Deny] {
+            let (vap, binding) = objects(policy);
+            let spec = vap.spec.unwrap();
+            assert!(spec.param_kind.is_none());
+            assert!(binding.spec.param_ref.is_none());
+            assert_eq!(spec.validations.unwrap().len(), validations(policy).len());
+            assert_eq!(spec.failure_policy.as_deref(), Some("Fail"));
+            assert_eq!(binding.spec.policy_name, POLICY_NAME);
+            assert_eq!(binding.spec.validation_actions, ["Deny"]);
+        }
+        assert_eq!(
+            validations(ThirdCountryPolicy::Deny).len(),
+            validations(ThirdCountryPolicy::Allow).len() + 1
+        );
     }
 }
