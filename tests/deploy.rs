@@ -127,3 +127,79 @@ fn admission_policy_is_what_the_code_generates() {
     .unwrap();
     assert!(kustomization.contains("admission-policy.yaml"));
 }
+
+/// Removing the operator (`kubectl delete -k deploy/`) must delete no tenant and no
+/// erasure receipt: the CRD and the operator namespace are installed apart, from
+/// deploy/cluster/, together with the policy that guards the CRD against deletion.
+#[test]
+fn uninstalling_the_operator_deletes_no_tenant_and_no_receipt() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let kustomization = |dir: &str| -> Vec<String> {
+        let text = std::fs::read_to_string(root.join(dir).join("kustomization.yaml")).unwrap();
+        let v: Value = serde_saphyr::from_str(&text).unwrap();
+        v["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r.as_str().unwrap().to_string())
+            .collect()
+    };
+    let operator = kustomization("deploy");
+    assert!(
+        !operator
+            .iter()
+            .any(|r| r.contains("crds") || r.contains("namespace")),
+        "deploy/ must not own the CRD or the operator namespace: {operator:?}"
+    );
+    let cluster = kustomization("deploy/cluster");
+    for needed in ["../../crds", "namespace.yaml", "crd-protection.yaml"] {
+        assert!(cluster.iter().any(|r| r == needed), "{needed}: {cluster:?}");
+    }
+    for r in operator.iter().chain(&cluster) {
+        let dir = if operator.contains(r) {
+            "deploy"
+        } else {
+            "deploy/cluster"
+        };
+        assert!(root.join(dir).join(r).exists(), "{dir}/{r} is missing");
+    }
+    let guard = docs("cluster/crd-protection.yaml");
+    let policy = find(&guard, "ValidatingAdmissionPolicy");
+    assert_eq!(
+        policy["spec"]["matchConstraints"]["resourceRules"][0]["resourceNames"][0],
+        "dealertenants.dealerdesk.de"
+    );
+    assert_eq!(
+        find(&guard, "ValidatingAdmissionPolicyBinding")["spec"]["validationActions"][0],
+        "Deny"
+    );
+}
+
+/// The operator Pod takes traffic only on its metrics and probe port, and never reaches
+/// the cloud metadata server.
+#[test]
+fn the_operator_pod_has_its_own_network_policy() {
+    let docs = docs("networkpolicy.yaml");
+    let np = find(&docs, "NetworkPolicy");
+    let spec = &np["spec"];
+    assert_eq!(
+        spec["policyTypes"],
+        serde_json::json!(["Ingress", "Egress"])
+    );
+    let ingress = spec["ingress"].as_array().unwrap();
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(ingress[0]["ports"][0]["port"], 9464);
+    assert!(ingress[0].get("from").is_none());
+    for rule in spec["egress"].as_array().unwrap() {
+        for peer in rule["to"].as_array().unwrap() {
+            if let Some(block) = peer.get("ipBlock") {
+                assert!(
+                    block["except"]
+                        .as_array()
+                        .is_some_and(|e| e.iter().any(|x| x == "169.254.169.254/32")),
+                    "{block}"
+                );
+            }
+        }
+    }
+}

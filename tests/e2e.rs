@@ -220,6 +220,7 @@ async fn dealertenant_operator_end_to_end() {
     }
     // Last: while the policy is bound, it governs every tenant in the cluster.
     e2e.admission_policy_denies_third_country_processors().await;
+    e2e.the_crd_cannot_be_deleted_by_accident().await;
     e2e.no_request_was_forbidden();
 
     // Last, with an operator of its own: it counts the operator's requests.
@@ -3030,5 +3031,82 @@ impl E2e {
         self.delete_tenant(&name).await;
         self.wait_tenant_gone(&name, STEP_TIMEOUT).await;
         self.restart_operator_with(None);
+    }
+}
+
+impl E2e {
+    /// `deploy/cluster/crd-protection.yaml` on the real API server: deleting the CRD (a
+    /// dry run, which runs admission) is refused until the CRD is annotated
+    /// `dealerdesk.de/allow-delete: "true"`.
+    async fn the_crd_cannot_be_deleted_by_accident(&self) {
+        eprintln!("e2e: the CRD deletion guard");
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/cluster/crd-protection.yaml");
+        let text = std::fs::read_to_string(&path).expect("deploy/cluster/crd-protection.yaml");
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("YAML documents");
+        let policy: ValidatingAdmissionPolicy = serde_json::from_value(docs[0].clone()).unwrap();
+        let binding: ValidatingAdmissionPolicyBinding =
+            serde_json::from_value(docs[1].clone()).unwrap();
+        let name = policy.name_any();
+        let policies: Api<ValidatingAdmissionPolicy> = Api::all(self.client.clone());
+        let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(self.client.clone());
+        let apply = PatchParams::apply(FIELD_MANAGER).force();
+        policies
+            .patch(&name, &apply, &Patch::Apply(&policy))
+            .await
+            .unwrap_or_else(|e| panic!("apply {name}: {e}"));
+        bindings
+            .patch(&name, &apply, &Patch::Apply(&binding))
+            .await
+            .unwrap_or_else(|e| panic!("apply binding {name}: {e}"));
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let crd = DealerTenant::crd().name_any();
+        let dry_run = DeleteParams {
+            dry_run: true,
+            ..DeleteParams::default()
+        };
+        let refused = self
+            .poll(POLICY_ACTIVE_TIMEOUT, async || {
+                match crds.delete(&crd, &dry_run).await {
+                    Err(kube::Error::Api(s))
+                        if s.message.contains("deletes every DealerTenant") =>
+                    {
+                        Some(s.message)
+                    }
+                    _ => None,
+                }
+            })
+            .await;
+        let refused = refused.unwrap_or_else(|| {
+            panic!(
+                "a (dry-run) deletion of CRD {crd} was not refused within {POLICY_ACTIVE_TIMEOUT:?}"
+            )
+        });
+        eprintln!("e2e:   the API server said: {refused}");
+        let annotate = |value: Value| {
+            Patch::Merge(
+                json!({"metadata": {"annotations": {"dealerdesk.de/allow-delete": value}}}),
+            )
+        };
+        crds.patch(&crd, &merge_params(), &annotate(json!("true")))
+            .await
+            .unwrap_or_else(|e| panic!("annotate CRD {crd}: {e}"));
+        let allowed = self
+            .poll(POLICY_ACTIVE_TIMEOUT, async || {
+                crds.delete(&crd, &dry_run).await.ok().map(|_| ())
+            })
+            .await;
+        crds.patch(&crd, &merge_params(), &annotate(Value::Null))
+            .await
+            .unwrap_or_else(|e| panic!("remove the annotation from CRD {crd}: {e}"));
+        assert!(
+            allowed.is_some(),
+            "the annotated CRD's (dry-run) deletion was still refused"
+        );
+        for result in [
+            delete_if_present(&bindings, &name).await,
+            delete_if_present(&policies, &name).await,
+        ] {
+            result.unwrap_or_else(|e| panic!("remove the CRD guard {name}: {e}"));
+        }
     }
 }
