@@ -172,6 +172,8 @@ async fn dealertenant_operator_end_to_end() {
     };
     let e2e = E2e::start(&kubeconfig).await;
 
+    e2e.the_operator_reports_ready_once_its_caches_are_filled()
+        .await;
     e2e.api_server_rejects_invalid_tenants().await;
     // Both tenants converge concurrently while the first is checked.
     let ready = e2e
@@ -3109,4 +3111,39 @@ impl E2e {
             result.unwrap_or_else(|e| panic!("remove the CRD guard {name}: {e}"));
         }
     }
+}
+
+impl E2e {
+    /// `/readyz` answers 200 once every watch cache has been filled.
+    async fn the_operator_reports_ready_once_its_caches_are_filled(&self) {
+        let metrics = self
+            .operator
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|o| o.metrics)
+            .expect("a running operator");
+        let ready = self
+            .poll(Duration::from_secs(60), async || {
+                http_get(metrics, "/readyz")
+                    .filter(|r| r.starts_with("HTTP/1.0 200") || r.starts_with("HTTP/1.1 200"))
+            })
+            .await;
+        assert!(
+            ready.is_some(),
+            "/readyz of the operator on {metrics} never answered 200"
+        );
+        eprintln!("e2e: the operator is ready (/readyz 200)");
+    }
+}
+
+/// The whole HTTP answer of `GET path` on `addr`.
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let timeout = Duration::from_secs(5);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
 }

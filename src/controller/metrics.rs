@@ -1,10 +1,12 @@
 //! Prometheus metrics, served with a health endpoint on `--metrics-addr`.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -25,6 +27,11 @@ pub struct Metrics {
     pub failures: Family<ErrorLabels, Counter>,
     /// Locations outside the EU, refused before a create or reported by a service.
     pub residency_violations: Family<ResidencyLabels, Counter>,
+    /// Seconds one pass took (in-cluster work and provider calls), after the caches were
+    /// filled.
+    pub reconcile_duration: Histogram,
+    /// Set once every watch cache has been filled: `/readyz` answers 200 from then on.
+    pub ready: Arc<AtomicBool>,
     pub registry: Arc<Registry>,
 }
 
@@ -45,10 +52,19 @@ impl Default for Metrics {
             "External resources whose location is outside the EU (refused or reported)",
             residency_violations.clone(),
         );
+        // 1 ms to about 16 s.
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 15));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Duration of reconcile passes",
+            reconcile_duration.clone(),
+        );
         Self {
             reconciles,
             failures,
             residency_violations,
+            reconcile_duration,
+            ready: Arc::new(AtomicBool::new(false)),
             registry: Arc::new(registry),
         }
     }
@@ -64,12 +80,25 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics` and `/healthz` on `listener` until the process ends.
+/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (every watch cache
+/// has been filled; 503 before) on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) -> anyhow::Result<()> {
+    use axum::http::StatusCode;
     use axum::routing::get;
+    let ready = metrics.ready.clone();
     let app = axum::Router::new()
         .route("/metrics", get(move || async move { metrics.render() }))
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || async move {
+                if ready.load(Ordering::Relaxed) {
+                    (StatusCode::OK, "ok")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "caches are not filled yet")
+                }
+            }),
+        );
     axum::serve(listener, app).await?;
     Ok(())
 }
@@ -86,9 +115,14 @@ mod tests {
                 component: "storage".into(),
             })
             .inc();
+        m.reconcile_duration.observe(0.003);
         let text = m.render();
         assert!(
             text.contains("dealertenant_residency_violations_total{component=\"storage\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("dealertenant_reconcile_duration_seconds_count 1"),
             "{text}"
         );
     }

@@ -236,6 +236,21 @@ pub async fn run(
     // labels, finalizers and deletion. Not by its own status writes.
     let tenant_store = Writer::<DealerTenant>::default();
     let tenant_reader = tenant_store.as_reader();
+    let tenant_reader_for_ready = tenant_reader.clone();
+    // `/readyz`: once every cache, the tenants' included, has been filled.
+    {
+        let (stores, tenants, ready) = (
+            ctx.stores.clone(),
+            tenant_reader_for_ready.clone(),
+            ctx.metrics.ready.clone(),
+        );
+        tokio::spawn(async move {
+            stores.ready().await;
+            let _ = tenants.wait_until_ready().await;
+            ready.store(true, std::sync::atomic::Ordering::Relaxed);
+            info!("every cache is filled; ready");
+        });
+    }
     let tenant_stream = reflector(
         tenant_store,
         watcher(tenants, watcher::Config::default().any_semantic()),
@@ -295,7 +310,13 @@ pub async fn run(
                 // No pass before every cache has been filled: an object missing from a
                 // cache that has not listed yet is not missing.
                 ctx.stores.ready().await;
-                reconcile(tenant, ctx).await
+                let started = std::time::Instant::now();
+                let metrics = ctx.metrics.clone();
+                let result = reconcile(tenant, ctx).await;
+                metrics
+                    .reconcile_duration
+                    .observe(started.elapsed().as_secs_f64());
+                result
             },
             error_policy,
             ctx,
