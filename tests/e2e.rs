@@ -2192,15 +2192,7 @@ fn reconciles_total(metrics: SocketAddr) -> Option<u64> {
 
 /// The operator's `/metrics` page.
 fn metrics_text(metrics: SocketAddr) -> Option<String> {
-    let timeout = Duration::from_secs(5);
-    let mut stream = TcpStream::connect_timeout(&metrics, timeout).ok()?;
-    stream.set_read_timeout(Some(timeout)).ok()?;
-    stream.set_write_timeout(Some(timeout)).ok()?;
-    // HTTP/1.0: the server closes the connection after the response, unchunked.
-    write!(stream, "GET /metrics HTTP/1.0\r\nHost: {metrics}\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
+    http_get(metrics, "/metrics")
 }
 
 /// The value of a sample without labels in an OpenMetrics text.
@@ -3142,6 +3134,8 @@ fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     let timeout = Duration::from_secs(5);
     let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
+    stream.set_write_timeout(Some(timeout)).ok()?;
+    // HTTP/1.0: the server closes the connection after the response, unchunked.
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
