@@ -3037,21 +3037,15 @@ impl E2e {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/cluster/crd-protection.yaml");
         let text = std::fs::read_to_string(&path).expect("deploy/cluster/crd-protection.yaml");
         let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("YAML documents");
-        let policy: ValidatingAdmissionPolicy = serde_json::from_value(docs[0].clone()).unwrap();
-        let binding: ValidatingAdmissionPolicyBinding =
-            serde_json::from_value(docs[1].clone()).unwrap();
-        let name = policy.name_any();
+        let name = docs[0]["metadata"]["name"]
+            .as_str()
+            .expect("the policy's name")
+            .to_string();
+        for doc in docs {
+            apply_manifest(&self.client, doc).await;
+        }
         let policies: Api<ValidatingAdmissionPolicy> = Api::all(self.client.clone());
         let bindings: Api<ValidatingAdmissionPolicyBinding> = Api::all(self.client.clone());
-        let apply = PatchParams::apply(FIELD_MANAGER).force();
-        policies
-            .patch(&name, &apply, &Patch::Apply(&policy))
-            .await
-            .unwrap_or_else(|e| panic!("apply {name}: {e}"));
-        bindings
-            .patch(&name, &apply, &Patch::Apply(&binding))
-            .await
-            .unwrap_or_else(|e| panic!("apply binding {name}: {e}"));
         let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         let crd = DealerTenant::crd().name_any();
         let dry_run = DeleteParams {

@@ -113,10 +113,6 @@ impl Written {
         self.lock()
             .retain(|k, _| !k.contains(&prefix) && *k != itself);
     }
-    /// How many writes the cache has not shown yet.
-    pub fn pending(&self) -> usize {
-        self.lock().len()
-    }
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, String)>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -159,10 +155,7 @@ pub async fn ensure<K: ApiFor>(
 ) -> Result<Ensured<K>, Error> {
     let name = desired.name_any();
     let namespace = desired.namespace();
-    let mut key = ObjectRef::<K>::new(&name);
-    if let Some(ns) = namespace.as_deref() {
-        key = key.within(ns);
-    }
+    let key = cache_key::<K>(namespace.as_deref(), &name);
     let what = describe::<K>(namespace.as_deref(), &name);
     let (want, digest) = stamped(desired)?;
     let api = K::api_for(&ctx.client, namespace.as_deref());
@@ -245,6 +238,15 @@ where
     }
 }
 
+/// The key of an object in a watch cache.
+fn cache_key<K: Resource<DynamicType = ()>>(namespace: Option<&str>, name: &str) -> ObjectRef<K> {
+    let key = ObjectRef::<K>::new(name);
+    match namespace {
+        Some(ns) => key.within(ns),
+        None => key,
+    }
+}
+
 /// `Deployment tenant-acme/server`, for messages.
 pub fn describe<K: Resource<DynamicType = ()>>(namespace: Option<&str>, name: &str) -> String {
     match namespace {
@@ -263,10 +265,7 @@ pub async fn read<K: ApiFor>(
     name: &str,
 ) -> Result<Option<K>, Error> {
     let what = describe::<K>(namespace, name);
-    let mut key = ObjectRef::<K>::new(name);
-    if let Some(ns) = namespace {
-        key = key.within(ns);
-    }
+    let key = cache_key::<K>(namespace, name);
     if ctx.written.get(&what).is_none()
         && let Some(c) = store.get(&key)
     {

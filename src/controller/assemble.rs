@@ -267,6 +267,18 @@ mod tests {
         ns
     }
 
+    /// A tenant's first pass with an active namespace and an available server.
+    fn first_pass(cfg: &OperatorConfig, results: &[ComponentResult]) -> Assembled {
+        let held = holdings::next(&Holdings::new(), results, &|_| "google-cloud".to_string());
+        pass(
+            cfg,
+            &active("tenant-x"),
+            Observation::ok(types::SERVER, "Available", ""),
+            results,
+            held,
+        )
+    }
+
     #[test]
     fn a_residency_error_from_a_provider_fails_the_residency_condition() {
         let cfg = OperatorConfig::default();
@@ -278,14 +290,7 @@ mod tests {
             }),
             has_secret: true,
         }];
-        let held = holdings::next(&Holdings::new(), &results, &|_| "google-cloud".to_string());
-        let a = pass(
-            &cfg,
-            &active("tenant-x"),
-            Observation::ok(types::SERVER, "Available", ""),
-            &results,
-            held,
-        );
+        let a = first_pass(&cfg, &results);
         assert_eq!(a.violations.len(), 1);
         let residency = a
             .update
@@ -322,14 +327,7 @@ mod tests {
             },
             has_secret: true,
         }];
-        let held = holdings::next(&Holdings::new(), &results, &|_| "google-cloud".to_string());
-        let a = pass(
-            &cfg,
-            &active("tenant-x"),
-            Observation::ok(types::SERVER, "Available", ""),
-            &results,
-            held,
-        );
+        let a = first_pass(&cfg, &results);
         assert_eq!(
             a.violations,
             vec![(
