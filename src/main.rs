@@ -128,7 +128,10 @@ fn main() -> ExitCode {
                 Some(Policy::Deny) => ThirdCountryPolicy::Deny,
                 None => cfg.third_country_processors,
             };
-            out(&dealertenant_operator::desired::admission::yaml(policy));
+            out(&dealertenant_operator::desired::admission::yaml(
+                policy,
+                &cfg.operator_namespace,
+            ));
             ExitCode::SUCCESS
         }
         Command::DefaultConfig => match serde_saphyr::to_string(&OperatorConfig::default()) {

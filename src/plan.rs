@@ -49,6 +49,12 @@ pub fn plan(t: &DealerTenant, cfg: &OperatorConfig) -> Plan {
         format!("{}/{}", info.namespace, name.as_deref().unwrap_or_default())
     };
     let mut resources = vec![cluster("Namespace", info.namespace.clone())];
+    let binding = desired::access::role_binding(
+        t.tenant_name(),
+        &desired::owner_reference(&t),
+        &desired::access::installed_operator(&cfg.operator_namespace),
+    );
+    resources.push(cluster("RoleBinding", in_ns(&binding.metadata.name)));
     resources.push(cluster("ResourceQuota", in_ns(&d.quota.metadata.name)));
     resources.push(cluster("LimitRange", in_ns(&d.limits.metadata.name)));
     for np in &d.network_policies {

@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use dealertenant_operator::config::OperatorConfig;
-use dealertenant_operator::controller::rbac::{IN_OPERATOR_NAMESPACE, REQUIRED};
 use serde_json::Value;
 
 fn docs(file: &str) -> Vec<Value> {
@@ -22,19 +21,27 @@ fn find<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no {kind}"))
 }
 
-fn granted(role: &Value) -> BTreeSet<(String, String, String)> {
+/// `(apiGroup, resource, verb)` a role grants, with the resourceNames it is limited to.
+fn granted(role: &Value) -> BTreeSet<(String, String, String, Vec<String>)> {
     let mut granted = BTreeSet::new();
     for rule in role["rules"].as_array().unwrap() {
+        let names: Vec<String> = rule["resourceNames"]
+            .as_array()
+            .map(|a| a.iter().map(|n| n.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default();
         for g in rule["apiGroups"].as_array().unwrap() {
             for r in rule["resources"].as_array().unwrap() {
                 for v in rule["verbs"].as_array().unwrap() {
-                    let v = v.as_str().unwrap();
-                    assert_ne!(v, "*", "no wildcard verbs");
-                    granted.insert((
-                        g.as_str().unwrap().to_string(),
-                        r.as_str().unwrap().to_string(),
-                        v.to_string(),
-                    ));
+                    let (g, r, v) = (
+                        g.as_str().unwrap(),
+                        r.as_str().unwrap(),
+                        v.as_str().unwrap(),
+                    );
+                    assert!(
+                        ![g, r, v].contains(&"*"),
+                        "no wildcards in deploy/rbac.yaml: {rule}"
+                    );
+                    granted.insert((g.into(), r.into(), v.into(), names.clone()));
                 }
             }
         }
@@ -42,34 +49,75 @@ fn granted(role: &Value) -> BTreeSet<(String, String, String)> {
     granted
 }
 
-fn required(list: &[(&str, &str, &[&str])]) -> BTreeSet<(String, String, String)> {
-    list.iter()
-        .flat_map(|(g, r, vs)| {
-            vs.iter()
-                .map(move |v| (g.to_string(), r.to_string(), v.to_string()))
-        })
-        .collect()
+fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    docs.iter()
+        .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("deploy/rbac.yaml has no {kind} {name}"))
 }
 
+/// The shape of least privilege; which verbs are needed at all is derived from the audit
+/// log of an e2e run (tests/e2e.rs, `every_grant_is_used`).
 #[test]
-fn roles_grant_exactly_what_the_code_uses() {
+fn cluster_wide_the_operator_reads_and_binds_only_its_tenant_role() {
+    use dealertenant_operator::desired::access::TENANT_ROLE;
     let docs = docs("rbac.yaml");
-    for (kind, list) in [("ClusterRole", REQUIRED), ("Role", IN_OPERATOR_NAMESPACE)] {
-        let granted = granted(find(&docs, kind));
-        let required = required(list);
-        let missing: Vec<_> = required.difference(&granted).collect();
-        let extra: Vec<_> = granted.difference(&required).collect();
+    let cluster = granted(named(&docs, "ClusterRole", "dealertenant-operator"));
+    let tenant = granted(named(&docs, "ClusterRole", TENANT_ROLE));
+    // Cluster-wide: writes only to tenants, namespaces, RoleBindings and Events.
+    for (g, r, v, names) in &cluster {
+        assert_ne!(r, "secrets", "no Secret is readable cluster-wide");
         assert!(
-            missing.is_empty(),
-            "deploy/rbac.yaml {kind} lacks {missing:?}"
+            !["pods", "clusterrolebindings", "roles", "clusterroles"].contains(&r.as_str())
+                || v == "bind",
+            "{r} {v}"
         );
+        assert_ne!(v, "escalate");
+        assert_ne!(v, "impersonate");
+        if v == "bind" {
+            assert_eq!(
+                (g.as_str(), r.as_str()),
+                ("rbac.authorization.k8s.io", "clusterroles")
+            );
+            assert_eq!(
+                names,
+                &vec![TENANT_ROLE.to_string()],
+                "bind only the tenant role"
+            );
+        }
+        if !["get", "list", "watch", "bind"].contains(&v.as_str()) {
+            assert!(
+                [
+                    "dealertenants",
+                    "dealertenants/status",
+                    "dealertenants/finalizers",
+                    "namespaces",
+                    "rolebindings",
+                    "events"
+                ]
+                .contains(&r.as_str()),
+                "cluster-wide write {v} {g}/{r}: writes in tenant namespaces come from the tenant role"
+            );
+        }
+    }
+    // The tenant role: writes in one namespace, no listing, no Pods, no RBAC.
+    for (g, r, v, _) in &tenant {
+        assert!(!["list", "watch"].contains(&v.as_str()), "{r} {v}");
         assert!(
-            extra.is_empty(),
-            "deploy/rbac.yaml {kind} grants more than the code uses: {extra:?}"
+            !["pods", "rolebindings", "roles"].contains(&r.as_str()),
+            "{g}/{r}"
         );
     }
+    assert!(
+        tenant
+            .iter()
+            .any(|(_, r, v, _)| r == "secrets" && v == "get")
+    );
+    // Bound cluster-wide: only the read-and-bind role; the tenant role never.
+    for b in docs.iter().filter(|d| d["kind"] == "ClusterRoleBinding") {
+        assert_eq!(b["roleRef"]["name"], "dealertenant-operator", "{b}");
+    }
     assert_eq!(
-        find(&docs, "Role")["metadata"]["namespace"],
+        named(&docs, "Role", "dealertenant-operator")["metadata"]["namespace"],
         "dealertenant-system"
     );
 }
@@ -116,6 +164,7 @@ fn admission_policy_is_what_the_code_generates() {
     let stored = std::fs::read_to_string(path).unwrap();
     let generated = dealertenant_operator::desired::admission::yaml(
         dealertenant_operator::config::ThirdCountryPolicy::Allow,
+        "dealertenant-system",
     );
     assert!(
         stored == generated,

@@ -99,6 +99,8 @@ mod audit;
 #[allow(dead_code)]
 #[path = "support/cloudsql.rs"]
 mod cloudsql;
+#[path = "e2e/security.rs"]
+mod security;
 
 /// Field manager of every write this test makes.
 const FIELD_MANAGER: &str = "dealertenant-e2e";
@@ -146,7 +148,7 @@ const SETTLE: Duration = Duration::from_secs(10);
 /// Objects the operator owns per tenant with `replicas: 0` and every component off:
 /// Namespace, ResourceQuota, LimitRange, 5 NetworkPolicies, ServiceAccount, Service,
 /// Deployment.
-const OWNED_OBJECTS: u64 = 11;
+const OWNED_OBJECTS: u64 = 12;
 /// Target: API writes per tenant until it is Ready and settled (the owned objects, the
 /// finalizer, one status write and one Event fit).
 const MAX_WRITES_PER_TENANT: u64 = OWNED_OBJECTS + 3;
@@ -201,6 +203,7 @@ async fn dealertenant_operator_end_to_end() {
     e2e.a_tenant_without_replicas_becomes_ready(&ready).await;
     e2e.printer_columns_show_region_and_readiness(&ready).await;
     e2e.region_is_immutable(&ready).await;
+    e2e.the_operator_cannot_leave_its_namespaces(&ready).await;
     e2e.a_removed_field_disappears(&ready).await;
     e2e.server_pods_pass_pod_security(&pods).await;
     e2e.a_disruption_budget_follows_replicas(&pods).await;
@@ -238,6 +241,7 @@ async fn dealertenant_operator_end_to_end() {
         }
         (Some(_), n) => e2e.at_scale_writes_settle_and_resync_is_quiet(n).await,
     }
+    e2e.every_grant_is_used();
     eprintln!("e2e: all checks passed");
 }
 
@@ -582,6 +586,7 @@ impl E2e {
         if let Some(path) = &e2e.operator_kubeconfig {
             grant_operator_rbac(&e2e.client).await;
             wait_until_rbac_is_active(path).await;
+            security::install_guard(&e2e.client).await;
         }
         if let Some(path) = &e2e.audit_log {
             e2e.audit_start = audit::end_of(path)
@@ -621,8 +626,10 @@ impl E2e {
     /// started (403: RBAC misses something it does).
     fn no_request_was_forbidden(&self) {
         let Some(path) = &self.audit_log else { return };
-        let (requests, _) = audit::read_from(path, self.audit_start)
+        let (mut requests, _) = audit::read_from(path, self.audit_start)
             .unwrap_or_else(|e| panic!("read audit log {}: {e}", path.display()));
+        // The least-privilege probes are refused on purpose.
+        requests.retain(|r| r.user_agent != security::PROBE_AGENT);
         let summary = audit::Summary::of(&requests);
         eprintln!(
             "e2e: the operator made {} requests ({} writes) in the scenarios",
@@ -2204,64 +2211,37 @@ fn metric_value(text: &str, name: &str) -> Option<u64> {
     })
 }
 
-/// Server-side applies every object of `deploy/rbac.yaml` and binds [`OPERATOR_USER`] to
-/// exactly its ClusterRole and its Role (in the Role's namespace).
+/// Server-side applies every object of `deploy/rbac.yaml` and binds [`OPERATOR_USER`] as
+/// its bindings bind the operator's ServiceAccount: the same roles, in the same places. The
+/// tenant role is bound by the operator itself, per tenant namespace.
 async fn grant_operator_rbac(client: &Client) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml");
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
         .unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
-    let mut roles = Vec::new();
+    let mut bindings = Vec::new();
     for doc in docs.into_iter().filter(|d| !d.is_null()) {
         let kind = doc["kind"].as_str().unwrap_or_default();
-        if matches!(kind, "ClusterRole" | "Role") {
-            let name = doc["metadata"]["name"].as_str().unwrap_or_default();
-            let namespace = doc["metadata"]["namespace"].as_str();
-            roles.push((
-                kind.to_string(),
-                name.to_string(),
-                namespace.map(str::to_string),
-            ));
+        if matches!(kind, "ClusterRoleBinding" | "RoleBinding") {
+            bindings.push(doc.clone());
         }
         apply_manifest(client, doc).await;
     }
     assert!(
-        roles
-            .iter()
-            .any(|(k, n, _)| k == "ClusterRole" && n == "dealertenant-operator"),
-        "{} has no ClusterRole dealertenant-operator: {roles:?}",
+        bindings.iter().any(|b| b["kind"] == "ClusterRoleBinding"
+            && b["roleRef"]["name"] == "dealertenant-operator"),
+        "{} binds no ClusterRole dealertenant-operator",
         path.display()
     );
-    for (kind, role, namespace) in roles {
-        let binding_kind = if kind == "ClusterRole" {
-            "ClusterRoleBinding"
-        } else {
-            "RoleBinding"
-        };
-        let mut metadata = json!({"name": OPERATOR_USER_BINDING});
-        if let Some(ns) = &namespace {
-            metadata["namespace"] = json!(ns);
-        }
-        apply_manifest(
-            client,
-            json!({
-                "apiVersion": "rbac.authorization.k8s.io/v1",
-                "kind": binding_kind,
-                "metadata": metadata,
-                "roleRef": {
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "kind": kind,
-                    "name": role,
-                },
-                "subjects": [{
-                    "kind": "User",
-                    "apiGroup": "rbac.authorization.k8s.io",
-                    "name": OPERATOR_USER,
-                }],
-            }),
-        )
-        .await;
+    for mut binding in bindings {
+        binding["metadata"]["name"] = json!(OPERATOR_USER_BINDING);
+        binding["subjects"] = json!([{
+            "kind": "User",
+            "apiGroup": "rbac.authorization.k8s.io",
+            "name": OPERATOR_USER,
+        }]);
+        apply_manifest(client, binding).await;
     }
 }
 

@@ -67,6 +67,7 @@ namespaced!(
     k8s_openapi::api::apps::v1::Deployment,
     k8s_openapi::api::core::v1::Service,
     k8s_openapi::api::policy::v1::PodDisruptionBudget,
+    k8s_openapi::api::rbac::v1::RoleBinding,
     k8s_openapi::api::core::v1::Secret
 );
 
@@ -153,14 +154,33 @@ pub async fn ensure<K: ApiFor>(
     store: &Store<K>,
     desired: &K,
 ) -> Result<Ensured<K>, Error> {
+    let key = cache_key::<K>(desired.namespace().as_deref(), &desired.name_any());
+    let cached = store.get(&key).map(|c| (*c).clone());
+    converge(ctx, cached, desired, true).await
+}
+
+/// [`ensure`] for a kind the operator does not cache (Secrets): `current` is what a GET
+/// in this pass returned, so it is not behind, and no watch echoes the write.
+pub async fn ensure_uncached<K: ApiFor>(
+    ctx: &Context,
+    current: Option<&K>,
+    desired: &K,
+) -> Result<Ensured<K>, Error> {
+    converge(ctx, current.cloned(), desired, false).await
+}
+
+async fn converge<K: ApiFor>(
+    ctx: &Context,
+    current: Option<K>,
+    desired: &K,
+    cached: bool,
+) -> Result<Ensured<K>, Error> {
     let name = desired.name_any();
     let namespace = desired.namespace();
-    let key = cache_key::<K>(namespace.as_deref(), &name);
     let what = describe::<K>(namespace.as_deref(), &name);
     let (want, digest) = stamped(desired)?;
     let api = K::api_for(&ctx.client, namespace.as_deref());
-    let cached = store.get(&key).map(|c| (*c).clone());
-    if let Some(c) = &cached
+    if let Some(c) = &current
         && satisfies(&want, c)?
     {
         ctx.written.forget(&what);
@@ -169,7 +189,7 @@ pub async fn ensure<K: ApiFor>(
             wrote: false,
         });
     }
-    if ctx.written.get(&what).as_deref() == Some(digest.as_str()) {
+    if cached && ctx.written.get(&what).as_deref() == Some(digest.as_str()) {
         // This process applied exactly this before; the cache has not caught up, or
         // somebody changed or deleted the object since. Ask the API server.
         let fresh = api
@@ -193,11 +213,13 @@ pub async fn ensure<K: ApiFor>(
         )
         .await
         .map_err(|e| Error::kube(format!("apply {what}"), e))?;
-    ctx.written.remember(
-        what.clone(),
-        digest,
-        object.resource_version().unwrap_or_default(),
-    );
+    if cached {
+        ctx.written.remember(
+            what.clone(),
+            digest,
+            object.resource_version().unwrap_or_default(),
+        );
+    }
     tracing::debug!(object = %what, "applied");
     Ok(Ensured {
         object,
@@ -271,10 +293,19 @@ pub async fn read<K: ApiFor>(
     {
         return Ok(Some((*c).clone()));
     }
+    get(ctx, namespace, name).await
+}
+
+/// The object as the API server has it now (a GET), for a kind the operator does not cache.
+pub async fn get<K: ApiFor>(
+    ctx: &Context,
+    namespace: Option<&str>,
+    name: &str,
+) -> Result<Option<K>, Error> {
     K::api_for(&ctx.client, namespace)
         .get_opt(name)
         .await
-        .map_err(|e| Error::kube(format!("get {what}"), e))
+        .map_err(|e| Error::kube(format!("get {}", describe::<K>(namespace, name)), e))
 }
 
 #[cfg(test)]

@@ -1,10 +1,11 @@
 //! The tenant's external components: provisioning them in a pass, and erasing them when
 //! the tenant is deleted. Every provider outcome becomes one [`ComponentResult`].
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use tracing::{info, warn};
 
-use super::apply::{ensure, read};
+use super::apply::{ensure_uncached, get};
 use super::context::Context;
 use super::error::Error;
 use super::holdings::{ComponentResult, Holdings, Outcome};
@@ -53,23 +54,17 @@ pub async fn provision(t: &DealerTenant, ctx: &Context) -> Result<Provisioned, E
             out.results.push(result(Outcome::NotConfigured(why), false));
             continue;
         };
-        // Credentials are issued anew when the Secret is missing: confirm that with the
-        // API server, not with a cache that may not have seen the last write yet.
-        let current = read(
-            ctx,
-            &ctx.stores.secrets,
-            Some(&info.namespace),
-            component.key(),
-        )
-        .await?
-        .map(|s| secret_data(&s));
+        // Credentials are issued anew when the Secret is missing: the API server says so.
+        // Secrets are never cached; this GET in the tenant namespace is the only read.
+        let secret = get::<Secret>(ctx, Some(&info.namespace), component.key()).await?;
+        let current = secret.as_ref().map(secret_data);
         match provider.reconcile(&info, current.as_ref()).await {
             Ok(done) => {
                 // New credentials, or the current ones (labelled with this tenant's UID;
                 // no write when they already are).
                 if let Some(data) = done.secret.as_ref().or(current.as_ref()) {
-                    let secret = component_secret(&info.name, &info.uid, component.key(), data);
-                    ensure(ctx, &ctx.stores.secrets, &secret).await?;
+                    let desired = component_secret(&info.name, &info.uid, component.key(), data);
+                    ensure_uncached(ctx, secret.as_ref(), &desired).await?;
                     out.secrets.push(component.key().to_string());
                 }
                 let has_secret = done.secret.is_some() || current.is_some();

@@ -5,11 +5,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{RoleBinding, Subject};
 use kube::Client;
 use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{Store, store::Writer};
@@ -19,7 +18,9 @@ use crate::config::OperatorConfig;
 use crate::providers::Providers;
 
 /// Read caches of everything the operator manages, filled by the controller's watches.
-/// Reconciles read from here, so an unchanged tenant costs no API call at all.
+/// Reconciles read from here, so an unchanged tenant costs no API call at all. Secrets are
+/// not cached: the operator may not list them cluster-wide, and reads a tenant's component
+/// Secret with a GET in the tenant namespace when a pass needs it.
 #[derive(Clone)]
 pub struct Stores {
     pub namespaces: Store<Namespace>,
@@ -30,7 +31,7 @@ pub struct Stores {
     pub deployments: Store<Deployment>,
     pub services: Store<Service>,
     pub pdbs: Store<PodDisruptionBudget>,
-    pub secrets: Store<Secret>,
+    pub role_bindings: Store<RoleBinding>,
 }
 
 /// The writing halves of [`Stores`], consumed by the watches (or by tests).
@@ -43,7 +44,7 @@ pub struct Writers {
     pub deployments: Writer<Deployment>,
     pub services: Writer<Service>,
     pub pdbs: Writer<PodDisruptionBudget>,
-    pub secrets: Writer<Secret>,
+    pub role_bindings: Writer<RoleBinding>,
 }
 
 impl Stores {
@@ -58,7 +59,7 @@ impl Stores {
             deployments: Writer::default(),
             services: Writer::default(),
             pdbs: Writer::default(),
-            secrets: Writer::default(),
+            role_bindings: Writer::default(),
         };
         let s = Stores {
             namespaces: w.namespaces.as_reader(),
@@ -69,7 +70,7 @@ impl Stores {
             deployments: w.deployments.as_reader(),
             services: w.services.as_reader(),
             pdbs: w.pdbs.as_reader(),
-            secrets: w.secrets.as_reader(),
+            role_bindings: w.role_bindings.as_reader(),
         };
         (s, w)
     }
@@ -86,7 +87,7 @@ impl Stores {
             self.deployments.wait_until_ready(),
             self.services.wait_until_ready(),
             self.pdbs.wait_until_ready(),
-            self.secrets.wait_until_ready(),
+            self.role_bindings.wait_until_ready(),
         );
     }
 }
@@ -107,6 +108,9 @@ pub struct Context {
     /// of the status, so this is never older than the tenant in the watch cache, which
     /// may not have seen the write yet.
     pub statuses: Mutex<HashMap<String, DealerTenantStatus>>,
+    /// Who the operator is to the API server: the subject of the RoleBinding that grants it
+    /// its rights in each tenant namespace.
+    pub operator: Subject,
 }
 
 impl Context {
@@ -118,7 +122,6 @@ impl Context {
     ) -> Self {
         Self {
             client,
-            config,
             stores,
             providers,
             metrics: super::metrics::Metrics::default(),
@@ -129,7 +132,15 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             written: Default::default(),
             statuses: Mutex::new(HashMap::new()),
+            operator: crate::desired::access::installed_operator(&config.operator_namespace),
+            config,
         }
+    }
+
+    /// The operator's identity, as the API server reported it at start.
+    pub fn with_operator(mut self, operator: Subject) -> Self {
+        self.operator = operator;
+        self
     }
 
     /// When to look at a converged tenant again: `resyncSeconds`, with up to 10 % jitter so

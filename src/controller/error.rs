@@ -20,6 +20,10 @@ pub enum Error {
     /// Not a failure: the tenant is requeued soon and keeps its finalizer.
     #[error("cleanup in progress: {0}")]
     CleanupPending(String),
+    /// The RoleBinding that grants the operator its rights in the tenant namespace has not
+    /// taken effect yet.
+    #[error("{0}")]
+    AccessPending(String),
     /// An external service failed (its condition says which and why).
     #[error(transparent)]
     Provider(#[from] crate::providers::ProviderError),
@@ -57,7 +61,7 @@ impl Error {
                 | kube::runtime::finalizer::Error::CleanupFailed(e) => e.is_transient(),
                 _ => true,
             },
-            Error::CleanupPending(_) => true,
+            Error::CleanupPending(_) | Error::AccessPending(_) => true,
             Error::Provider(e) => e.is_transient(),
             Error::ErasureIncomplete { transient, .. } => *transient,
             Error::Serialize(..) => false,

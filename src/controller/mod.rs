@@ -1,5 +1,6 @@
 //! The controller: watches DealerTenants and everything they own, and reconciles each.
 
+pub mod access;
 pub mod apply;
 pub mod assemble;
 pub mod cleanup;
@@ -10,7 +11,6 @@ pub mod holdings;
 pub mod identity;
 pub mod metrics;
 pub mod publish;
-pub mod rbac;
 pub mod receipt;
 pub mod reconcile;
 pub mod status;
@@ -20,11 +20,10 @@ use std::sync::Arc;
 
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{
-    LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount,
-};
+use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, reflector, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -193,8 +192,13 @@ pub async fn run(
         ),
         Err(e) => anyhow::bail!("cannot read namespace {}: {e}", config.operator_namespace),
     }
+    // The subject of the RoleBinding that grants the operator its rights in each tenant
+    // namespace: itself, as the API server knows it.
+    let operator = access::whoami(&client).await?;
+    info!(kind = %operator.kind, name = %operator.name, "the operator's identity");
     let (stores, w) = Stores::new();
-    let ctx = Arc::new(Context::new(client.clone(), config, stores, providers));
+    let ctx =
+        Arc::new(Context::new(client.clone(), config, stores, providers).with_operator(operator));
     let listener = tokio::net::TcpListener::bind(metrics_addr)
         .await
         .map_err(|e| {
@@ -208,8 +212,8 @@ pub async fn run(
     });
     info!(%metrics_addr, "serving /metrics and /healthz");
 
-    // The namespace and the component Secrets carry no owner reference (so `Retain` can
-    // keep them); they are mapped to their tenant by label.
+    // The namespace carries no owner reference (so that `Retain` can keep it); it is
+    // mapped to its tenant by label.
     fn by_tenant_label<K: Resource>(obj: K) -> Option<ObjectRef<DealerTenant>> {
         obj.labels()
             .get(names::TENANT_LABEL)
@@ -273,8 +277,8 @@ pub async fn run(
             by_tenant_label,
         )
         .watches_stream(
-            owned::<Secret>(&client, w.secrets, ctx.written.clone()),
-            by_tenant_label,
+            owned::<RoleBinding>(&client, w.role_bindings, ctx.written.clone()),
+            by_owner,
         )
         .watches_stream(
             owned::<ResourceQuota>(&client, w.quotas, ctx.written.clone()),

@@ -13,6 +13,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use tracing::{info, warn};
 
+use super::access;
 use super::apply::{ensure, read, remove_stale};
 use super::assemble::{self, StatusUpdate, observe_server, previous_holdings};
 use super::cleanup::cleanup;
@@ -134,7 +135,7 @@ async fn apply(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
         Err(err) => return record_apply_failure(t, ctx, err, namespace).await,
     }
     let desired = desired::build(t, &ctx.config, &[]);
-    let ns = match apply_namespace_objects(ctx, &desired).await {
+    let ns = match apply_namespace_objects(t, ctx, &desired).await {
         Ok(ns) => ns,
         Err(err) => return record_apply_failure(t, ctx, err, namespace).await,
     };
@@ -269,11 +270,16 @@ async fn record_apply_failure(
     Err(err)
 }
 
-/// Applies the namespace and everything in it except the server; returns the namespace
-/// as the API server has it.
-async fn apply_namespace_objects(ctx: &Context, d: &Desired) -> Result<Namespace, Error> {
+/// Applies the namespace, the operator's rights in it, and everything in it except the
+/// server; returns the namespace as the API server has it.
+async fn apply_namespace_objects(
+    t: &DealerTenant,
+    ctx: &Context,
+    d: &Desired,
+) -> Result<Namespace, Error> {
     let s = &ctx.stores;
     let ns = ensure(ctx, &s.namespaces, &d.namespace).await?.object;
+    access::ensure_access(t, ctx).await?;
     ensure(ctx, &s.quotas, &d.quota).await?;
     ensure(ctx, &s.limits, &d.limits).await?;
     for np in &d.network_policies {

@@ -1,8 +1,10 @@
 //! Pure builders of the in-cluster objects a tenant should have. No I/O here: the
 //! reconciler applies what these return, `plan` prints it, and unit tests check it.
 
+pub mod access;
 pub mod admission;
 pub mod compare;
+pub mod guard;
 pub mod names;
 pub mod namespace;
 pub mod network;

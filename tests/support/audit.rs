@@ -32,6 +32,8 @@ use serde::Deserialize;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Request {
     pub verb: String,
+    /// `""` for the core group.
+    pub api_group: String,
     pub resource: Option<String>,
     pub subresource: Option<String>,
     pub namespace: Option<String>,
@@ -39,6 +41,7 @@ pub struct Request {
     pub code: Option<u16>,
     pub user: String,
     pub request_uri: String,
+    pub user_agent: String,
 }
 
 /// Read, write, or neither (e.g. a non-resource URL like `/version`: verb `get`, no
@@ -61,6 +64,8 @@ struct RawEvent {
     request_uri: String,
     #[serde(default)]
     user: RawUser,
+    #[serde(default)]
+    user_agent: String,
     object_ref: Option<RawObjectRef>,
     response_status: Option<RawStatus>,
 }
@@ -72,7 +77,10 @@ struct RawUser {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct RawObjectRef {
+    #[serde(default)]
+    api_group: Option<String>,
     resource: Option<String>,
     subresource: Option<String>,
     namespace: Option<String>,
@@ -95,17 +103,19 @@ pub fn parse_line(line: &str) -> Option<Request> {
     if raw.stage != "ResponseComplete" {
         return None;
     }
-    let (resource, subresource, namespace, name) = match raw.object_ref {
+    let (api_group, resource, subresource, namespace, name) = match raw.object_ref {
         Some(o) => (
+            o.api_group.unwrap_or_default(),
             non_empty(o.resource),
             non_empty(o.subresource),
             non_empty(o.namespace),
             non_empty(o.name),
         ),
-        None => (None, None, None, None),
+        None => (String::new(), None, None, None, None),
     };
     Some(Request {
         verb: raw.verb,
+        api_group,
         resource,
         subresource,
         namespace,
@@ -113,6 +123,7 @@ pub fn parse_line(line: &str) -> Option<Request> {
         code: raw.response_status.and_then(|s| s.code),
         user: raw.user.username,
         request_uri: raw.request_uri,
+        user_agent: raw.user_agent,
     })
 }
 
@@ -265,7 +276,7 @@ impl Summary {
 mod tests {
     use super::*;
 
-    const PATCH_DEPLOYMENT: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"1","stage":"ResponseComplete","requestURI":"/apis/apps/v1/namespaces/tenant-acme/deployments/server?fieldManager=dealertenant-operator\u0026force=true","verb":"patch","user":{"username":"dealertenant-operator","groups":["system:authenticated"]},"objectRef":{"resource":"deployments","namespace":"tenant-acme","name":"server","apiGroup":"apps","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200},"requestReceivedTimestamp":"2026-12-02T13:26:50.364316Z","stageTimestamp":"2026-12-02T13:26:50.365415Z"}"#;
+    const PATCH_DEPLOYMENT: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"1","stage":"ResponseComplete","requestURI":"/apis/apps/v1/namespaces/tenant-acme/deployments/server?fieldManager=dealertenant-operator\u0026force=true","verb":"patch","userAgent":"dealertenant-operator","user":{"username":"dealertenant-operator","groups":["system:authenticated"]},"objectRef":{"resource":"deployments","namespace":"tenant-acme","name":"server","apiGroup":"apps","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200},"requestReceivedTimestamp":"2026-12-02T13:26:50.364316Z","stageTimestamp":"2026-12-02T13:26:50.365415Z"}"#;
     const WATCH_STARTED: &str = r#"{"kind":"Event","level":"Metadata","stage":"ResponseStarted","requestURI":"/api/v1/namespaces?watch=true","verb":"watch","user":{"username":"dealertenant-operator"},"objectRef":{"resource":"namespaces","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200}}"#;
     const WATCH_DONE: &str = r#"{"kind":"Event","level":"Metadata","stage":"ResponseComplete","requestURI":"/api/v1/namespaces?watch=true","verb":"watch","user":{"username":"dealertenant-operator"},"objectRef":{"resource":"namespaces","apiVersion":"v1"},"responseStatus":{"metadata":{},"code":200}}"#;
     const STATUS_PATCH: &str = r#"{"stage":"ResponseComplete","requestURI":"/apis/dealerdesk.de/v1alpha1/dealertenants/acme/status","verb":"patch","user":{"username":"dealertenant-operator"},"objectRef":{"resource":"dealertenants","name":"acme","apiGroup":"dealerdesk.de","apiVersion":"v1alpha1","subresource":"status"},"responseStatus":{"metadata":{},"code":200}}"#;
@@ -281,6 +292,7 @@ mod tests {
             r,
             Request {
                 verb: "patch".into(),
+                api_group: "apps".into(),
                 resource: Some("deployments".into()),
                 subresource: None,
                 namespace: Some("tenant-acme".into()),
@@ -288,6 +300,7 @@ mod tests {
                 code: Some(200),
                 user: "dealertenant-operator".into(),
                 request_uri: "/apis/apps/v1/namespaces/tenant-acme/deployments/server?fieldManager=dealertenant-operator&force=true".into(),
+                user_agent: "dealertenant-operator".into(),
             }
         );
         assert_eq!(r.kind(), Kind::Write);

@@ -2,7 +2,7 @@
 //! what the operator applies, emulates the parts of kube-apiserver and the controllers the
 //! operator relies on (server-side apply echoes the object with uid, resourceVersion and
 //! generation; a Namespace is Active; the Deployment controller reports the rollout
-//! complete; a JSON patch that removes the last finalizer of a deleted object removes it),
+//! complete; a SelfSubjectAccessReview is allowed; a JSON patch that removes the last finalizer of a deleted object removes it),
 //! and can fail any numbered request before or after performing it.
 
 use std::collections::BTreeMap;
@@ -78,7 +78,8 @@ impl World {
                 "Service" => put(&mut w.services, v),
                 "Deployment" => put(&mut w.deployments, v),
                 "PodDisruptionBudget" => put(&mut w.pdbs, v),
-                "Secret" => put(&mut w.secrets, v),
+                "RoleBinding" => put(&mut w.role_bindings, v),
+                "Secret" => {}    // read with GET, never cached
                 "ConfigMap" => {} // erasure receipts: read with GET, not cached
                 other => panic!("unexpected kind {other}"),
             }
@@ -168,6 +169,12 @@ impl World {
                 }
                 None => not_found,
             },
+            // The authorizer has seen the RoleBinding the pass just wrote.
+            "POST" if path.ends_with("/selfsubjectaccessreviews") => {
+                let mut review = body;
+                review["status"] = json!({"allowed": true});
+                (StatusCode::CREATED, review)
+            }
             "POST" => (StatusCode::CREATED, body),
             "GET" => self
                 .objects
