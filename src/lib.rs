@@ -10,3 +10,4 @@ pub mod plan;
 pub mod processors;
 pub mod providers;
 pub mod table;
+pub mod trace;

@@ -1,4 +1,4 @@
-//! Command line: `run`, `crd`, `validate`.
+//! Command line: `run`, `crd`, `validate`, `plan`, `processors`, `trace`, ...
 #![forbid(unsafe_code)]
 
 use std::path::PathBuf;
@@ -80,12 +80,30 @@ enum Command {
         #[arg(short = 'o', long = "output", value_enum, default_value_t = ReportFormat::Table)]
         output: ReportFormat,
     },
+    /// Show one tenant's whole stack as a tree: namespace, server, and each component with
+    /// its provider, resources, location, processor, readiness and last error. Exit status
+    /// 0 when the tenant is Ready, 1 when it is not, 2 when it cannot be read. Also a
+    /// kubectl plugin: `kubectl dealertenant trace NAME`.
+    Trace {
+        /// The DealerTenant's name.
+        name: String,
+        /// `wide` adds each line's message; `json` prints the tree as JSON.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = TraceFormat::Text)]
+        output: TraceFormat,
+    },
     /// Check DealerTenant manifests offline, with the rules the API server applies.
     Validate {
         /// Manifest files (YAML, several documents allowed).
         #[arg(required = true)]
         files: Vec<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum TraceFormat {
+    Text,
+    Wide,
+    Json,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -142,6 +160,17 @@ fn main() -> ExitCode {
             Err(e) => fail(e.into()),
         },
         Command::Validate { files } => validate_files(&files),
+        Command::Trace { name, output } => {
+            use dealertenant_operator::trace::{Output, command};
+            command(
+                &name,
+                match output {
+                    TraceFormat::Text => Output::Text,
+                    TraceFormat::Wide => Output::Wide,
+                    TraceFormat::Json => Output::Json,
+                },
+            )
+        }
         Command::Processors {
             files,
             config,

@@ -1043,12 +1043,18 @@ impl E2e {
         };
         assert_eq!(
             with_priority(0),
-            ["Name", "Region", "Ready", "Phase", "Age"],
+            ["Name", "Region", "Ready", "Phase", "Reason", "Age"],
             "columns of `kubectl get dt`"
         );
         assert_eq!(
             with_priority(1),
-            ["Display Name", "Reason", "Namespace", "Deletion", "Paused"],
+            [
+                "Display Name",
+                "Namespace",
+                "Components",
+                "Deletion",
+                "Paused"
+            ],
             "extra columns of `kubectl get dt -o wide`"
         );
 
@@ -1068,6 +1074,8 @@ impl E2e {
             ("Display Name", json!(t.spec.display_name)),
             ("Reason", json!("AllComponentsReady")),
             ("Namespace", json!(namespace_of(t))),
+            // The "ready" tenant has every component off.
+            ("Components", json!("none")),
             ("Deletion", json!("Retain")),
             ("Paused", json!(false)),
         ] {
@@ -2365,7 +2373,7 @@ fn kubectl_shows_the_columns(name: &str, region: &str) {
         .unwrap_or_default()
         .split_whitespace()
         .collect();
-    for column in ["NAME", "REGION", "READY", "PHASE", "AGE"] {
+    for column in ["NAME", "REGION", "READY", "PHASE", "REASON", "AGE"] {
         assert!(
             header.contains(&column),
             "kubectl get dt: no {column} column in\n{stdout}"

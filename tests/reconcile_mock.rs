@@ -552,7 +552,7 @@ async fn pausing_writes_only_the_status_and_a_paused_tenant_costs_nothing() {
 }
 
 fn calls_status_paused() -> Value {
-    json!({"observedGeneration": 1, "phase": "Paused", "conditions": [{
+    json!({"observedGeneration": 1, "phase": "Paused", "components": "none", "conditions": [{
         "type": "Ready", "status": "False", "reason": "Paused",
         "message": "spec.paused is true: the operator changes nothing for this tenant",
         "observedGeneration": 1, "lastTransitionTime": "2026-01-01T00:00:00Z"}]})
@@ -578,6 +578,8 @@ async fn deleting_under_retain_keeps_the_namespace_and_releases_the_finalizer() 
             "PATCH /api/v1/namespaces/tenant-acme".to_string(),
             format!("GET {RECEIPT}"),
             format!("PATCH {RECEIPT}"),
+            // One Event per processor, then the receipt.
+            format!("POST {EVENTS}"),
             format!("POST {EVENTS}"),
             format!("PATCH {TENANT_PATH}"),
         ]
@@ -592,15 +594,16 @@ async fn deleting_under_retain_keeps_the_namespace_and_releases_the_finalizer() 
     assert_eq!(receipt["complete"], true);
     assert_eq!(receipt["entries"][0]["component"], "namespace");
     assert_eq!(receipt["entries"][0]["outcome"], "Kept");
-    assert_eq!(calls[3].body["reason"], "Retained");
+    assert_eq!(calls[3].body["reason"], "ProcessorKept");
+    assert_eq!(calls[4].body["reason"], "Retained");
     assert!(
-        calls[3].body["note"]
+        calls[4].body["note"]
             .as_str()
             .unwrap()
             .contains("kept: namespace")
     );
-    assert_eq!(calls[4].content_type, "application/json-patch+json");
-    assert!(calls[4].body.to_string().contains("remove"));
+    assert_eq!(calls[5].content_type, "application/json-patch+json");
+    assert!(calls[5].body.to_string().contains("remove"));
 }
 
 #[tokio::test]
@@ -615,6 +618,8 @@ async fn deleting_under_delete_erases_the_namespace_then_releases_the_finalizer(
             "DELETE /api/v1/namespaces/tenant-acme".to_string(),
             format!("GET {RECEIPT}"),
             format!("PATCH {RECEIPT}"),
+            // One Event per processor, then the receipt.
+            format!("POST {EVENTS}"),
             format!("POST {EVENTS}"),
             format!("PATCH {TENANT_PATH}"),
         ]
@@ -630,7 +635,8 @@ async fn deleting_under_delete_erases_the_namespace_then_releases_the_finalizer(
     assert_eq!(receipt["entries"][0]["component"], "namespace");
     assert_eq!(receipt["entries"][0]["outcome"], "Erased");
     assert_eq!(receipt["entries"][0]["processorCountry"], "IE");
-    assert_eq!(calls[3].body["reason"], "Erased");
+    assert_eq!(calls[3].body["reason"], "ProcessorErased");
+    assert_eq!(calls[4].body["reason"], "Erased");
 }
 
 #[tokio::test]

@@ -41,8 +41,9 @@ pub const MAX_REPLICAS: i32 = 10;
     printcolumn(name = "Region", type_ = "string", json_path = ".spec.region"),
     printcolumn(name = "Ready", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].status"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
-    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", priority = 1),
+    printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason"),
     printcolumn(name = "Namespace", type_ = "string", json_path = ".status.namespace", priority = 1),
+    printcolumn(name = "Components", type_ = "string", json_path = ".status.components", priority = 1),
     printcolumn(name = "Deletion", type_ = "string", json_path = ".spec.deletionPolicy", priority = 1),
     printcolumn(name = "Paused", type_ = "boolean", json_path = ".spec.paused", priority = 1),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
@@ -206,6 +207,11 @@ pub struct DealerTenantStatus {
     /// The tenant's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+
+    /// One glance at the enabled components, for `kubectl get -o wide`:
+    /// `database=Ready storage=Provisioning`, or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<String>,
 
     /// External resources that hold this tenant's data, with the location each service
     /// reports and its processor.

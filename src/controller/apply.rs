@@ -91,6 +91,10 @@ impl Written {
     fn get(&self, key: &str) -> Option<String> {
         self.lock().get(key).map(|(digest, _)| digest.clone())
     }
+    /// The resourceVersion this process's last write of `key` produced.
+    fn resource_version(&self, key: &str) -> Option<String> {
+        self.lock().get(key).map(|(_, rv)| rv.clone())
+    }
     fn remember(&self, key: String, digest: String, resource_version: String) {
         self.lock().insert(key, (digest, resource_version));
     }
@@ -288,10 +292,15 @@ pub async fn read<K: ApiFor>(
 ) -> Result<Option<K>, Error> {
     let what = describe::<K>(namespace, name);
     let key = cache_key::<K>(namespace, name);
-    if ctx.written.get(&what).is_none()
-        && let Some(c) = store.get(&key)
-    {
-        return Ok(Some((*c).clone()));
+    if let Some(c) = store.get(&key) {
+        // Not written since, or the cache already shows that write: the cache is current.
+        let current = match ctx.written.resource_version(&what) {
+            None => true,
+            Some(mine) => c.resource_version().as_deref() == Some(mine.as_str()),
+        };
+        if current {
+            return Ok(Some((*c).clone()));
+        }
     }
     get(ctx, namespace, name).await
 }

@@ -93,6 +93,7 @@ async fn retain(
     let receipt = record_receipt(t, ctx, entries, true, now).await?;
     info!(tenant = t.tenant_name(), namespace = %ns_name, "tenant deleted; data retained");
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    publish_entries(&recorder, t, &receipt).await;
     publish(
         &recorder,
         t,
@@ -231,6 +232,7 @@ async fn erase(
     }
     let receipt = record_receipt(t, ctx, entries, true, now).await?;
     info!(tenant = t.tenant_name(), namespace = %ns_name, "tenant erased");
+    publish_entries(&recorder, t, &receipt).await;
     let kind = if receipt.still_holding().is_empty() {
         EventType::Normal
     } else {
@@ -258,6 +260,33 @@ fn namespace_entry(
 }
 
 /// Writes the receipt (merged with earlier attempts) to its ConfigMap and logs it.
+/// One Event per processor of a final receipt, so that `kubectl describe` tells each
+/// erasure (or why the data stays), once: only the last pass, whose receipt is complete,
+/// publishes them.
+async fn publish_entries(recorder: &Recorder, t: &DealerTenant, receipt: &Receipt) {
+    for e in &receipt.entries {
+        let (kind, reason) = match e.outcome {
+            Outcome::Erased => (EventType::Normal, "ProcessorErased"),
+            Outcome::NothingFound => (EventType::Normal, "NothingToErase"),
+            Outcome::Kept => (EventType::Normal, "ProcessorKept"),
+            Outcome::Abandoned => (EventType::Warning, "ProcessorAbandoned"),
+            Outcome::Failed => (EventType::Warning, "ErasureFailed"),
+        };
+        let resources: Vec<&str> = e.resources.iter().map(|r| r.name.as_str()).collect();
+        let mut note = format!(
+            "{} at {} ({})",
+            e.component, e.processor, e.processor_country
+        );
+        if !resources.is_empty() {
+            note.push_str(&format!(": {}", resources.join(", ")));
+        }
+        if let Some(d) = &e.detail {
+            note.push_str(&format!("; {d}"));
+        }
+        publish(recorder, t, kind, reason, note).await;
+    }
+}
+
 async fn record_receipt(
     t: &DealerTenant,
     ctx: &Context,

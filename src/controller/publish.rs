@@ -1,6 +1,8 @@
 //! The only writer of a tenant's status, and of the Events about it. The status is written
 //! (server-side apply on `/status`) at most once per pass and only when it changed; an
-//! Event is published only for a condition that changed.
+//! Event is published only for a condition that changed: the story `kubectl describe`
+//! tells, once each — every component provisioned, the tenant Ready (or why not), and
+//! what went wrong.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource;
@@ -40,6 +42,7 @@ pub async fn update_status(
         &now,
     );
     status::drop_conditions(&mut new.conditions, &update.drop_types);
+    new.components = Some(status::components_summary(&new.conditions));
     if let Some(held) = &update.holdings {
         new.external_resources = holdings::resources(held);
         new.processors = tenant_processors(&ctx.config, held);
@@ -67,7 +70,11 @@ pub async fn update_status(
         .unwrap_or_default();
     let worth_an_event: Vec<_> = status::transitions(old_conditions, &new.conditions)
         .into_iter()
-        .filter(|c| c.type_ == types::READY || (c.status == "False" && is_failure(&c.reason)))
+        .filter(|c| {
+            c.type_ == types::READY
+                || (c.status == "False" && is_failure(&c.reason))
+                || (c.status == "True" && is_component(&c.type_))
+        })
         .collect();
     if worth_an_event.is_empty() {
         return Ok(());
@@ -87,6 +94,13 @@ pub async fn update_status(
         publish(&recorder, t, kind, &c.reason, note).await;
     }
     Ok(())
+}
+
+/// A component's condition: its becoming ready is part of the story `describe` tells.
+fn is_component(type_: &str) -> bool {
+    crate::providers::Component::ORDER
+        .iter()
+        .any(|c| c.condition_type() == type_)
 }
 
 /// Reasons that mean something is wrong (a Warning), as opposed to work in progress.

@@ -125,6 +125,29 @@ pub fn next_status(
             .unwrap_or_default(),
         processors: old.map(|s| s.processors.clone()).unwrap_or_default(),
         conditions: merge_conditions(old_conditions, observed, generation, now),
+        components: None,
+    }
+}
+
+/// `database=Ready storage=NotConfigured`: each component that has a condition (the
+/// enabled ones), `Ready` or the reason it is not; `none` without any.
+pub fn components_summary(conditions: &[Condition]) -> String {
+    let parts: Vec<String> = crate::providers::Component::ORDER
+        .iter()
+        .filter_map(|c| {
+            let cond = conditions.iter().find(|x| x.type_ == c.condition_type())?;
+            let state = if cond.status == "True" {
+                "Ready"
+            } else {
+                cond.reason.as_str()
+            };
+            Some(format!("{}={state}", c.key()))
+        })
+        .collect();
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(" ")
     }
 }
 
@@ -150,6 +173,25 @@ mod tests {
 
     fn at(secs: i64) -> Time {
         Time(jiff::Timestamp::from_second(secs).unwrap())
+    }
+
+    #[test]
+    fn the_components_summary_names_each_enabled_component_once() {
+        let conds = merge_conditions(
+            &[],
+            &[
+                Observation::not("EmailReady", "ThirdCountryProcessorDenied", "no"),
+                Observation::ok("DatabaseReady", "Provisioned", "ok"),
+                Observation::ok("ServerReady", "Available", "ok"),
+            ],
+            Some(1),
+            &at(1),
+        );
+        assert_eq!(
+            components_summary(&conds),
+            "database=Ready email=ThirdCountryProcessorDenied"
+        );
+        assert_eq!(components_summary(&[]), "none");
     }
 
     #[test]
