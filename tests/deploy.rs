@@ -39,7 +39,7 @@ fn granted(role: &Value) -> BTreeSet<(String, String, String, Vec<String>)> {
                     );
                     assert!(
                         ![g, r, v].contains(&"*"),
-                        "no wildcards in deploy/rbac.yaml: {rule}"
+                        "no wildcards in deploy/base/rbac.yaml: {rule}"
                     );
                     granted.insert((g.into(), r.into(), v.into(), names.clone()));
                 }
@@ -52,7 +52,7 @@ fn granted(role: &Value) -> BTreeSet<(String, String, String, Vec<String>)> {
 fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
     docs.iter()
         .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
-        .unwrap_or_else(|| panic!("deploy/rbac.yaml has no {kind} {name}"))
+        .unwrap_or_else(|| panic!("deploy/base/rbac.yaml has no {kind} {name}"))
 }
 
 /// The shape of least privilege; which verbs are needed at all is derived from the audit
@@ -60,7 +60,7 @@ fn named<'a>(docs: &'a [Value], kind: &str, name: &str) -> &'a Value {
 #[test]
 fn cluster_wide_the_operator_reads_and_binds_only_its_tenant_role() {
     use dealertenant_operator::desired::access::TENANT_ROLE;
-    let docs = docs("rbac.yaml");
+    let docs = docs("base/rbac.yaml");
     let cluster = granted(named(&docs, "ClusterRole", "dealertenant-operator"));
     let tenant = granted(named(&docs, "ClusterRole", TENANT_ROLE));
     // Cluster-wide: writes only to tenants, namespaces, RoleBindings and Events.
@@ -124,7 +124,7 @@ fn cluster_wide_the_operator_reads_and_binds_only_its_tenant_role() {
 
 #[test]
 fn shipped_configuration_is_valid() {
-    let docs = docs("config.yaml");
+    let docs = docs("base/config.yaml");
     let cm = find(&docs, "ConfigMap");
     let text = cm["data"]["config.yaml"].as_str().unwrap();
     let cfg = OperatorConfig::from_yaml(text).unwrap();
@@ -133,7 +133,7 @@ fn shipped_configuration_is_valid() {
 
 #[test]
 fn operator_pod_is_restricted_and_reads_its_config() {
-    let docs = docs("deployment.yaml");
+    let docs = docs("base/deployment.yaml");
     let dep = find(&docs, "Deployment");
     let pod = &dep["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
@@ -160,7 +160,7 @@ fn operator_pod_is_restricted_and_reads_its_config() {
 
 #[test]
 fn admission_policy_is_what_the_code_generates() {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/admission-policy.yaml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/admission-policy.yaml");
     let stored = std::fs::read_to_string(path).unwrap();
     let generated = dealertenant_operator::desired::admission::yaml(
         dealertenant_operator::config::ThirdCountryPolicy::Allow,
@@ -168,10 +168,10 @@ fn admission_policy_is_what_the_code_generates() {
     );
     assert!(
         stored == generated,
-        "deploy/admission-policy.yaml is stale: run `cargo run -- admission-policy > deploy/admission-policy.yaml`"
+        "deploy/base/admission-policy.yaml is stale: run `cargo run -- admission-policy > deploy/base/admission-policy.yaml`"
     );
     let kustomization = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/kustomization.yaml"),
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/kustomization.yaml"),
     )
     .unwrap();
     assert!(kustomization.contains("admission-policy.yaml"));
@@ -193,7 +193,8 @@ fn uninstalling_the_operator_deletes_no_tenant_and_no_receipt() {
             .map(|r| r.as_str().unwrap().to_string())
             .collect()
     };
-    let operator = kustomization("deploy");
+    let operator = kustomization("deploy/base");
+    assert_eq!(kustomization("deploy"), ["base"]);
     assert!(
         !operator
             .iter()
@@ -206,7 +207,7 @@ fn uninstalling_the_operator_deletes_no_tenant_and_no_receipt() {
     }
     for r in operator.iter().chain(&cluster) {
         let dir = if operator.contains(r) {
-            "deploy"
+            "deploy/base"
         } else {
             "deploy/cluster"
         };
@@ -228,7 +229,7 @@ fn uninstalling_the_operator_deletes_no_tenant_and_no_receipt() {
 /// the cloud metadata server.
 #[test]
 fn the_operator_pod_has_its_own_network_policy() {
-    let docs = docs("networkpolicy.yaml");
+    let docs = docs("base/networkpolicy.yaml");
     let np = find(&docs, "NetworkPolicy");
     let spec = &np["spec"];
     assert_eq!(

@@ -42,7 +42,7 @@
 //! sets these; see `../shared/kube/README.md`):
 //! - `DEALERTENANT_E2E_OPERATOR_KUBECONFIG`: a kubeconfig of the user `dealertenant-operator`,
 //!   which has no rights of its own. The suite (as the admin of `KUBECONFIG`) server-side
-//!   applies `deploy/rbac.yaml` and binds that user to exactly its ClusterRole and its Role
+//!   applies `deploy/base/rbac.yaml` and binds that user to exactly its ClusterRole and its Role
 //!   (`dealertenant-operator-e2e-user`; left installed, like the CRD), and the operator runs
 //!   with this kubeconfig: missing RBAC fails the run, and the run fails if the API server
 //!   refused the operator any request (403 in the audit log). Without it the operator runs
@@ -124,7 +124,7 @@ const TYPE_CHECK_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the API server may take to enforce a new admission policy binding.
 const POLICY_ACTIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Kubeconfig of the operator's own, unprivileged user; the suite grants it
-/// `deploy/rbac.yaml`'s roles and runs the operator with it.
+/// `deploy/base/rbac.yaml`'s roles and runs the operator with it.
 const OPERATOR_KUBECONFIG_ENV: &str = "DEALERTENANT_E2E_OPERATOR_KUBECONFIG";
 /// The API server's audit log of the operator user's requests.
 const AUDIT_LOG_ENV: &str = "DEALERTENANT_E2E_AUDIT_LOG";
@@ -136,7 +136,7 @@ const SCALE_TENANTS_ENV: &str = "DEALERTENANT_E2E_SCALE_TENANTS";
 const DEFAULT_SCALE_TENANTS: usize = 100;
 /// The operator user, as the test control plane's token file names it.
 const OPERATOR_USER: &str = "dealertenant-operator";
-/// Name of the bindings that grant [`OPERATOR_USER`] the roles of `deploy/rbac.yaml`.
+/// Name of the bindings that grant [`OPERATOR_USER`] the roles of `deploy/base/rbac.yaml`.
 const OPERATOR_USER_BINDING: &str = "dealertenant-operator-e2e-user";
 /// How long a new RoleBinding may take to reach the API server's authorizer.
 const RBAC_ACTIVE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -561,7 +561,7 @@ impl E2e {
         match &operator_kubeconfig {
             Some(path) => eprintln!(
                 "e2e: the operator runs as user {OPERATOR_USER} ({OPERATOR_KUBECONFIG_ENV}={}) \
-                 with the rights of deploy/rbac.yaml",
+                 with the rights of deploy/base/rbac.yaml",
                 path.display()
             ),
             None => eprintln!(
@@ -649,7 +649,7 @@ impl E2e {
         assert!(
             forbidden.is_empty(),
             "the API server refused the operator (user {OPERATOR_USER}, rights of \
-             deploy/rbac.yaml) {} request(s) with 403 Forbidden:\n{}\noperator log: {}",
+             deploy/base/rbac.yaml) {} request(s) with 403 Forbidden:\n{}\noperator log: {}",
             forbidden.len(),
             forbidden.join("\n"),
             self.log.display()
@@ -2219,11 +2219,11 @@ fn metric_value(text: &str, name: &str) -> Option<u64> {
     })
 }
 
-/// Server-side applies every object of `deploy/rbac.yaml` and binds [`OPERATOR_USER`] as
+/// Server-side applies every object of `deploy/base/rbac.yaml` and binds [`OPERATOR_USER`] as
 /// its bindings bind the operator's ServiceAccount: the same roles, in the same places. The
 /// tenant role is bound by the operator itself, per tenant namespace.
 async fn grant_operator_rbac(client: &Client) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/rbac.yaml");
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
@@ -2310,7 +2310,7 @@ async fn wait_until_rbac_is_active(kubeconfig: &Path) {
         };
         assert!(
             Instant::now() < deadline,
-            "user {OPERATOR_USER} still lacks the rights of deploy/rbac.yaml {}s after they \
+            "user {OPERATOR_USER} still lacks the rights of deploy/base/rbac.yaml {}s after they \
              were bound: {last}",
             RBAC_ACTIVE_TIMEOUT.as_secs()
         );

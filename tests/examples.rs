@@ -1,4 +1,4 @@
-//! examples/ and overlays/ stay usable: every tenant example passes `validate`, every
+//! examples/ and deploy/overlays/ stay usable: every tenant example passes `validate`, every
 //! operator configuration loads, the dev overlay installs exactly examples/config/dev.yaml,
 //! and its admission rule is the one the code generates for `thirdCountryProcessors: deny`.
 
@@ -43,8 +43,8 @@ fn every_tenant_example_validates() {
 #[test]
 fn every_configuration_loads() {
     let mut files = yaml_files("examples/config");
-    files.push(root().join("overlays/dev/config.yaml"));
-    files.push(root().join("overlays/gke/config.yaml"));
+    files.push(root().join("deploy/overlays/dev/config.yaml"));
+    files.push(root().join("deploy/overlays/gke/config.yaml"));
     for file in files {
         if let Err(e) = OperatorConfig::load(&file) {
             panic!("{}: {e}", file.display());
@@ -56,22 +56,22 @@ fn every_configuration_loads() {
 fn the_dev_overlay_installs_the_dev_configuration_and_its_admission_rule() {
     let read = |p: &str| std::fs::read_to_string(root().join(p)).unwrap();
     assert!(
-        read("overlays/dev/config.yaml") == read("examples/config/dev.yaml"),
-        "overlays/dev/config.yaml must be a copy of examples/config/dev.yaml"
+        read("deploy/overlays/dev/config.yaml") == read("examples/config/dev.yaml"),
+        "deploy/overlays/dev/config.yaml must be a copy of examples/config/dev.yaml"
     );
     let cfg = OperatorConfig::load(&root().join("examples/config/dev.yaml")).unwrap();
     assert_eq!(cfg.third_country_processors, ThirdCountryPolicy::Deny);
     let ns = cfg.operator_namespace.as_str();
     let allow = admission::yaml(ThirdCountryPolicy::Allow, ns);
     let deny = admission::yaml(ThirdCountryPolicy::Deny, ns);
-    let kustomization = read("overlays/dev/kustomization.yaml");
+    let kustomization = read("deploy/overlays/dev/kustomization.yaml");
     let added = deny
         .lines()
         .filter(|l| !l.starts_with('#') && !allow.lines().any(|a| a == *l));
     for line in added {
         assert!(
             kustomization.contains(line.trim()),
-            "overlays/dev/kustomization.yaml lacks the generated rule line {line:?}"
+            "deploy/overlays/dev/kustomization.yaml lacks the generated rule line {line:?}"
         );
     }
 }

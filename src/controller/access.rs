@@ -1,5 +1,5 @@
 //! The operator's own rights: who it is to the API server, and the RoleBinding that lets it
-//! write in one tenant namespace (see `deploy/rbac.yaml` and [`crate::desired::access`]).
+//! write in one tenant namespace (see `deploy/base/rbac.yaml` and [`crate::desired::access`]).
 
 use std::time::Duration;
 
@@ -84,7 +84,7 @@ async fn wait_until_granted(ctx: &Context, namespace: &str) -> Result<(), Error>
         if started.elapsed() >= GRANT_DEADLINE {
             return Err(Error::AccessPending(format!(
                 "RoleBinding {namespace}/{} does not grant the operator its rights after {}s; \
-                 check that deploy/rbac.yaml (ClusterRole {}) is installed",
+                 check that deploy/base/rbac.yaml (ClusterRole {}) is installed",
                 access::BINDING,
                 GRANT_DEADLINE.as_secs(),
                 access::TENANT_ROLE

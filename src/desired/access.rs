@@ -8,7 +8,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
 use super::{meta, names};
 
-/// The ClusterRole bound in every tenant namespace (`deploy/rbac.yaml`). The operator may
+/// The ClusterRole bound in every tenant namespace (`deploy/base/rbac.yaml`). The operator may
 /// bind this role and no other (`bind` limited by `resourceNames`).
 pub const TENANT_ROLE: &str = "dealertenant-operator-tenant";
 /// Name of the RoleBinding in the tenant namespace.

@@ -1,7 +1,7 @@
 //! Layer 2 of data residency: a ValidatingAdmissionPolicy (CEL, GA since Kubernetes 1.30)
 //! that enforces the EU-region rule and the cluster's processor policy at admission, so
 //! they hold even if someone edits the CRD by hand. Generated from the same region list as
-//! the CRD; `deploy/admission-policy.yaml` is exactly what `admission-policy` prints.
+//! the CRD; `deploy/base/admission-policy.yaml` is exactly what `admission-policy` prints.
 //!
 //! The policy has no parameter: every rule is in the policy itself, so nothing (a deleted
 //! ConfigMap, a parameter the API server no longer finds after the policy was re-created)
@@ -125,7 +125,7 @@ pub fn objects(
 
 /// The tenant policy and its binding, then the operator guard ([`super::guard`]) for an
 /// operator in `operator_namespace` and its binding, as one YAML stream:
-/// `deploy/admission-policy.yaml` holds them (generated with the built-in default
+/// `deploy/base/admission-policy.yaml` holds them (generated with the built-in default
 /// configuration).
 pub fn yaml(policy: ThirdCountryPolicy, operator_namespace: &str) -> String {
     let (vap, binding) = objects(policy);

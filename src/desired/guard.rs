@@ -8,7 +8,7 @@
 //! there, so it may create RoleBindings (of that one role) anywhere; this policy is what
 //! keeps them inside tenant namespaces.
 //!
-//! `deploy/admission-policy.yaml` holds it next to the tenant policy; `admission-policy
+//! `deploy/base/admission-policy.yaml` holds it next to the tenant policy; `admission-policy
 //! --config FILE` prints both for the configured operator namespace.
 
 use k8s_openapi::api::admissionregistration::v1::{

@@ -1,6 +1,6 @@
 //! Least privilege, proven on the real API server as the operator's own user: what it may
 //! not do is refused (by RBAC, or by the guard policy `dealertenant-operator-guard` where
-//! RBAC cannot say it), and every right `deploy/rbac.yaml` grants is one the operator used
+//! RBAC cannot say it), and every right `deploy/base/rbac.yaml` grants is one the operator used
 //! (derived from the audit log, not from a second list).
 //!
 //! The probes run with the operator's credentials but the user agent [`PROBE_AGENT`], so
@@ -30,7 +30,7 @@ use dealertenant_operator::api::DealerTenant;
 /// User agent of the probes made with the operator's credentials.
 pub const PROBE_AGENT: &str = "dealertenant-e2e-probe";
 
-/// Installs the guard policy for the operator's namespace (what `deploy/admission-policy.yaml`
+/// Installs the guard policy for the operator's namespace (what `deploy/base/admission-policy.yaml`
 /// holds) before the operator starts, so that every scenario runs under it.
 pub async fn install_guard(client: &Client) {
     let (policy, binding) = guard::objects(OPERATOR_NAMESPACE);
@@ -403,7 +403,7 @@ impl E2e {
         .expect("a plain Deployment in its tenant namespace is admitted (dry run)");
     }
 
-    /// Every grant of `deploy/rbac.yaml` is one the operator used in this run, as the audit
+    /// Every grant of `deploy/base/rbac.yaml` is one the operator used in this run, as the audit
     /// log shows: the needed verbs come from what the code called.
     pub(super) fn every_grant_is_used(&self) {
         let Some(path) = &self.audit_log else { return };
@@ -456,7 +456,7 @@ impl E2e {
         eprintln!("e2e: the operator used: {}", used_list.join(", "));
         assert!(
             unused.is_empty(),
-            "deploy/rbac.yaml grants what the operator never used in this run: {unused:?}; \
+            "deploy/base/rbac.yaml grants what the operator never used in this run: {unused:?}; \
              used: {used_list:?}"
         );
         let needed_but_not_granted: Vec<&String> = used_list
@@ -471,14 +471,14 @@ impl E2e {
             .collect();
         assert!(
             needed_but_not_granted.is_empty(),
-            "the operator used what deploy/rbac.yaml does not grant: {needed_but_not_granted:?}"
+            "the operator used what deploy/base/rbac.yaml does not grant: {needed_but_not_granted:?}"
         );
     }
 }
 
-/// `(apiGroup, resource, verb)` granted by any role in `deploy/rbac.yaml`.
+/// `(apiGroup, resource, verb)` granted by any role in `deploy/base/rbac.yaml`.
 fn granted_by_rbac_yaml() -> BTreeSet<(String, String, String)> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/rbac.yaml");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/rbac.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
     let docs: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
     let strings = |v: &Value| -> Vec<String> {
