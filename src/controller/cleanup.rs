@@ -14,7 +14,7 @@ use super::components::{self, processor_of};
 use super::context::Context;
 use super::error::Error;
 use super::holdings::{self, Holdings};
-use super::identity::{self, Claim};
+use super::identity;
 use super::publish::{publish, update_status};
 use super::receipt::{self, Entry, Outcome, Receipt};
 use super::status::{Observation, types};
@@ -32,11 +32,9 @@ pub async fn cleanup(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
     let ns = read(ctx, &ctx.stores.namespaces, None, &ns_name).await?;
     let uid = t.uid().unwrap_or_default();
     // Only a namespace bound to this tenant's UID (or none at all) is this tenant's to keep
-    // or delete; a namespace retained from an earlier tenant of the same name is left alone.
-    let ours = matches!(
-        identity::claim(ns.as_ref(), &uid, None),
-        Claim::Ours | Claim::Free
-    );
+    // or delete, terminating or not (the pass after the delete finds it terminating); a
+    // namespace retained from an earlier tenant of the same name is left alone.
+    let ours = ns.as_ref().is_none_or(|n| identity::is_ours(n, &uid));
     let action = match t.spec.deletion_policy {
         DeletionPolicy::Retain => {
             retain(t, ctx, &catalog, &held, ours && ns.is_some(), &now).await?

@@ -69,6 +69,14 @@ pub fn claim(ns: Option<&Namespace>, uid: &str, adopt: Option<&str>) -> Claim {
     }
 }
 
+/// Whether `ns` is the namespace of the tenant with `uid`, being deleted or not: what a
+/// cleanup must know (a pass must also know whether it is terminating: see [`claim`]).
+pub fn is_ours(ns: &Namespace, uid: &str) -> bool {
+    let mut live = ns.clone();
+    live.metadata.deletion_timestamp = None;
+    matches!(claim(Some(&live), uid, None), Claim::Ours)
+}
+
 /// The condition message for a namespace this tenant may not use, saying what to do.
 pub fn foreign_message(namespace: &str, owner: Option<&str>, retained: bool) -> String {
     match (owner, retained) {
@@ -102,6 +110,18 @@ mod tests {
         ns.labels_mut()
             .insert(names::RETAINED_LABEL.into(), "true".into());
         ns
+    }
+
+    #[test]
+    fn a_terminating_namespace_is_still_its_tenants_for_the_cleanup() {
+        let mut ns = namespace("x", "u1");
+        ns.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+        );
+        assert_eq!(claim(Some(&ns), "u1", None), Claim::Terminating);
+        assert!(is_ours(&ns, "u1"));
+        assert!(!is_ours(&ns, "u2"));
+        assert!(is_ours(&retained("u2"), "u2"));
     }
 
     #[test]
