@@ -24,7 +24,7 @@ use crate::providers::storage::StorageConfig;
 pub const CONFIG_ENV: &str = "DEALERTENANT_CONFIG";
 
 /// Everything the operator needs to know that is not in a DealerTenant.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct OperatorConfig {
     /// Namespace the operator runs in; erasure receipts are kept here.
@@ -66,7 +66,7 @@ pub struct OperatorConfig {
 }
 
 /// Where the operator's cluster (and so every tenant namespace and server) runs.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ClusterConfig {
     /// Google Cloud region of the cluster (EU only).
@@ -91,7 +91,9 @@ impl Default for ClusterConfig {
 
 /// `thirdCountryProcessors`: under `deny`, a component that would use a processor outside
 /// the EU/EEA is not provisioned, and its condition says why.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum ThirdCountryPolicy {
     #[default]
@@ -100,7 +102,7 @@ pub enum ThirdCountryPolicy {
 }
 
 /// The ingress controller whose Pods may reach tenant servers.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct IngressConfig {
     /// Namespace of the ingress controller (matched by `kubernetes.io/metadata.name`).
@@ -116,7 +118,7 @@ impl Default for IngressConfig {
 }
 
 /// Defaults for the tenant application server.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ServerDefaults {
     /// Image used when a tenant names none.
@@ -144,7 +146,7 @@ impl Default for ServerDefaults {
 }
 
 /// ResourceQuota and LimitRange of each tenant namespace.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NamespaceDefaults {
     /// `ResourceQuota.spec.hard`.
@@ -175,7 +177,7 @@ impl Default for NamespaceDefaults {
 /// Egress of tenant Pods: denied by default; allowed to the cluster DNS, to the tenant's
 /// own namespace, and to what is listed here (the providers' endpoints). The cloud metadata
 /// server (169.254.169.254) is never allowed, even inside a listed range.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EgressConfig {
     /// Destinations outside the cluster, as CIDRs with optional ports.
@@ -184,7 +186,7 @@ pub struct EgressConfig {
 }
 
 /// One allowed destination.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EgressRule {
     /// `10.20.0.0/16`, `2001:db8::/32`.

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod config;
+pub mod config_reference;
 pub mod controller;
 pub mod desired;
 pub mod plan;

@@ -46,6 +46,9 @@ enum Command {
     Crd,
     /// Print the built-in default operator configuration as YAML.
     DefaultConfig,
+    /// Print the configuration reference (every key, its type, default and meaning) as
+    /// Markdown, generated from the configuration types; the README holds a copy.
+    ConfigReference,
     /// Print the ValidatingAdmissionPolicy and its binding as YAML, with the rules of the
     /// operator configuration's `thirdCountryProcessors`.
     AdmissionPolicy {
@@ -159,6 +162,10 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(e.into()),
         },
+        Command::ConfigReference => {
+            out(&dealertenant_operator::config_reference::markdown());
+            ExitCode::SUCCESS
+        }
         Command::Validate { files } => validate_files(&files),
         Command::Trace { name, output } => {
             use dealertenant_operator::trace::{Output, command};

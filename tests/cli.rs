@@ -230,3 +230,48 @@ fn processors_under_a_deny_policy_leave_postmark_out() {
             .all(|p| p["thirdCountry"] == false)
     );
 }
+
+#[test]
+fn the_readme_holds_the_current_configuration_reference() {
+    let out = bin().arg("config-reference").output().unwrap();
+    assert!(out.status.success());
+    let generated = String::from_utf8(out.stdout).unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let (start, end) = (
+        "<!-- config-reference:start -->\n",
+        "<!-- config-reference:end -->",
+    );
+    let from = readme
+        .find(start)
+        .expect("README has the config-reference markers")
+        + start.len();
+    let to = readme[from..].find(end).expect("the end marker") + from;
+    assert!(
+        readme[from..to] == generated,
+        "README's configuration reference is stale: replace what is between the markers with \
+         the output of `cargo run -- config-reference`"
+    );
+}
+
+#[test]
+fn trace_of_a_tenant_that_does_not_exist_says_so_and_exits_2() {
+    // A kubeconfig naming a server nobody listens on: no cluster is reached.
+    let dir = std::env::temp_dir().join(format!("dt-trace-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("config");
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: [{name: c, cluster: {server: 'https://127.0.0.1:9'}}]\n\
+         users: [{name: u, user: {token: t}}]\ncontexts: [{name: x, context: {cluster: c, user: u}}]\ncurrent-context: x\n",
+    )
+    .unwrap();
+    let out = bin()
+        .args(["trace", "nobody"])
+        .env("KUBECONFIG", &kubeconfig)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot read DealerTenant nobody"), "{err}");
+}

@@ -63,7 +63,7 @@ pub const LABEL_TENANT_UID: &str = "dealerdesk-tenant-uid";
 const POSTGRES_PORT: &str = "5432";
 
 /// `database.cloudsql:` in the operator configuration.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct CloudSqlConfig {
     /// Google Cloud project that owns the instances.

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::{ExternalResource, TenantInfo};
 
 /// Which database provider runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum DatabaseProviderKind {
     #[default]
@@ -19,7 +21,7 @@ pub enum DatabaseProviderKind {
 }
 
 /// `database:` in the operator configuration.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DatabaseConfig {
     #[serde(default)]

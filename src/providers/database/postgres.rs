@@ -61,7 +61,7 @@ use crate::providers::{
 };
 
 /// `database.postgres:` in the operator configuration.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PostgresConfig {
     /// Host tenant servers and the operator connect to.

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use super::{ExternalResource, TenantInfo};
 
 /// Which email provider runs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum EmailProviderKind {
     #[default]
@@ -18,7 +20,7 @@ pub enum EmailProviderKind {
 }
 
 /// `email:` in the operator configuration.
-#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct EmailConfig {
     #[serde(default)]

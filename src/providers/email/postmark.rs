@@ -90,7 +90,7 @@ pub mod error_codes {
 }
 
 /// `email.postmark:` in the operator configuration.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct PostmarkConfig {
     /// Account API base URL.
@@ -122,7 +122,9 @@ pub struct PostmarkConfig {
 }
 
 /// Postmark's `DeliveryType`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 pub enum DeliveryType {
     #[default]
     Live,
@@ -139,7 +141,9 @@ impl DeliveryType {
 }
 
 /// Postmark's `TrackLinks` (the values of the spec's enum).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
 pub enum TrackLinks {
     #[default]
     None,

@@ -60,7 +60,7 @@ use crate::providers::{
 };
 
 /// `search:` in the operator configuration.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SearchConfig {
     /// Base URL of the Elasticsearch deployment.

@@ -53,7 +53,7 @@ use errors::{SERVICE, classify, code_of};
 pub use limiter::CreateDeleteLimiter;
 
 /// `storage:` in the operator configuration.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct StorageConfig {
     /// Google Cloud project that owns the buckets.
