@@ -57,6 +57,10 @@ pub const REQUIRED: &[(&str, &str, &[&str])] = &[
     ("events.k8s.io", "events", &["create", "patch"]),
 ];
 
-/// Permissions in the operator's own namespace (a Role there): erasure receipts.
-pub const IN_OPERATOR_NAMESPACE: &[(&str, &str, &[&str])] =
-    &[("", "configmaps", &["get", "create", "patch"])];
+/// Permissions in the operator's own namespace (a Role there): erasure receipts, and the
+/// leader Lease (`kube-lease-manager` reads it, creates it when missing, and takes, renews
+/// and releases it with patches; `controller::leader` reads it back).
+pub const IN_OPERATOR_NAMESPACE: &[(&str, &str, &[&str])] = &[
+    ("", "configmaps", &["get", "create", "patch"]),
+    ("coordination.k8s.io", "leases", &["get", "create", "patch"]),
+];
