@@ -4,8 +4,9 @@
 //! - The Lease lives in the operator's namespace; its holder identity is the Pod name
 //!   (`POD_NAME`), else the host name with a random suffix.
 //! - It lasts [`LEASE_DURATION`] seconds and the holder renews it [`LEASE_GRACE`] seconds
-//!   before it runs out. A follower takes it over when it has run out, or at once when the
-//!   holder released it (on SIGTERM).
+//!   before it runs out. A follower takes it over when it has run out, or within a few
+//!   seconds when the holder released it (on SIGTERM): the crate's follower would sleep
+//!   until the Lease runs out, so a follower that sees it released competes anew.
 //! - The crate keeps retrying a failed renewal and reports the loss only once it can read
 //!   the Lease again, so the leader also watches the Lease itself ([`Leadership::lost`]): it
 //!   gives up leadership when the Lease names another holder, or when it has not seen its
@@ -60,6 +61,29 @@ pub fn identity() -> String {
     format!("{host}-{suffix}")
 }
 
+/// Builds a Lease manager (creating the Lease when it is missing) and starts its task.
+async fn compete(
+    client: &Client,
+    election: &Election,
+) -> anyhow::Result<(watch::Receiver<bool>, Task)> {
+    let manager = LeaseManagerBuilder::new(client.clone(), &election.lease_name)
+        .with_namespace(&election.namespace)
+        .with_identity(&election.identity)
+        .with_duration(LEASE_DURATION)
+        .with_grace(LEASE_GRACE)
+        .build()
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot read or create Lease {}/{} for leader election: {e}; check the \
+                 operator's Role in deploy/rbac.yaml",
+                election.namespace,
+                election.lease_name
+            )
+        })?;
+    Ok(manager.watch().await)
+}
+
 /// Who holds a Lease, and until when (by its renew time and duration).
 fn holder_of(lease: &Lease) -> Option<(String, SystemTime)> {
     let spec = lease.spec.as_ref()?;
@@ -69,36 +93,25 @@ fn holder_of(lease: &Lease) -> Option<(String, SystemTime)> {
     Some((holder, renewed + duration))
 }
 
+type Task = tokio::task::JoinHandle<kube_lease_manager::Result<LeaseManager>>;
+
 /// The state of the election for this process.
 pub struct Leadership {
     election: Election,
+    client: Client,
     api: Api<Lease>,
     leading: watch::Receiver<bool>,
-    task: tokio::task::JoinHandle<kube_lease_manager::Result<LeaseManager>>,
+    task: Task,
 }
 
 impl Leadership {
     /// Creates the Lease when it is missing and starts competing for it.
     pub async fn start(client: Client, election: Election) -> anyhow::Result<Self> {
-        let manager = LeaseManagerBuilder::new(client.clone(), &election.lease_name)
-            .with_namespace(&election.namespace)
-            .with_identity(&election.identity)
-            .with_duration(LEASE_DURATION)
-            .with_grace(LEASE_GRACE)
-            .build()
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot read or create Lease {}/{} for leader election: {e}; check the \
-                     operator's Role in deploy/rbac.yaml",
-                    election.namespace,
-                    election.lease_name
-                )
-            })?;
-        let (leading, task) = manager.watch().await;
-        let api = Api::namespaced(client, &election.namespace);
+        let (leading, task) = compete(&client, &election).await?;
+        let api = Api::namespaced(client.clone(), &election.namespace);
         Ok(Self {
             election,
+            client,
             api,
             leading,
             task,
@@ -115,16 +128,27 @@ impl Leadership {
                 info!(identity = %self.election.identity, lease = %self.election.lease_name, "acquired the Lease: leading");
                 return Ok(());
             }
-            if let Ok(Some(lease)) = self.api.get_opt(&self.election.lease_name).await
-                && let Some((holder, until)) = holder_of(&lease)
-                && holder != self.election.identity
-                && until > SystemTime::now()
-            {
-                if last_holder.as_deref() != Some(holder.as_str()) {
-                    info!(identity = %self.election.identity, leader = %holder, "following");
-                    last_holder = Some(holder.clone());
+            if let Ok(Some(lease)) = self.api.get_opt(&self.election.lease_name).await {
+                match holder_of(&lease) {
+                    Some((holder, until))
+                        if holder != self.election.identity && until > SystemTime::now() =>
+                    {
+                        if last_holder.as_deref() != Some(holder.as_str()) {
+                            info!(identity = %self.election.identity, leader = %holder, "following");
+                            last_holder = Some(holder.clone());
+                        }
+                        follower(&holder);
+                    }
+                    // Released by its holder (on SIGTERM). The crate's follower sleeps
+                    // until the Lease would have run out; competing anew takes it now.
+                    None if last_holder.is_some() => {
+                        info!(identity = %self.election.identity, "the Lease was released; taking it over");
+                        last_holder = None;
+                        self.compete_anew().await?;
+                        continue;
+                    }
+                    _ => {}
                 }
-                follower(&holder);
             }
             tokio::select! {
                 changed = self.leading.changed() => {
@@ -174,6 +198,18 @@ impl Leadership {
                 }
             }
         }
+    }
+
+    /// Stops the crate's task (which releases the Lease if it has just taken it) and starts
+    /// another, which looks at the Lease at once.
+    async fn compete_anew(&mut self) -> anyhow::Result<()> {
+        let (leading, task) = compete(&self.client, &self.election).await?;
+        let old = std::mem::replace(&mut self.task, task);
+        drop(std::mem::replace(&mut self.leading, leading));
+        if tokio::time::timeout(RELEASE_TIMEOUT, old).await.is_err() {
+            warn!("the previous leader election task did not end");
+        }
+        Ok(())
     }
 
     /// Releases the Lease (when held) so that a follower takes over at once, and stops
