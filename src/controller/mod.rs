@@ -243,11 +243,18 @@ pub async fn run(
     let mut leadership = match election {
         None => None,
         Some(election) => {
-            info!(identity = %election.identity, lease = %election.lease_name, namespace = %election.namespace, "leader election: waiting for the Lease");
+            info!(
+                identity = %election.identity,
+                lease = %election.lease_name,
+                namespace = %election.namespace,
+                "leader election: waiting for the Lease"
+            );
             let mut leadership = leader::Leadership::start(client.clone(), election).await?;
+            // A follower that has seen a live leader knows its role: ready.
             let ready = ctx.metrics.ready.clone();
+            let following = move |_: &str| ready.store(true, std::sync::atomic::Ordering::Relaxed);
             tokio::select! {
-                acquired = leadership.acquired(|_| ready.store(true, std::sync::atomic::Ordering::Relaxed)) => acquired?,
+                acquired = leadership.acquired(following) => acquired?,
                 () = shutdown.clone() => {
                     leadership.release().await;
                     info!("stopped before leading");
