@@ -41,6 +41,23 @@ enum Command {
             default_value = "127.0.0.1:9464"
         )]
         metrics_addr: std::net::SocketAddr,
+        /// Reconcile only while holding the leader Lease in the operator namespace, so that
+        /// several replicas can run (default). `--leader-election false` is for a single
+        /// process on a development cluster.
+        #[arg(
+            long,
+            env = "DEALERTENANT_LEADER_ELECTION",
+            default_value_t = true,
+            action = clap::ArgAction::Set
+        )]
+        leader_election: bool,
+        /// Name of the leader Lease (coordination.k8s.io/v1) in the operator namespace.
+        #[arg(
+            long,
+            env = "DEALERTENANT_LEASE_NAME",
+            default_value = "dealertenant-operator"
+        )]
+        lease_name: String,
     },
     /// Print the DealerTenant CustomResourceDefinition as YAML.
     Crd,
@@ -193,6 +210,8 @@ fn main() -> ExitCode {
             log_json,
             install_crd,
             metrics_addr,
+            leader_election,
+            lease_name,
         } => {
             init_logging(log_json);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -202,7 +221,8 @@ fn main() -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fail(e.into()),
             };
-            match runtime.block_on(run(config, install_crd, metrics_addr)) {
+            let leader = leader_election.then_some(lease_name);
+            match runtime.block_on(run(config, install_crd, metrics_addr, leader)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
@@ -459,16 +479,32 @@ fn init_logging(json: bool) {
     }
 }
 
+/// `lease_name`: leader election on that Lease; `None`: this process reconciles alone.
 async fn run(
     config: Option<PathBuf>,
     install_crd: bool,
     metrics_addr: std::net::SocketAddr,
+    lease_name: Option<String>,
 ) -> anyhow::Result<()> {
+    use dealertenant_operator::controller::leader;
     let config = load_config(config.as_deref())?;
-    let client = kube::Client::try_default().await.context(
+    let identity = leader::identity();
+    let mut kube_config = kube::Config::infer().await.context(
         "no Kubernetes cluster is reachable: set KUBECONFIG (or ~/.kube/config) to a cluster, \
          or run inside a Pod with a ServiceAccount",
     )?;
+    // The API server's audit log tells the replicas apart by user agent.
+    let agent = format!(
+        "dealertenant-operator/{} ({identity})",
+        env!("CARGO_PKG_VERSION")
+    );
+    kube_config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_str(&agent)
+            .context("the Pod name is not valid in an HTTP User-Agent header")?,
+    ));
+    let client = kube::Client::try_from(kube_config)
+        .context("cannot build a Kubernetes client from the kube configuration")?;
     // Check the connection now rather than on the first watch.
     client
         .apiserver_version()
@@ -483,5 +519,10 @@ async fn run(
         .await?;
     }
     let providers = dealertenant_operator::providers::from_config(&config).await?;
-    dealertenant_operator::controller::run(client, config, providers, metrics_addr).await
+    let election = lease_name.map(|lease_name| leader::Election {
+        lease_name,
+        namespace: config.operator_namespace.clone(),
+        identity,
+    });
+    dealertenant_operator::controller::run(client, config, providers, metrics_addr, election).await
 }

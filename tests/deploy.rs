@@ -177,6 +177,58 @@ fn admission_policy_is_what_the_code_generates() {
     assert!(kustomization.contains("admission-policy.yaml"));
 }
 
+/// Two replicas, one leading: a rolling update starts a new replica before it stops an old
+/// one, each knows its Pod name (the Lease holder identity), the grace period covers the
+/// drain deadline, and a disruption budget keeps one replica.
+#[test]
+fn the_operator_runs_two_replicas_with_leader_election() {
+    let deployment = docs("base/deployment.yaml");
+    let dep = find(&deployment, "Deployment");
+    assert_eq!(dep["spec"]["replicas"], 2);
+    let strategy = &dep["spec"]["strategy"];
+    assert_eq!(strategy["type"], "RollingUpdate");
+    assert_eq!(strategy["rollingUpdate"]["maxUnavailable"], 0);
+    assert_eq!(strategy["rollingUpdate"]["maxSurge"], 1);
+    let pod = &dep["spec"]["template"]["spec"];
+    let grace = pod["terminationGracePeriodSeconds"].as_u64().unwrap();
+    let drain = dealertenant_operator::controller::DRAIN_DEADLINE.as_secs();
+    assert!(
+        grace >= drain + 5,
+        "terminationGracePeriodSeconds {grace} leaves no time to release the Lease after the \
+         {drain}s drain"
+    );
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    let pod_name = env
+        .iter()
+        .find(|e| e["name"] == "POD_NAME")
+        .expect("POD_NAME in the environment");
+    assert_eq!(
+        pod_name["valueFrom"]["fieldRef"]["fieldPath"],
+        "metadata.name"
+    );
+    let args = pod["containers"][0]["args"].as_array().unwrap();
+    assert!(
+        !args
+            .iter()
+            .any(|a| a.as_str().unwrap().starts_with("--leader-election")),
+        "leader election stays on in the Deployment: {args:?}"
+    );
+
+    let pdbs = docs("base/poddisruptionbudget.yaml");
+    let pdb = find(&pdbs, "PodDisruptionBudget");
+    assert_eq!(pdb["metadata"]["namespace"], dep["metadata"]["namespace"]);
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        dep["spec"]["template"]["metadata"]["labels"]
+    );
+    let kustomization = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base/kustomization.yaml"),
+    )
+    .unwrap();
+    assert!(kustomization.contains("- poddisruptionbudget.yaml"));
+}
+
 /// Removing the operator (`kubectl delete -k deploy/`) must delete no tenant and no
 /// erasure receipt: the CRD and the operator namespace are installed apart, from
 /// deploy/cluster/, together with the policy that guards the CRD against deletion.

@@ -2164,6 +2164,9 @@ impl Operator {
             .args(["--metrics-addr", &metrics.to_string()])
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            // One identity across restarts: a restarted operator takes its own Lease back
+            // at once instead of waiting for it to run out.
+            .env("POD_NAME", "e2e-operator")
             .env_remove("DEALERTENANT_CONFIG")
             .env_remove("DEALERTENANT_LOG_JSON")
             .env_remove("DEALERTENANT_METRICS_ADDR");

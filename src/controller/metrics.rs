@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -30,7 +31,11 @@ pub struct Metrics {
     /// Seconds one pass took (in-cluster work and provider calls), after the caches were
     /// filled.
     pub reconcile_duration: Histogram,
-    /// Set once every watch cache has been filled: `/readyz` answers 200 from then on.
+    /// 1 while this process holds the leader Lease and runs the controller (also when
+    /// leader election is off), else 0.
+    pub leader: Gauge,
+    /// `/readyz` answers 200 while this is set: for the leader once every watch cache has
+    /// been filled, for a follower once it has seen another live holder of the Lease.
     pub ready: Arc<AtomicBool>,
     pub registry: Arc<Registry>,
 }
@@ -59,11 +64,18 @@ impl Default for Metrics {
             "Duration of reconcile passes",
             reconcile_duration.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the leader Lease and reconciles",
+            leader.clone(),
+        );
         Self {
             reconciles,
             failures,
             residency_violations,
             reconcile_duration,
+            leader,
             ready: Arc::new(AtomicBool::new(false)),
             registry: Arc::new(registry),
         }
@@ -80,8 +92,10 @@ impl Metrics {
     }
 }
 
-/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` (every watch cache
-/// has been filled; 503 before) on `listener` until the process ends.
+/// Serves `/metrics`, `/healthz` (the process answers) and `/readyz` on `listener` until the
+/// process ends. `/readyz` is 200 when the replica knows its role and can play it: the
+/// leader once every watch cache has been filled, a follower once it has seen another live
+/// holder of the Lease; 503 before, and while a new leader fills its caches.
 pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) -> anyhow::Result<()> {
     use axum::http::StatusCode;
     use axum::routing::get;
@@ -95,7 +109,10 @@ pub async fn serve(listener: tokio::net::TcpListener, metrics: Metrics) -> anyho
                 if ready.load(Ordering::Relaxed) {
                     (StatusCode::OK, "ok")
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "caches are not filled yet")
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "leadership not known yet, or caches not filled yet",
+                    )
                 }
             }),
         );
@@ -116,7 +133,9 @@ mod tests {
             })
             .inc();
         m.reconcile_duration.observe(0.003);
+        m.leader.set(1);
         let text = m.render();
+        assert!(text.contains("dealertenant_leader 1"), "{text}");
         assert!(
             text.contains("dealertenant_residency_violations_total{component=\"storage\"} 1"),
             "{text}"

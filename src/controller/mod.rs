@@ -9,6 +9,7 @@ pub mod context;
 pub mod error;
 pub mod holdings;
 pub mod identity;
+pub mod leader;
 pub mod metrics;
 pub mod publish;
 pub mod receipt;
@@ -162,13 +163,44 @@ pub async fn install_crd(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the controller until SIGINT/SIGTERM.
+/// How long in-flight passes may run on after SIGTERM/SIGINT before they are stopped; under
+/// the Deployment's `terminationGracePeriodSeconds` (30), with time left to release the
+/// Lease.
+pub const DRAIN_DEADLINE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Resolves on the first SIGTERM or SIGINT. The handlers are installed when this is called,
+/// so a signal that arrives before the future is first polled is not lost.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let which = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        info!(
+            signal = which,
+            "shutting down: no new passes; in-flight passes may finish within {}s",
+            DRAIN_DEADLINE.as_secs()
+        );
+    })
+}
+
+/// Runs the controller until SIGINT/SIGTERM. With `election`, only while this process holds
+/// the Lease: before, it serves `/healthz` and `/metrics` and waits; when it loses the Lease
+/// while leading, it stops every pass at once and returns an error (the process exits
+/// non-zero and its Pod restarts as a follower). On SIGTERM/SIGINT it takes no new work, lets
+/// in-flight passes finish within [`DRAIN_DEADLINE`], releases the Lease and returns `Ok`.
 pub async fn run(
     client: Client,
     config: OperatorConfig,
     providers: crate::providers::Providers,
     metrics_addr: std::net::SocketAddr,
+    election: Option<leader::Election>,
 ) -> anyhow::Result<()> {
+    use futures::FutureExt;
+    let shutdown = shutdown_signal()?.boxed().shared();
     let tenants: Api<DealerTenant> = Api::all(client.clone());
     // Fail fast with a clear message when the CRD is missing or we may not list tenants.
     if let Err(e) = tenants
@@ -211,6 +243,36 @@ pub async fn run(
         }
     });
     info!(%metrics_addr, "serving /metrics and /healthz");
+
+    let mut leadership = match election {
+        None => None,
+        Some(election) => {
+            info!(
+                identity = %election.identity,
+                lease = %election.lease_name,
+                namespace = %election.namespace,
+                "leader election: waiting for the Lease"
+            );
+            let mut leadership = leader::Leadership::start(client.clone(), election).await?;
+            // A follower that has seen a live leader knows its role: ready.
+            let ready = ctx.metrics.ready.clone();
+            let following = move |_: &str| ready.store(true, std::sync::atomic::Ordering::Relaxed);
+            tokio::select! {
+                acquired = leadership.acquired(following) => acquired?,
+                () = shutdown.clone() => {
+                    leadership.release().await;
+                    info!("stopped before leading");
+                    return Ok(());
+                }
+            }
+            Some(leadership)
+        }
+    };
+    // Leading: ready again once this process's caches are filled.
+    ctx.metrics
+        .ready
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    ctx.metrics.leader.set(1);
 
     // The namespace carries no owner reference (so that `Retain` can keep it); it is
     // mapped to its tenant by label.
@@ -270,7 +332,8 @@ pub async fn run(
             futures::future::ready(!written.is_echo(&key, t.resource_version().as_deref()))
         }
     });
-    Controller::for_stream(tenant_stream, tenant_reader)
+    let metrics = ctx.metrics.clone();
+    let controller = Controller::for_stream(tenant_stream, tenant_reader)
         .with_config(controller_config)
         .watches_stream(
             owned::<Namespace>(&client, w.namespaces, ctx.written.clone()),
@@ -308,7 +371,7 @@ pub async fn run(
             owned::<PodDisruptionBudget>(&client, w.pdbs, ctx.written.clone()),
             by_owner,
         )
-        .shutdown_on_signal()
+        .graceful_shutdown_on(shutdown.clone())
         .run(
             |tenant, ctx: Arc<Context>| async move {
                 // No pass before every cache has been filled: an object missing from a
@@ -330,8 +393,48 @@ pub async fn run(
                 Ok((obj, _)) => tracing::debug!(tenant = %obj.name, "reconciled"),
                 Err(e) => tracing::debug!(error = %e, "reconcile error"),
             }
-        })
-        .await;
-    info!("controller stopped");
-    Ok(())
+        });
+    let drained = async {
+        shutdown.clone().await;
+        tokio::time::sleep(DRAIN_DEADLINE).await;
+    };
+    let lost = async {
+        match leadership.as_mut() {
+            Some(l) => l.lost().await,
+            None => futures::future::pending().await,
+        }
+    };
+    // Dropping the controller future stops every pass at its next await point.
+    let outcome = tokio::select! {
+        () = controller => {
+            info!("controller stopped");
+            Ok(())
+        }
+        () = drained => {
+            warn!(
+                "in-flight passes did not finish within {}s of the signal; stopping them",
+                DRAIN_DEADLINE.as_secs()
+            );
+            Ok(())
+        }
+        why = lost => Err(why),
+    };
+    metrics.leader.set(0);
+    metrics
+        .ready
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    match outcome {
+        Ok(()) => {
+            if let Some(l) = leadership {
+                l.release().await;
+            }
+            Ok(())
+        }
+        Err(why) => {
+            tracing::error!(reason = %why, "lost leadership: stopped every pass");
+            anyhow::bail!(
+                "lost leadership ({why}); exiting so that this replica restarts as a follower"
+            )
+        }
+    }
 }

@@ -1,0 +1,532 @@
+//! High availability on a real API server: two operator processes, one Lease.
+//!
+//! The suite starts a control plane of its own (`../shared/kube/start` on 127.0.0.1:17443,
+//! etcd on 13379/13380; `DEALERTENANT_HA_KUBE_PORT` / `DEALERTENANT_HA_ETCD_PORT` override),
+//! so that no other operator (tests/e2e.rs runs one on `.ci/test`'s control plane at the
+//! same time) reconciles its tenants or competes for its Lease. It is skipped, loudly, only
+//! when the start script does not exist.
+//!
+//! Both processes run as the user `dealertenant-operator` with exactly `deploy/base/rbac.yaml`'s
+//! rights, with `POD_NAME` `ha-a` and `ha-b`; the API server's audit log tells them apart by
+//! the user agent the operator sends (`dealertenant-operator/VERSION (POD_NAME)`).
+//!
+//! 1. One of them takes the Lease; the other's `dealertenant_leader` is 0 and its `/readyz`
+//!    200 (a follower that knows it is one is ready).
+//! 2. Three tenants become Ready; in the audit log only the leader wrote anything but the
+//!    Lease, and the follower started no reconcile pass.
+//! 3. `kill -9` of the leader: the follower holds the Lease within its duration plus slack,
+//!    and reconciles a tenant created after the kill.
+//! 4. A third process `ha-c` follows. SIGTERM to the leader: it exits 0 within the drain
+//!    deadline, having released the Lease, and `ha-c` holds it within a few seconds (well
+//!    before the released Lease would have run out).
+//! 5. The Lease is taken from `ha-c` behind its back: it stops at once and exits non-zero.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use dealertenant_operator::api::{DealerTenant, Phase};
+use dealertenant_operator::controller::DRAIN_DEADLINE;
+use dealertenant_operator::controller::leader::LEASE_DURATION;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use support::cluster::{self, ControlPlane, OPERATOR_NAMESPACE, OPERATOR_USER};
+
+const LEASE: &str = "dealertenant-operator";
+/// Slack on top of the Lease duration for a takeover after `kill -9`: the follower's poll,
+/// the crate's random wait (up to 1 s) and a loaded CI machine.
+const TAKEOVER_SLACK: Duration = Duration::from_secs(8);
+const STEP_TIMEOUT: Duration = Duration::from_secs(120);
+/// A follower takes a released Lease within this (it looks every 2 s).
+const HANDOVER_LIMIT: Duration = Duration::from_secs(6);
+/// A leader whose Lease was taken exits within this (it reads the Lease every 2 s).
+const LOSS_LIMIT: Duration = Duration::from_secs(6);
+const TEST_USER_AGENT: &str = "dealertenant-ha-test";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_takes_over_and_hands_over() {
+    let port = env_port("DEALERTENANT_HA_KUBE_PORT", 17443);
+    let etcd_port = env_port("DEALERTENANT_HA_ETCD_PORT", 13379);
+    let Some(plane) = ControlPlane::start(port, etcd_port) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n***  ha SKIPPED: {} does not exist; no high-availability check ran.  ***\n",
+            cluster::start_script().display()
+        );
+        return;
+    };
+    let admin = cluster::client(&plane.admin_kubeconfig(), TEST_USER_AGENT).await;
+    cluster::prepare_for_operator(&admin).await;
+    wait_until_rbac_is_active(&plane.operator_kubeconfig()).await;
+
+    let logs = plane.dir.clone();
+    let mut a = Operator::spawn("ha-a", &plane.operator_kubeconfig(), &logs);
+    let mut b = Operator::spawn("ha-b", &plane.operator_kubeconfig(), &logs);
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), OPERATOR_NAMESPACE);
+    let tenants: Api<DealerTenant> = Api::all(admin.clone());
+
+    // 1. One leader, one ready follower.
+    let first = poll(STEP_TIMEOUT, "the Lease to have a holder", async || {
+        holder(&leases).await.filter(|h| h == "ha-a" || h == "ha-b")
+    })
+    .await;
+    let (leader, follower) = if first == "ha-a" {
+        (&mut a, &mut b)
+    } else {
+        (&mut b, &mut a)
+    };
+    eprintln!(
+        "ha: {} leads, {} follows",
+        leader.identity, follower.identity
+    );
+    for op in [&*leader, &*follower] {
+        poll(
+            STEP_TIMEOUT,
+            &format!("/readyz of {}", op.identity),
+            async || http_get(op.metrics, "/readyz").filter(|r| r.contains(" 200 ")),
+        )
+        .await;
+    }
+    assert_eq!(metric(leader.metrics, "dealertenant_leader"), Some(1));
+    assert_eq!(metric(follower.metrics, "dealertenant_leader"), Some(0));
+
+    // 2. Only the leader writes.
+    let names: Vec<String> = (1..=3).map(|i| format!("ha-{i}")).collect();
+    for name in &names {
+        create_tenant(&tenants, name).await;
+    }
+    for name in &names {
+        wait_ready(&tenants, name).await;
+    }
+    assert_eq!(
+        metric(follower.metrics, "dealertenant_reconciles_total"),
+        Some(0),
+        "the follower started reconcile passes"
+    );
+    let requests = audit(&plane.audit_log());
+    let by = writes_by_agent(&requests);
+    print_writes("while both run", &by);
+    let leader_writes = by.get(&leader.user_agent()).cloned().unwrap_or_default();
+    let follower_writes = by.get(&follower.user_agent()).cloned().unwrap_or_default();
+    eprintln!(
+        "ha: writes by the leader {}: {}; by the follower {}: {} ({:?}); reconcile passes of \
+         the follower: 0",
+        leader.identity,
+        leader_writes.values().sum::<u64>(),
+        follower.identity,
+        follower_writes.values().sum::<u64>(),
+        follower_writes
+    );
+    for resource in ["dealertenants", "namespaces"] {
+        assert!(
+            leader_writes.keys().any(|r| r.starts_with(resource)),
+            "the leader wrote no {resource}: {leader_writes:?}"
+        );
+    }
+    let not_lease: Vec<_> = follower_writes
+        .iter()
+        .filter(|(r, _)| *r != "leases")
+        .collect();
+    assert!(
+        not_lease.is_empty(),
+        "the follower {} wrote more than its Lease: {not_lease:?}",
+        follower.identity
+    );
+    let unknown: Vec<&String> = by
+        .keys()
+        .filter(|agent| {
+            *agent != &leader.user_agent()
+                && *agent != &follower.user_agent()
+                && agent.as_str() != TEST_USER_AGENT
+        })
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "writes as {OPERATOR_USER} from unknown user agents: {unknown:?}"
+    );
+
+    // 3. kill -9 of the leader: the follower takes over and reconciles a new tenant.
+    let killed = leader.identity.clone();
+    let killed_at = Instant::now();
+    leader.kill();
+    create_tenant(&tenants, "ha-after").await;
+    let successor = follower.identity.clone();
+    let takeover_limit = Duration::from_secs(LEASE_DURATION) + TAKEOVER_SLACK;
+    poll(
+        takeover_limit,
+        &format!("{successor} to take the Lease after {killed} was killed"),
+        async || holder(&leases).await.filter(|h| *h == successor),
+    )
+    .await;
+    let takeover = killed_at.elapsed();
+    wait_ready(&tenants, "ha-after").await;
+    let after_ready = killed_at.elapsed();
+    assert_eq!(metric(follower.metrics, "dealertenant_leader"), Some(1));
+    eprintln!(
+        "ha: {killed} killed (SIGKILL); {successor} held the Lease after {:.1}s (limit {}s: \
+         Lease duration {LEASE_DURATION}s + {}s), and the tenant created after the kill was \
+         Ready after {:.1}s",
+        takeover.as_secs_f64(),
+        takeover_limit.as_secs(),
+        TAKEOVER_SLACK.as_secs(),
+        after_ready.as_secs_f64()
+    );
+
+    // 4. SIGTERM with a follower waiting: drain, release, exit 0; the follower takes over.
+    let mut c = Operator::spawn("ha-c", &plane.operator_kubeconfig(), &logs);
+    poll(STEP_TIMEOUT, "/readyz of ha-c (a follower)", async || {
+        http_get(c.metrics, "/readyz").filter(|r| r.contains(" 200 "))
+    })
+    .await;
+    assert_eq!(metric(c.metrics, "dealertenant_leader"), Some(0));
+    let terminated_at = Instant::now();
+    follower.terminate();
+    poll(
+        HANDOVER_LIMIT,
+        &format!("ha-c to take the Lease released by {successor}"),
+        async || holder(&leases).await.filter(|h| h == "ha-c"),
+    )
+    .await;
+    let handover = terminated_at.elapsed();
+    let limit = DRAIN_DEADLINE + Duration::from_secs(10);
+    let status = follower.wait_exit(limit);
+    let exited_after = terminated_at.elapsed();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "{successor} did not exit within {}s of SIGTERM; log {}",
+            limit.as_secs(),
+            follower.log.display()
+        )
+    });
+    assert!(
+        status.success(),
+        "{successor} exited with {status} after SIGTERM; log {}",
+        follower.log.display()
+    );
+    let log = std::fs::read_to_string(&follower.log).unwrap_or_default();
+    assert!(
+        log.contains("released the Lease"),
+        "{successor} did not release the Lease on SIGTERM; log {}",
+        follower.log.display()
+    );
+    eprintln!(
+        "ha: SIGTERM to {successor}: exited 0 (by {:.1}s), released the Lease; ha-c held it \
+         {:.1}s after the signal (limit {}s; the Lease lasts {LEASE_DURATION}s)",
+        exited_after.as_secs_f64(),
+        handover.as_secs_f64(),
+        HANDOVER_LIMIT.as_secs()
+    );
+    create_tenant(&tenants, "ha-handover").await;
+    wait_ready(&tenants, "ha-handover").await;
+
+    // 5. The Lease taken behind the leader's back: it stops at once and exits non-zero.
+    let stolen_at = Instant::now();
+    leases
+        .patch(
+            LEASE,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {
+                "holderIdentity": "intruder",
+                "renewTime": MicroTime(k8s_openapi::jiff::Timestamp::now()),
+                "leaseDurationSeconds": LEASE_DURATION,
+            }})),
+        )
+        .await
+        .expect("take the Lease");
+    let status = c.wait_exit(LOSS_LIMIT).unwrap_or_else(|| {
+        panic!(
+            "ha-c still runs {}s after it lost the Lease; log {}",
+            LOSS_LIMIT.as_secs(),
+            c.log.display()
+        )
+    });
+    assert!(
+        !status.success(),
+        "ha-c exited 0 after losing the Lease; log {}",
+        c.log.display()
+    );
+    eprintln!(
+        "ha: the Lease taken from ha-c: it exited ({status}) after {:.1}s",
+        stolen_at.elapsed().as_secs_f64()
+    );
+    assert_no_forbidden(&audit(&plane.audit_log()));
+    // The control plane, with the tenants, goes when `plane` is dropped.
+}
+
+fn env_port(var: &str, default: u16) -> u16 {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Waits until the operator user may do what its bindings grant.
+async fn wait_until_rbac_is_active(kubeconfig: &Path) {
+    let client = cluster::client(kubeconfig, TEST_USER_AGENT).await;
+    let tenants: Api<DealerTenant> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client, OPERATOR_NAMESPACE);
+    poll(Duration::from_secs(30), "RBAC to be active", async || {
+        let one = kube::api::ListParams::default().limit(1);
+        match (tenants.list(&one).await, leases.get_opt("probe").await) {
+            (Ok(_), Ok(_)) => Some(()),
+            _ => None,
+        }
+    })
+    .await;
+}
+
+async fn create_tenant(tenants: &Api<DealerTenant>, name: &str) {
+    let t: DealerTenant = serde_json::from_value(json!({
+        "apiVersion": "dealerdesk.de/v1alpha1",
+        "kind": "DealerTenant",
+        "metadata": {"name": name},
+        "spec": {
+            "displayName": format!("HA {name}"),
+            "region": "europe-west3",
+            "server": {"replicas": 0},
+            "database": {"enabled": false},
+            "storage": {"enabled": false},
+            "search": {"enabled": false},
+            "email": {"enabled": false},
+        },
+    }))
+    .expect("a tenant");
+    tenants
+        .create(&PostParams::default(), &t)
+        .await
+        .unwrap_or_else(|e| panic!("create tenant {name}: {e}"));
+}
+
+async fn wait_ready(tenants: &Api<DealerTenant>, name: &str) {
+    poll(STEP_TIMEOUT, &format!("tenant {name} Ready"), async || {
+        let t = tenants.get_opt(name).await.ok().flatten()?;
+        let status = t.status.as_ref()?;
+        (status.observed_generation == t.metadata.generation
+            && status.phase == Some(Phase::Ready)
+            && status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True"))
+        .then_some(())
+    })
+    .await;
+}
+
+async fn holder(leases: &Api<Lease>) -> Option<String> {
+    leases
+        .get_opt(LEASE)
+        .await
+        .ok()
+        .flatten()?
+        .spec?
+        .holder_identity
+}
+
+async fn poll<T>(timeout: Duration, what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {}s waiting for {what}",
+            timeout.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One operator process of this suite. Dropping it kills it.
+struct Operator {
+    identity: String,
+    child: Child,
+    metrics: SocketAddr,
+    log: PathBuf,
+}
+
+impl Operator {
+    fn spawn(identity: &str, kubeconfig: &Path, logs: &Path) -> Self {
+        let log = logs.join(format!("operator-{identity}.log"));
+        let out = File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
+        let err = out.try_clone().expect("a second handle");
+        let metrics = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port");
+        let child = Command::new(env!("CARGO_BIN_EXE_dealertenant-operator"))
+            .arg("run")
+            .args(["--metrics-addr", &metrics.to_string()])
+            .env("KUBECONFIG", kubeconfig)
+            .env("POD_NAME", identity)
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .env_remove("DEALERTENANT_CONFIG")
+            .env_remove("DEALERTENANT_LOG_JSON")
+            .env_remove("DEALERTENANT_METRICS_ADDR")
+            .env_remove("DEALERTENANT_LEADER_ELECTION")
+            .env_remove("DEALERTENANT_LEASE_NAME")
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start the operator: {e}"));
+        eprintln!(
+            "ha: operator {identity} started (pid {}, metrics {metrics}, log {})",
+            child.id(),
+            log.display()
+        );
+        Self {
+            identity: identity.into(),
+            child,
+            metrics,
+            log,
+        }
+    }
+
+    fn user_agent(&self) -> String {
+        format!(
+            "dealertenant-operator/{} ({})",
+            env!("CARGO_PKG_VERSION"),
+            self.identity
+        )
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -TERM {}", self.child.id());
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// One completed request of the operator user, from the audit log.
+#[derive(Debug)]
+struct Request {
+    verb: String,
+    resource: String,
+    user_agent: String,
+    code: u16,
+    uri: String,
+}
+
+fn audit(path: &Path) -> Vec<Request> {
+    let file = File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    BufReader::new(file)
+        .lines()
+        .map_while(Result::ok)
+        .filter_map(|line| serde_json::from_str::<Value>(&line).ok())
+        .filter(|e| e["stage"] == "ResponseComplete" && e["user"]["username"] == OPERATOR_USER)
+        .map(|e| {
+            let resource = e["objectRef"]["resource"].as_str().unwrap_or_default();
+            let resource = match e["objectRef"]["subresource"].as_str() {
+                Some(sub) => format!("{resource}/{sub}"),
+                None => resource.to_string(),
+            };
+            Request {
+                verb: e["verb"].as_str().unwrap_or_default().into(),
+                resource,
+                user_agent: e["userAgent"].as_str().unwrap_or_default().into(),
+                code: e["responseStatus"]["code"].as_u64().unwrap_or_default() as u16,
+                uri: e["requestURI"].as_str().unwrap_or_default().into(),
+            }
+        })
+        .collect()
+}
+
+/// Writes per user agent and resource.
+fn writes_by_agent(requests: &[Request]) -> BTreeMap<String, BTreeMap<String, u64>> {
+    let mut by: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    // A SelfSubjectReview ("who am I", every process asks at start) or access review is
+    // a question: the API server stores nothing.
+    for r in requests.iter().filter(|r| {
+        matches!(
+            r.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        ) && !r.resource.ends_with("reviews")
+    }) {
+        *by.entry(r.user_agent.clone())
+            .or_default()
+            .entry(r.resource.clone())
+            .or_default() += 1;
+    }
+    by
+}
+
+fn print_writes(when: &str, by: &BTreeMap<String, BTreeMap<String, u64>>) {
+    let mut out = format!(
+        "\nha: API writes by user agent ({when}):\n\n| user agent | resource | writes |\n|---|---|---|\n"
+    );
+    for (agent, resources) in by {
+        for (resource, n) in resources {
+            out.push_str(&format!("| {agent} | {resource} | {n} |\n"));
+        }
+    }
+    let _ = writeln!(std::io::stderr(), "{out}");
+}
+
+fn assert_no_forbidden(requests: &[Request]) {
+    let forbidden: Vec<String> = requests
+        .iter()
+        .filter(|r| r.code == 403 && r.user_agent != TEST_USER_AGENT)
+        .map(|r| format!("{} {} ({})", r.verb, r.uri, r.user_agent))
+        .collect();
+    assert!(
+        forbidden.is_empty(),
+        "the API server refused the operator (rights of deploy/base/rbac.yaml):\n{}",
+        forbidden.join("\n")
+    );
+}
+
+/// A sample without labels from the operator's `/metrics`.
+fn metric(addr: SocketAddr, name: &str) -> Option<u64> {
+    let text = http_get(addr, "/metrics")?;
+    text.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.trim().parse::<f64>().ok().map(|v| v as u64)
+    })
+}
+
+/// The whole HTTP answer of `GET path` on `addr`.
+fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let timeout = Duration::from_secs(5);
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
+    stream.set_read_timeout(Some(timeout)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
