@@ -99,6 +99,8 @@ mod audit;
 #[allow(dead_code)]
 #[path = "support/cloudsql.rs"]
 mod cloudsql;
+#[path = "e2e/platform.rs"]
+mod platform;
 #[path = "e2e/security.rs"]
 mod security;
 
@@ -214,7 +216,11 @@ async fn dealertenant_operator_end_to_end() {
     e2e.a_location_read_back_outside_the_eu_is_a_violation()
         .await;
     match PgE2e::find(&e2e.run_id).await {
-        Some(pg) => e2e.database_credentials_are_written_once(&pg).await,
+        Some(pg) => {
+            e2e.database_credentials_are_written_once(&pg).await;
+            e2e.the_dev_install_reaches_ready_and_trace_explains_it(&pg)
+                .await;
+        }
         None => {
             let _ = writeln!(
                 std::io::stderr(),
