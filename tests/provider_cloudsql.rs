@@ -31,8 +31,39 @@ fn cfg(d: &CloudSqlDouble) -> CloudSqlConfig {
         endpoint: Some(d.endpoint()),
         anonymous_credentials: true,
         timeout_seconds: 10,
+        // Unpaced: the tests share one project; pacing has its own test.
+        requests_per_minute: 0,
         ..CloudSqlConfig::default()
     }
+}
+
+/// Admin API requests are spread out process-wide, at `requestsPerMinute`: a burst of
+/// passes (a resync of thousands of tenants) never exceeds the quota.
+#[tokio::test]
+async fn admin_api_requests_are_paced() {
+    let d = CloudSqlDouble::start("dd-paced").await;
+    let paced = CloudSqlConfig {
+        // 600 a minute: one request every 100 ms; a project of its own, so no other test
+        // shares its pacer.
+        project: "dd-paced".into(),
+        requests_per_minute: 600,
+        ..cfg(&d)
+    };
+    let p = from_config(&paced).await.unwrap();
+    let started = std::time::Instant::now();
+    let tenants: Vec<TenantInfo> = (0..3)
+        .map(|i| tenant(&format!("paced-{i}"), "europe-west3"))
+        .collect();
+    // Three tenants at once, as concurrent passes would.
+    let passes = tenants.iter().map(|t| p.reconcile(t, None));
+    futures::future::join_all(passes).await;
+    let n = d.request_count();
+    let took = started.elapsed();
+    assert!(n >= 3, "{n} requests");
+    assert!(
+        took >= std::time::Duration::from_millis(100 * (n - 1)),
+        "{n} requests in {took:?}: faster than one per 100 ms"
+    );
 }
 
 fn tenant(name: &str, region: &str) -> TenantInfo {

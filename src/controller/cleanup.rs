@@ -91,7 +91,7 @@ async fn retain(
     let receipt = record_receipt(t, ctx, entries, true, now).await?;
     info!(tenant = t.tenant_name(), namespace = %ns_name, "tenant deleted; data retained");
     let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
-    publish_entries(&recorder, t, &receipt).await;
+    publish_entries(ctx, &recorder, t, &receipt).await;
     publish(
         &recorder,
         t,
@@ -230,7 +230,7 @@ async fn erase(
     }
     let receipt = record_receipt(t, ctx, entries, true, now).await?;
     info!(tenant = t.tenant_name(), namespace = %ns_name, "tenant erased");
-    publish_entries(&recorder, t, &receipt).await;
+    publish_entries(ctx, &recorder, t, &receipt).await;
     let kind = if receipt.still_holding().is_empty() {
         EventType::Normal
     } else {
@@ -261,8 +261,15 @@ fn namespace_entry(
 /// One Event per processor of a final receipt, so that `kubectl describe` tells each
 /// erasure (or why the data stays), once: only the last pass, whose receipt is complete,
 /// publishes them.
-async fn publish_entries(recorder: &Recorder, t: &DealerTenant, receipt: &Receipt) {
+async fn publish_entries(ctx: &Context, recorder: &Recorder, t: &DealerTenant, receipt: &Receipt) {
     for e in &receipt.entries {
+        ctx.metrics
+            .erasures
+            .get_or_create(&super::metrics::ErasureLabels {
+                component: e.component.clone(),
+                outcome: format!("{:?}", e.outcome),
+            })
+            .inc();
         let (kind, reason) = match e.outcome {
             Outcome::Erased => (EventType::Normal, "ProcessorErased"),
             Outcome::NothingFound => (EventType::Normal, "NothingToErase"),

@@ -58,7 +58,10 @@ pub async fn provision(t: &DealerTenant, ctx: &Context) -> Result<Provisioned, E
         // Secrets are never cached; this GET in the tenant namespace is the only read.
         let secret = get::<Secret>(ctx, Some(&info.namespace), component.key()).await?;
         let current = secret.as_ref().map(secret_data);
-        match provider.reconcile(&info, current.as_ref()).await {
+        let started = std::time::Instant::now();
+        let outcome = provider.reconcile(&info, current.as_ref()).await;
+        observe(ctx, component, "reconcile", started, outcome.as_ref().err());
+        match outcome {
             Ok(done) => {
                 // New credentials, or the current ones (labelled with this tenant's UID;
                 // no write when they already are).
@@ -157,7 +160,10 @@ pub async fn erase(
             }
             continue;
         };
-        match provider.delete(&info).await {
+        let started = std::time::Instant::now();
+        let outcome = provider.delete(&info).await;
+        observe(ctx, component, "delete", started, outcome.as_ref().err());
+        match outcome {
             Ok(erased) if erased.resources.is_empty() => {
                 entries.push(Entry::new(
                     component.key(),
@@ -194,6 +200,48 @@ pub async fn erase(
         }
     }
     entries
+}
+
+/// Counts one provider operation, how long it took and how it ended.
+fn observe(
+    ctx: &Context,
+    component: Component,
+    operation: &str,
+    started: std::time::Instant,
+    error: Option<&providers::ProviderError>,
+) {
+    use super::metrics::{ProviderLabels, ProviderOutcomeLabels};
+    let processor = providers::processor_of(component, &ctx.config).to_string();
+    let outcome = match error {
+        None => "ok",
+        // Services answer 429 as `HTTP 429: ...` (ProviderError::from_status) or, through
+        // the Google SDKs, as RESOURCE_EXHAUSTED.
+        Some(e)
+            if e.to_string().contains("HTTP 429")
+                || e.to_string().contains("RESOURCE_EXHAUSTED") =>
+        {
+            "rate_limited"
+        }
+        Some(e) if e.is_transient() => "transient",
+        Some(_) => "permanent",
+    };
+    ctx.metrics
+        .provider_duration
+        .get_or_create(&ProviderLabels {
+            component: component.key().into(),
+            processor: processor.clone(),
+            operation: operation.into(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    ctx.metrics
+        .provider_operations
+        .get_or_create(&ProviderOutcomeLabels {
+            component: component.key().into(),
+            processor,
+            operation: operation.into(),
+            outcome: outcome.into(),
+        })
+        .inc();
 }
 
 /// The register entry of the processor that serves `component`.

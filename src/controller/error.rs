@@ -68,6 +68,19 @@ impl Error {
         }
     }
 
+    /// A short name of what failed, for the `reconcile_errors` metric.
+    pub fn metric_reason(&self) -> &'static str {
+        match self.root() {
+            Error::Kube { .. } => "KubernetesApi",
+            Error::Finalizer(_) => "Finalizer",
+            Error::CleanupPending(_) => "CleanupPending",
+            Error::AccessPending(_) => "AccessPending",
+            Error::Provider(e) => e.reason(),
+            Error::ErasureIncomplete { .. } => "ErasureIncomplete",
+            Error::Serialize(..) => "Serialize",
+        }
+    }
+
     /// The error the reconcile branch itself returned, seen through the finalizer wrapper.
     pub fn root(&self) -> &Error {
         match self {

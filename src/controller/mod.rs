@@ -75,6 +75,12 @@ pub fn error_policy(tenant: Arc<DealerTenant>, err: &Error, ctx: Arc<Context>) -
         .failures
         .get_or_create(&metrics::ErrorLabels { kind: kind.into() })
         .inc();
+    ctx.metrics
+        .errors
+        .get_or_create(&metrics::ReasonLabels {
+            reason: err.metric_reason().into(),
+        })
+        .inc();
     let attempt = ctx.note_failure(tenant.tenant_name());
     let delay = error::backoff(attempt, err.is_transient());
     warn!(tenant = tenant.tenant_name(), error = %err, attempt, retry_in = ?delay, "reconcile failed");
@@ -89,6 +95,7 @@ fn owned<K>(
     client: &Client,
     writer: Writer<K>,
     written: Arc<apply::Written>,
+    health: Arc<metrics::WatchHealth>,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()>
@@ -104,7 +111,9 @@ where
     let cfg = watcher::Config::default().labels(&names::managed_selector());
     reflector(
         writer,
-        watcher(api, cfg).modify(|o: &mut K| o.managed_fields_mut().clear()),
+        watcher(api, cfg)
+            .inspect(move |event| watched(&health, &K::kind(&()), event.is_ok()))
+            .modify(|o: &mut K| o.managed_fields_mut().clear()),
     )
     .default_backoff()
     .touched_objects()
@@ -116,6 +125,15 @@ where
         let key = apply::describe::<K>(obj.namespace().as_deref(), &obj.name_any());
         futures::future::ready(!written.is_echo(&key, obj.resource_version().as_deref()))
     })
+}
+
+/// Records whether a watch delivered or failed, for `/healthz`.
+fn watched(health: &metrics::WatchHealth, kind: &str, ok: bool) {
+    if ok {
+        health.ok(kind);
+    } else {
+        health.failed(kind);
+    }
 }
 
 /// Creates the operator's namespace when it is missing (development clusters).
@@ -317,9 +335,24 @@ pub async fn run(
             info!("every cache is filled; ready");
         });
     }
+    // Tenants by phase and condition, for /metrics.
+    {
+        let (tenants, metrics) = (tenant_reader.clone(), ctx.metrics.clone());
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+            loop {
+                every.tick().await;
+                let all = tenants.state();
+                metrics.count_tenants(all.iter().map(|t| t.status.as_ref()));
+            }
+        });
+    }
     let tenant_stream = reflector(
         tenant_store,
-        watcher(tenants, watcher::Config::default().any_semantic()),
+        watcher(tenants, watcher::Config::default().any_semantic()).inspect({
+            let health = ctx.metrics.watches.clone();
+            move |event| watched(&health, "DealerTenant", event.is_ok())
+        }),
     )
     .default_backoff()
     .touched_objects()
@@ -336,39 +369,84 @@ pub async fn run(
     let controller = Controller::for_stream(tenant_stream, tenant_reader)
         .with_config(controller_config)
         .watches_stream(
-            owned::<Namespace>(&client, w.namespaces, ctx.written.clone()),
+            owned::<Namespace>(
+                &client,
+                w.namespaces,
+                ctx.written.clone(),
+                ctx.metrics.watches.clone(),
+            ),
             by_tenant_label,
         )
         .watches_stream(
-            owned::<RoleBinding>(&client, w.role_bindings, ctx.written.clone()),
+            owned::<RoleBinding>(
+                &client,
+                w.role_bindings,
+                ctx.written.clone(),
+                ctx.metrics.watches.clone(),
+            ),
             by_owner,
         )
         .watches_stream(
-            owned::<ResourceQuota>(&client, w.quotas, ctx.written.clone()),
+            owned::<ResourceQuota>(
+                &client,
+                w.quotas,
+                ctx.written.clone(),
+                ctx.metrics.watches.clone(),
+            ),
             by_owner,
         )
         .watches_stream(
-            owned::<LimitRange>(&client, w.limits, ctx.written.clone()),
+            owned::<LimitRange>(
+                &client,
+                w.limits,
+                ctx.written.clone(),
+                ctx.metrics.watches.clone(),
+            ),
             by_owner,
         )
         .watches_stream(
-            owned::<NetworkPolicy>(&client, w.network_policies, ctx.written.clone()),
+            owned::<NetworkPolicy>(
+                &client,
+                w.network_policies,
+                ctx.written.clone(),
+                ctx.metrics.watches.clone(),
+            ),
             by_owner,
         )
         .watches_stream(
-            owned::<ServiceAccount>(&client, w.service_accounts, ctx.written.clone()),
+            owned::<ServiceAccount>(
+                &client,
+                w.service_accounts,
+                ctx.written.clone(),
+                ctx.metrics.watches.clone(),
+            ),
             by_owner,
         )
         .watches_stream(
-            owned::<Deployment>(&client, w.deployments, ctx.written.clone()),
+            owned::<Deployment>(
+                &client,
+                w.deployments,
+                ctx.written.clone(),
+                ctx.metrics.watches.clone(),
+            ),
             by_owner,
         )
         .watches_stream(
-            owned::<Service>(&client, w.services, ctx.written.clone()),
+            owned::<Service>(
+                &client,
+                w.services,
+                ctx.written.clone(),
+                ctx.metrics.watches.clone(),
+            ),
             by_owner,
         )
         .watches_stream(
-            owned::<PodDisruptionBudget>(&client, w.pdbs, ctx.written.clone()),
+            owned::<PodDisruptionBudget>(
+                &client,
+                w.pdbs,
+                ctx.written.clone(),
+                ctx.metrics.watches.clone(),
+            ),
             by_owner,
         )
         .graceful_shutdown_on(shutdown.clone())
@@ -379,7 +457,9 @@ pub async fn run(
                 ctx.stores.ready().await;
                 let started = std::time::Instant::now();
                 let metrics = ctx.metrics.clone();
+                metrics.passes_in_flight.inc();
                 let result = reconcile(tenant, ctx).await;
+                metrics.passes_in_flight.dec();
                 metrics
                     .reconcile_duration
                     .observe(started.elapsed().as_secs_f64());

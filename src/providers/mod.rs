@@ -19,6 +19,7 @@
 pub mod database;
 pub mod email;
 pub mod error;
+pub mod pace;
 pub mod residency;
 pub mod search;
 pub mod secret;

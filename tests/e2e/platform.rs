@@ -96,6 +96,39 @@ impl E2e {
         assert!(wide.contains("MESSAGE"), "{wide}");
         self.kubectl_runs_the_plugin(&name);
 
+        // /metrics: the database provider's operations, tenants by phase (counted every
+        // 10 s), /healthz with every watch working.
+        let wanted = [
+            "dealertenant_provider_operations_total{component=\"database\",processor=\"google-cloud\",operation=\"reconcile\",outcome=\"ok\"}",
+            "dealertenant_provider_operation_duration_seconds_count{component=\"database\"",
+            "dealertenant_tenants{phase=\"Ready\"}",
+            "dealertenant_tenant_conditions{type=\"DatabaseReady\",status=\"True\"}",
+        ];
+        let text = self
+            .poll(std::time::Duration::from_secs(30), async || {
+                super::metrics_text(metrics).filter(|t| wanted.iter().all(|w| t.contains(w)))
+            })
+            .await
+            .unwrap_or_else(|| {
+                panic!(
+                    "/metrics lacks one of {wanted:?}:\n{}",
+                    super::metrics_text(metrics).unwrap_or_default()
+                )
+            });
+        eprintln!(
+            "e2e: /metrics: {}",
+            text.lines()
+                .filter(|l| l.starts_with("dealertenant_provider_operations_total")
+                    || l.starts_with("dealertenant_tenants"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+        assert_eq!(
+            super::http_get(metrics, "/healthz").map(|r| r.contains("200")),
+            Some(true),
+            "/healthz"
+        );
+
         // A tenant the dev install cannot serve: storage on. trace says why, exits 1.
         let mut spec = example["spec"].clone();
         spec["storage"] = json!({"enabled": true});

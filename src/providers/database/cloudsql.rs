@@ -38,6 +38,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::desired::names::ADOPT_ANNOTATION;
 use crate::processors::ids;
+use crate::providers::pace::Paced;
 use crate::providers::storage::bucket::uid_label_value;
 use crate::providers::{
     Component, Erased, ExternalResource, Provider, ProviderError, Reconciled, SecretData,
@@ -108,6 +109,10 @@ pub struct CloudSqlConfig {
     /// A service-account key file (a mounted Secret); wins over `credentialsEnv`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_file: Option<String>,
+    /// Admin API requests per minute the operator may send, spread evenly (the project's
+    /// quota is 180 per minute and user; `0`: no pacing, for test doubles).
+    #[serde(default = "default_requests_per_minute")]
+    pub requests_per_minute: u32,
     /// Environment variable holding a service-account key (JSON). When neither it nor the
     /// file is set, Application Default Credentials are used (Workload Identity on GKE).
     #[serde(default = "default_credentials_env")]
@@ -134,6 +139,9 @@ fn default_disk() -> i64 {
 }
 fn default_availability() -> String {
     "ZONAL".into()
+}
+fn default_requests_per_minute() -> u32 {
+    180
 }
 fn default_edition() -> String {
     "ENTERPRISE".into()
@@ -166,6 +174,7 @@ impl Default for CloudSqlConfig {
             backup_start_time: None,
             edition: default_edition(),
             credentials_file: None,
+            requests_per_minute: default_requests_per_minute(),
             credentials_env: default_credentials_env(),
             anonymous_credentials: false,
             timeout_seconds: default_timeout(),
@@ -677,6 +686,7 @@ fn status_name(state: &SqlInstanceState) -> String {
 /// Cloud SQL for PostgreSQL, one instance per tenant.
 pub struct CloudSqlProvider {
     cfg: CloudSqlConfig,
+    pacer: std::sync::Arc<crate::providers::pace::Pacer>,
     instances: SqlInstancesService,
     databases: SqlDatabasesService,
     users: SqlUsersService,
@@ -765,8 +775,17 @@ pub async fn from_config(cfg: &CloudSqlConfig) -> Result<CloudSqlProvider, Provi
             b.build().await.map_err(built)?
         }};
     }
+    // 60 s / requests per minute between two requests, shared by every provider value
+    // of the project in this process.
+    let interval = match cfg.requests_per_minute {
+        0 => std::time::Duration::ZERO,
+        n => std::time::Duration::from_secs(60) / n,
+    };
+    let pacer =
+        crate::providers::pace::Pacer::shared(&format!("sqladmin:{}", cfg.project), interval);
     Ok(CloudSqlProvider {
         cfg: cfg.clone(),
+        pacer,
         instances: client!(SqlInstancesService),
         databases: client!(SqlDatabasesService),
         users: client!(SqlUsersService),
@@ -793,6 +812,7 @@ impl CloudSqlProvider {
             .set_project(self.project())
             .set_instance(name)
             .send()
+            .paced(&self.pacer)
             .await
         {
             Ok(i) => Ok(Some(i)),
@@ -809,6 +829,7 @@ impl CloudSqlProvider {
             .set_instance(inst)
             .set_database(db)
             .send()
+            .paced(&self.pacer)
             .await
         {
             Ok(d) => Ok(Some(d)),
@@ -825,6 +846,7 @@ impl CloudSqlProvider {
             .set_instance(inst)
             .set_name(user)
             .send()
+            .paced(&self.pacer)
             .await
         {
             Ok(u) => Ok(Some(u)),
@@ -842,6 +864,7 @@ impl CloudSqlProvider {
             .set_instance(inst)
             .set_max_results(20u32)
             .send()
+            .paced(&self.pacer)
             .await
             .map_err(|e| classify(&format!("list operations of {inst}"), &e, None))?;
         Ok(list.items.into_iter().find(|op| {
@@ -906,6 +929,7 @@ impl CloudSqlProvider {
             .set_project(self.project())
             .set_body(body)
             .send()
+            .paced(&self.pacer)
             .await
         {
             Ok(op) => {
@@ -1077,6 +1101,7 @@ impl Provider for CloudSqlProvider {
                 .set_instance(&name)
                 .set_body(body)
                 .send()
+                .paced(&self.pacer)
                 .await
                 .map_err(|e| classify(&what, &e, None))?;
             tracing::info!(instance = %name, database = %db, "Cloud SQL database insert accepted");
@@ -1107,6 +1132,7 @@ impl Provider for CloudSqlProvider {
                     .set_instance(&name)
                     .set_body(body)
                     .send()
+                    .paced(&self.pacer)
                     .await;
                 (what, r)
             } else {
@@ -1119,6 +1145,7 @@ impl Provider for CloudSqlProvider {
                     .set_name(&db)
                     .set_body(body)
                     .send()
+                    .paced(&self.pacer)
                     .await;
                 (what, r)
             };
@@ -1156,6 +1183,7 @@ impl Provider for CloudSqlProvider {
                 .set_instance(&name)
                 .set_body(body)
                 .send()
+                .paced(&self.pacer)
                 .await
                 .map_err(|e| classify(&what, &e, None))?;
             tracing::info!(instance = %name, drift = ?drift, operation = %op.name, "Cloud SQL settings drift repaired");
@@ -1259,6 +1287,7 @@ impl Provider for CloudSqlProvider {
                 .set_instance(&name)
                 .set_body(body)
                 .send()
+                .paced(&self.pacer)
                 .await
                 .map_err(|e| classify(&what, &e, None))?;
             tracing::info!(instance = %name, operation = %op.name, "Cloud SQL deletion protection lifted");
@@ -1280,6 +1309,7 @@ impl Provider for CloudSqlProvider {
             .set_project(self.project())
             .set_instance(&name)
             .send()
+            .paced(&self.pacer)
             .await
         {
             Ok(op) => {

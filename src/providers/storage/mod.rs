@@ -31,7 +31,6 @@
 
 pub mod bucket;
 pub mod errors;
-pub mod limiter;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -49,8 +48,8 @@ use super::{
     TenantInfo, residency,
 };
 use crate::processors::ids;
+pub use crate::providers::pace::Pacer as CreateDeleteLimiter;
 use errors::{SERVICE, classify, code_of};
-pub use limiter::CreateDeleteLimiter;
 
 /// `storage:` in the operator configuration.
 #[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
