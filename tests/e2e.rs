@@ -84,18 +84,18 @@ use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::api::{
-    Api, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
-};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::discovery::Scope;
-use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, CustomResourceExt, Resource, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 #[path = "support/audit.rs"]
 mod audit;
+#[allow(dead_code)]
+#[path = "support/cluster.rs"]
+mod cluster;
+use cluster::{apply_manifest, install_crd};
 #[allow(dead_code)]
 #[path = "support/cloudsql.rs"]
 mod cloudsql;
@@ -2262,39 +2262,6 @@ async fn grant_operator_rbac(client: &Client) {
     }
 }
 
-/// Server-side applies one manifest of any kind the API server serves.
-async fn apply_manifest(client: &Client, manifest: Value) {
-    let obj: DynamicObject = serde_json::from_value(manifest.clone())
-        .unwrap_or_else(|e| panic!("not a Kubernetes object ({e}): {manifest}"));
-    let types = obj
-        .types
-        .clone()
-        .unwrap_or_else(|| panic!("no apiVersion/kind: {manifest}"));
-    let gvk = GroupVersionKind::try_from(&types)
-        .unwrap_or_else(|e| panic!("apiVersion {}: {e}", types.api_version));
-    let (resource, capabilities) = kube::discovery::pinned_kind(client, &gvk)
-        .await
-        .unwrap_or_else(|e| panic!("the API server does not serve {gvk:?}: {e}"));
-    let name = obj.name_any();
-    let what = match obj.namespace() {
-        Some(ns) => format!("{} {ns}/{name}", types.kind),
-        None => format!("{} {name}", types.kind),
-    };
-    let api: Api<DynamicObject> = match (capabilities.scope, obj.namespace()) {
-        (Scope::Cluster, _) => Api::all_with(client.clone(), &resource),
-        (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), &ns, &resource),
-        (Scope::Namespaced, None) => Api::default_namespaced_with(client.clone(), &resource),
-    };
-    eprintln!("e2e: applying {what}");
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&obj),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("server-side apply {what}: {e}"));
-}
-
 /// Waits until the API server's authorizer lets the operator user do what the new
 /// bindings grant (list tenants cluster-wide, read ConfigMaps in its namespace).
 async fn wait_until_rbac_is_active(kubeconfig: &Path) {
@@ -2333,27 +2300,6 @@ impl Drop for Operator {
             let _ = self.child.kill();
         }
         let _ = self.child.wait();
-    }
-}
-
-/// Server-side applies the CRD this build generates and waits until it is served.
-async fn install_crd(client: &Client) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let crd = DealerTenant::crd();
-    let name = crd.name_any();
-    eprintln!("e2e: installing CRD {name}");
-    crds.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("server-side apply CRD {name}: {e}"));
-    let established = await_condition(crds, &name, conditions::is_crd_established());
-    match tokio::time::timeout(Duration::from_secs(60), established).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => panic!("watch CRD {name}: {e}"),
-        Err(_) => panic!("CRD {name} is not Established after 60s"),
     }
 }
 
