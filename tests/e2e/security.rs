@@ -8,6 +8,7 @@
 //! Every probing write is a dry run: authorization and admission run, nothing is stored.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 
 use dealertenant_operator::desired::access::{BINDING, TENANT_ROLE};
 use dealertenant_operator::desired::guard::{self, GUARD_NAME};
@@ -50,6 +51,27 @@ async fn operator_client(kubeconfig: &std::path::Path) -> Client {
         http::HeaderValue::from_static(PROBE_AGENT),
     ));
     Client::try_from(config).unwrap_or_else(|e| panic!("client for {}: {e}", kubeconfig.display()))
+}
+
+/// A client of the admin kubeconfig that impersonates `user` (with its groups as the API
+/// server would give a ServiceAccount).
+async fn impersonating(admin: &std::path::Path, user: &str) -> Client {
+    let file =
+        Kubeconfig::read_from(admin).unwrap_or_else(|e| panic!("read {}: {e}", admin.display()));
+    let mut config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
+        .await
+        .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", admin.display()));
+    config.auth_info.impersonate = Some(user.into());
+    config.auth_info.impersonate_groups = Some(vec![
+        "system:serviceaccounts".into(),
+        format!("system:serviceaccounts:{OPERATOR_NAMESPACE}"),
+        "system:authenticated".into(),
+    ]);
+    config.headers.push((
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(PROBE_AGENT),
+    ));
+    Client::try_from(config).expect("an impersonating client")
 }
 
 /// Creates `manifest` as a dry run: authorized and admitted (or not), never stored.
@@ -337,6 +359,36 @@ impl E2e {
                 json!({"apiVersion": "v1", "kind": "Secret",
                     "metadata": {"name": "probe", "annotations": {"kubernetes.io/service-account.name": "server"}},
                     "type": "kubernetes.io/service-account-token"}),
+            )
+            .await,
+        );
+
+        // The same as the operator's ServiceAccount (what deploy/ runs it as; the admin
+        // impersonates it): a RoleBinding of the tenant role to itself is admitted, to
+        // another ServiceAccount refused. This is the guard's ServiceAccount branch, whose
+        // `subject.namespace` only the real API server evaluates as deployed.
+        let sa = impersonating(
+            &PathBuf::from(std::env::var("KUBECONFIG").expect("KUBECONFIG")),
+            &format!("system:serviceaccount:{OPERATOR_NAMESPACE}:dealertenant-operator"),
+        )
+        .await;
+        let sa_bindings = Api::<RoleBinding>::namespaced(sa, &ns);
+        let sa_subject = |name: &str, namespace: &str| json!({"kind": "ServiceAccount", "name": name, "namespace": namespace});
+        create(
+            &sa_bindings,
+            operator_binding(
+                TENANT_ROLE,
+                sa_subject("dealertenant-operator", OPERATOR_NAMESPACE),
+            ),
+        )
+        .await
+        .expect("the ServiceAccount binds the tenant role to itself (dry run)");
+        assert_refused(
+            "as the ServiceAccount, bind the tenant role to the tenant's own ServiceAccount",
+            By::Guard,
+            create(
+                &sa_bindings,
+                operator_binding(TENANT_ROLE, sa_subject("default", &ns)),
             )
             .await,
         );
