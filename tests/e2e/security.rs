@@ -41,16 +41,7 @@ pub async fn install_guard(client: &Client) {
 
 /// A client with the operator's credentials and the probe's user agent.
 async fn operator_client(kubeconfig: &std::path::Path) -> Client {
-    let config = Kubeconfig::read_from(kubeconfig)
-        .unwrap_or_else(|e| panic!("read {}: {e}", kubeconfig.display()));
-    let mut config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", kubeconfig.display()));
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static(PROBE_AGENT),
-    ));
-    Client::try_from(config).unwrap_or_else(|e| panic!("client for {}: {e}", kubeconfig.display()))
+    super::cluster::client(kubeconfig, PROBE_AGENT).await
 }
 
 /// A client of the admin kubeconfig that impersonates `user` (with its groups as the API
