@@ -212,18 +212,15 @@ fn observe(
 ) {
     use super::metrics::{ProviderLabels, ProviderOutcomeLabels};
     let processor = providers::processor_of(component, &ctx.config).to_string();
-    let outcome = match error {
+    // Services answer 429 as `HTTP 429: ...` (ProviderError::from_status) or, through the
+    // Google SDKs, as RESOURCE_EXHAUSTED.
+    let outcome = match error.map(|e| (e.is_transient(), e.to_string())) {
         None => "ok",
-        // Services answer 429 as `HTTP 429: ...` (ProviderError::from_status) or, through
-        // the Google SDKs, as RESOURCE_EXHAUSTED.
-        Some(e)
-            if e.to_string().contains("HTTP 429")
-                || e.to_string().contains("RESOURCE_EXHAUSTED") =>
-        {
+        Some((_, m)) if m.contains("HTTP 429") || m.contains("RESOURCE_EXHAUSTED") => {
             "rate_limited"
         }
-        Some(e) if e.is_transient() => "transient",
-        Some(_) => "permanent",
+        Some((true, _)) => "transient",
+        Some((false, _)) => "permanent",
     };
     ctx.metrics
         .provider_duration

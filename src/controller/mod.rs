@@ -92,10 +92,8 @@ pub fn error_policy(tenant: Arc<DealerTenant>, err: &Error, ctx: Arc<Context>) -
 /// reaches the cache; only changes of what a pass decides on trigger one
 /// ([`triggers::decides_on`]).
 fn owned<K>(
-    client: &Client,
+    ctx: &Context,
     writer: Writer<K>,
-    written: Arc<apply::Written>,
-    health: Arc<metrics::WatchHealth>,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource<DynamicType = ()>
@@ -107,7 +105,8 @@ where
         + Sync
         + 'static,
 {
-    let api: Api<K> = Api::all(client.clone());
+    let api: Api<K> = Api::all(ctx.client.clone());
+    let (written, health) = (ctx.written.clone(), ctx.metrics.watches.clone());
     let cfg = watcher::Config::default().labels(&names::managed_selector());
     reflector(
         writer,
@@ -368,87 +367,15 @@ pub async fn run(
     let metrics = ctx.metrics.clone();
     let controller = Controller::for_stream(tenant_stream, tenant_reader)
         .with_config(controller_config)
-        .watches_stream(
-            owned::<Namespace>(
-                &client,
-                w.namespaces,
-                ctx.written.clone(),
-                ctx.metrics.watches.clone(),
-            ),
-            by_tenant_label,
-        )
-        .watches_stream(
-            owned::<RoleBinding>(
-                &client,
-                w.role_bindings,
-                ctx.written.clone(),
-                ctx.metrics.watches.clone(),
-            ),
-            by_owner,
-        )
-        .watches_stream(
-            owned::<ResourceQuota>(
-                &client,
-                w.quotas,
-                ctx.written.clone(),
-                ctx.metrics.watches.clone(),
-            ),
-            by_owner,
-        )
-        .watches_stream(
-            owned::<LimitRange>(
-                &client,
-                w.limits,
-                ctx.written.clone(),
-                ctx.metrics.watches.clone(),
-            ),
-            by_owner,
-        )
-        .watches_stream(
-            owned::<NetworkPolicy>(
-                &client,
-                w.network_policies,
-                ctx.written.clone(),
-                ctx.metrics.watches.clone(),
-            ),
-            by_owner,
-        )
-        .watches_stream(
-            owned::<ServiceAccount>(
-                &client,
-                w.service_accounts,
-                ctx.written.clone(),
-                ctx.metrics.watches.clone(),
-            ),
-            by_owner,
-        )
-        .watches_stream(
-            owned::<Deployment>(
-                &client,
-                w.deployments,
-                ctx.written.clone(),
-                ctx.metrics.watches.clone(),
-            ),
-            by_owner,
-        )
-        .watches_stream(
-            owned::<Service>(
-                &client,
-                w.services,
-                ctx.written.clone(),
-                ctx.metrics.watches.clone(),
-            ),
-            by_owner,
-        )
-        .watches_stream(
-            owned::<PodDisruptionBudget>(
-                &client,
-                w.pdbs,
-                ctx.written.clone(),
-                ctx.metrics.watches.clone(),
-            ),
-            by_owner,
-        )
+        .watches_stream(owned::<Namespace>(&ctx, w.namespaces), by_tenant_label)
+        .watches_stream(owned::<RoleBinding>(&ctx, w.role_bindings), by_owner)
+        .watches_stream(owned::<ResourceQuota>(&ctx, w.quotas), by_owner)
+        .watches_stream(owned::<LimitRange>(&ctx, w.limits), by_owner)
+        .watches_stream(owned::<NetworkPolicy>(&ctx, w.network_policies), by_owner)
+        .watches_stream(owned::<ServiceAccount>(&ctx, w.service_accounts), by_owner)
+        .watches_stream(owned::<Deployment>(&ctx, w.deployments), by_owner)
+        .watches_stream(owned::<Service>(&ctx, w.services), by_owner)
+        .watches_stream(owned::<PodDisruptionBudget>(&ctx, w.pdbs), by_owner)
         .graceful_shutdown_on(shutdown.clone())
         .run(
             |tenant, ctx: Arc<Context>| async move {

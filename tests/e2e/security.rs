@@ -19,7 +19,6 @@ use k8s_openapi::api::authorization::v1::{
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -47,21 +46,13 @@ async fn operator_client(kubeconfig: &std::path::Path) -> Client {
 /// A client of the admin kubeconfig that impersonates `user` (with its groups as the API
 /// server would give a ServiceAccount).
 async fn impersonating(admin: &std::path::Path, user: &str) -> Client {
-    let file =
-        Kubeconfig::read_from(admin).unwrap_or_else(|e| panic!("read {}: {e}", admin.display()));
-    let mut config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
-        .await
-        .unwrap_or_else(|e| panic!("kubeconfig {}: {e}", admin.display()));
+    let mut config = super::cluster::config(admin, PROBE_AGENT).await;
     config.auth_info.impersonate = Some(user.into());
     config.auth_info.impersonate_groups = Some(vec![
         "system:serviceaccounts".into(),
         format!("system:serviceaccounts:{OPERATOR_NAMESPACE}"),
         "system:authenticated".into(),
     ]);
-    config.headers.push((
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static(PROBE_AGENT),
-    ));
     Client::try_from(config).expect("an impersonating client")
 }
 

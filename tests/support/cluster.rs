@@ -111,8 +111,8 @@ impl Drop for ControlPlane {
     }
 }
 
-/// A client from a kubeconfig file, sending `user_agent`.
-pub async fn client(kubeconfig: &Path, user_agent: &str) -> Client {
+/// The configuration of a kubeconfig file, sending `user_agent`.
+pub async fn config(kubeconfig: &Path, user_agent: &str) -> kube::Config {
     let file = Kubeconfig::read_from(kubeconfig)
         .unwrap_or_else(|e| panic!("read {}: {e}", kubeconfig.display()));
     let mut config = kube::Config::from_custom_kubeconfig(file, &KubeConfigOptions::default())
@@ -122,7 +122,13 @@ pub async fn client(kubeconfig: &Path, user_agent: &str) -> Client {
         http::header::USER_AGENT,
         http::HeaderValue::from_str(user_agent).expect("a valid user agent"),
     ));
-    Client::try_from(config).unwrap_or_else(|e| panic!("client for {}: {e}", kubeconfig.display()))
+    config
+}
+
+/// A client from a kubeconfig file, sending `user_agent`.
+pub async fn client(kubeconfig: &Path, user_agent: &str) -> Client {
+    Client::try_from(config(kubeconfig, user_agent).await)
+        .unwrap_or_else(|e| panic!("client for {}: {e}", kubeconfig.display()))
 }
 
 /// Server-side applies the CRD this build generates and waits until it is served.
