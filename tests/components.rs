@@ -358,12 +358,6 @@ impl Provider for Broken {
     fn component(&self) -> Component {
         self.0
     }
-    fn plan(
-        &self,
-        _: &dealertenant_operator::providers::TenantInfo,
-    ) -> Vec<dealertenant_operator::providers::ExternalResource> {
-        Vec::new()
-    }
     async fn reconcile(
         &self,
         _: &dealertenant_operator::providers::TenantInfo,

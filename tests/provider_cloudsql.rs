@@ -601,7 +601,7 @@ async fn a_reserved_name_is_a_clear_permanent_error_and_the_suffix_annotation_fi
     );
     assert!(d.login("dt-acme-2", "dt_acme", s.get("DATABASE_PASSWORD").unwrap()));
     assert_eq!(
-        p.plan(&t)[0].name,
+        cfg(&d).plan(&t, "google-cloud")[0].name,
         "dt-acme-2",
         "plan shows the suffixed name"
     );

@@ -194,7 +194,7 @@ async fn first_reconcile_creates_index_role_key_and_secret() {
     assert_eq!(r.resources[0].id.as_deref(), Some(index.uuid.as_str()));
     assert_eq!(r.resources[2].id.as_deref(), Some(id_of(&secret)));
     // Reported resources are the planned ones, with the service's IDs.
-    let planned = p.plan(&tenant("acme"));
+    let planned = cfg.plan(&tenant("acme"), "elastic");
     for (want, got) in planned.iter().zip(&r.resources) {
         assert_eq!(
             (&want.kind, &want.name, &want.location),

@@ -53,6 +53,7 @@ impl Drop for TokenFile {
 struct Env {
     double: PostmarkDouble,
     provider: PostmarkProvider,
+    cfg: PostmarkConfig,
     _token: TokenFile,
 }
 
@@ -76,6 +77,7 @@ async fn env_with(change: impl FnOnce(&mut PostmarkConfig)) -> Env {
     Env {
         double,
         provider,
+        cfg,
         _token: token,
     }
 }
@@ -488,7 +490,7 @@ async fn location_is_reported_as_us_and_no_residency_check_blocks_postmark() {
     let e = env().await;
     let t = tenant("acme");
     let r = e.provider.reconcile(&t, None).await.unwrap();
-    let plan = e.provider.plan(&t);
+    let plan = e.cfg.plan(&t, "postmark");
     assert_eq!(plan.len(), 1);
     assert_eq!(plan[0].location.as_deref(), Some("us"));
     assert_eq!(r.resources[0].location, plan[0].location);

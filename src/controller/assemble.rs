@@ -72,12 +72,17 @@ pub fn pass(
                 permanent = true;
                 obs.push(Observation::not(ctype, "NotConfigured", why));
             }
-            Outcome::Reconciled { ready, message, .. } => {
+            Outcome::Reconciled {
+                ready,
+                reason,
+                message,
+                ..
+            } => {
                 pending |= !ready;
                 obs.push(if *ready {
-                    Observation::ok(ctype, "Provisioned", message)
+                    Observation::ok(ctype, reason.unwrap_or("Provisioned"), message)
                 } else {
-                    Observation::not(ctype, "Provisioning", message)
+                    Observation::not(ctype, reason.unwrap_or("Provisioning"), message)
                 });
             }
             Outcome::Failed(e) => {
@@ -317,6 +322,7 @@ mod tests {
             component: Component::Database,
             outcome: Outcome::Reconciled {
                 ready: true,
+                reason: None,
                 message: String::new(),
                 resources: vec![ExternalResource::new(
                     "CloudSqlInstance",

@@ -74,6 +74,7 @@ pub async fn provision(t: &DealerTenant, ctx: &Context) -> Result<Provisioned, E
                 out.results.push(result(
                     Outcome::Reconciled {
                         ready: done.ready,
+                        reason: done.reason,
                         message: done.message,
                         resources: done.resources,
                     },

@@ -23,6 +23,8 @@ pub enum Outcome {
     /// The provider answered.
     Reconciled {
         ready: bool,
+        /// The provider's own condition reason, if it gave one.
+        reason: Option<&'static str>,
         message: String,
         resources: Vec<ExternalResource>,
     },
@@ -172,6 +174,7 @@ mod tests {
             component: Component::Database,
             outcome: Outcome::Reconciled {
                 ready: true,
+                reason: None,
                 message: String::new(),
                 resources,
             },

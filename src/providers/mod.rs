@@ -5,8 +5,9 @@
 //! server Deployment, which receives each component's Secret as environment.
 //!
 //! Every provider follows the same life cycle, modelled on Crossplane's external client:
-//! - [`Provider::plan`] (pure): the external resources a tenant gets, with deterministic
-//!   names and their location. `plan` prints it; the residency check uses it.
+//! - `plan` (pure, [`plan`] in this module, from the configuration alone): the external
+//!   resources a tenant gets, with deterministic names and their location. The `plan`
+//!   command prints it; the residency check uses it.
 //! - [`Provider::reconcile`]: observe by the deterministic name, then create what is missing
 //!   or bring drifted settings back, then report. Idempotent and crash-safe: a crash
 //!   after a create is healed by finding the resource by name on the next pass. Returns new
@@ -174,10 +175,14 @@ impl ExternalResource {
 }
 
 /// The result of one [`Provider::reconcile`].
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Reconciled {
     /// Whether the component is usable now (false while e.g. an instance is being created).
     pub ready: bool,
+    /// The condition's reason when the provider knows better than `Provisioned` /
+    /// `Provisioning` (e.g. `InboundDomainRejected` while the server itself works).
+    /// UpperCamelCase, per the API conventions.
+    pub reason: Option<&'static str>,
     /// One human line for the condition message. Never contains a secret.
     pub message: String,
     /// New contents for the component Secret, when credentials were (re)issued.
@@ -192,14 +197,17 @@ pub struct Erased {
     pub resources: Vec<ExternalResource>,
 }
 
+/// Value of the `managed-by` label (or metadata field) that every provider puts on what
+/// it creates, and requires before it changes or deletes anything it finds.
+pub const MANAGED_BY: &str = crate::desired::names::MANAGED_BY;
+/// Key of that label.
+pub const LABEL_MANAGED_BY: &str = "managed-by";
+
 /// An external service that holds part of a tenant's stack.
 #[async_trait::async_trait]
 pub trait Provider: Send + Sync {
     /// Which component this provider serves.
     fn component(&self) -> Component;
-
-    /// Pure: the external resources `tenant` gets, with names and locations.
-    fn plan(&self, tenant: &TenantInfo) -> Vec<ExternalResource>;
 
     /// Observe, create or update, report. `secret` is the component's current Secret data,
     /// `None` when the Secret does not exist (then credentials are issued anew).

@@ -134,10 +134,6 @@ impl Provider for FakeProvider {
         self.component
     }
 
-    fn plan(&self, t: &TenantInfo) -> Vec<ExternalResource> {
-        vec![self.resource(&self.name(t))]
-    }
-
     async fn reconcile(
         &self,
         t: &TenantInfo,
@@ -163,6 +159,7 @@ impl Provider for FakeProvider {
         }
         Ok(Reconciled {
             ready: true,
+            reason: None,
             message: format!("{name} is ready"),
             secret: credential.map(|c| SecretData::new().with(&key, c)),
             resources: vec![self.resource(&name)],

@@ -54,8 +54,7 @@ pub const SUFFIX_ANNOTATION: &str = "dealerdesk.de/database-instance-suffix";
 
 /// Label keys and value that mark an instance as this operator's.
 pub const LABEL_TENANT: &str = "tenant";
-pub const LABEL_MANAGED_BY: &str = "managed-by";
-pub const MANAGED_BY: &str = "dealertenant-operator";
+pub use crate::providers::{LABEL_MANAGED_BY, MANAGED_BY};
 /// Label key whose value is the UID of the tenant the instance belongs to: names are
 /// reused, UIDs are not. A Kubernetes UID is a valid label value as it is.
 pub const LABEL_TENANT_UID: &str = "dealerdesk-tenant-uid";
@@ -945,6 +944,7 @@ impl CloudSqlProvider {
                 }
                 Ok(Reconciled {
                     ready: false,
+                    reason: None,
                     message: format!("instance {name} is being created (operation {})", op.name),
                     secret: None,
                     resources: self.resources(name, &tenant.region, None),
@@ -956,6 +956,7 @@ impl CloudSqlProvider {
                 if self.get_instance(name).await?.is_some() {
                     Ok(Reconciled {
                         ready: false,
+                        reason: None,
                         message: format!("instance {name} is being created"),
                         secret: None,
                         resources: self.resources(name, &tenant.region, None),
@@ -982,10 +983,6 @@ impl Provider for CloudSqlProvider {
         Component::Database
     }
 
-    fn plan(&self, tenant: &TenantInfo) -> Vec<ExternalResource> {
-        self.cfg.plan(tenant, ids::GOOGLE_CLOUD)
-    }
-
     async fn reconcile(
         &self,
         tenant: &TenantInfo,
@@ -1009,6 +1006,7 @@ impl Provider for CloudSqlProvider {
         let region = instance.region.clone();
         let not_ready = |message: String| Reconciled {
             ready: false,
+            reason: None,
             message,
             secret: None,
             resources: self.resources(&name, &region, None),
@@ -1080,6 +1078,7 @@ impl Provider for CloudSqlProvider {
             );
             return Ok(Reconciled {
                 ready: usable,
+                reason: None,
                 message: msg,
                 secret: password
                     .map(refreshed)
@@ -1160,6 +1159,7 @@ impl Provider for CloudSqlProvider {
                 // The password is only known here: hand it over now.
                 return Ok(Reconciled {
                     ready: false,
+                    reason: None,
                     message: format!(
                         "credentials of user {db} are being set on instance {name} (operation {})",
                         op.name
@@ -1212,6 +1212,7 @@ impl Provider for CloudSqlProvider {
         };
         Ok(Reconciled {
             ready: true,
+            reason: None,
             message,
             secret: secret_out,
             resources: self.resources(&name, &region, Some(&obs)),

@@ -461,10 +461,6 @@ impl Provider for PostgresProvider {
         Component::Database
     }
 
-    fn plan(&self, tenant: &TenantInfo) -> Vec<ExternalResource> {
-        self.cfg.plan(tenant, ids::GOOGLE_CLOUD)
-    }
-
     async fn reconcile(
         &self,
         tenant: &TenantInfo,
@@ -605,6 +601,7 @@ impl Provider for PostgresProvider {
         }
         Ok(Reconciled {
             ready: true,
+            reason: None,
             message,
             secret: plan.issue.then(|| secret_data(&self.cfg, &name, &password)),
             resources: vec![

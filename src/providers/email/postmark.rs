@@ -899,10 +899,6 @@ impl Provider for PostmarkProvider {
         Component::Email
     }
 
-    fn plan(&self, tenant: &TenantInfo) -> Vec<ExternalResource> {
-        self.cfg.plan(tenant, ids::POSTMARK)
-    }
-
     async fn reconcile(
         &self,
         tenant: &TenantInfo,
@@ -1002,6 +998,7 @@ impl Provider for PostmarkProvider {
         };
         Ok(Reconciled {
             ready: true,
+            reason: None,
             message: format!(
                 "Postmark server {} (ID {id}, {}) {what}{issued}",
                 desired.name,

@@ -176,7 +176,7 @@ pub fn index_name(prefix: &str, tenant: &str) -> String {
 /// Service name in errors.
 const SERVICE: &str = "Elasticsearch";
 /// `metadata.managed-by` on roles and keys.
-pub const MANAGED_BY: &str = "dealertenant-operator";
+pub use crate::providers::{LABEL_MANAGED_BY, MANAGED_BY};
 /// What a tenant's role and key may do on its own index, and nothing else.
 pub const TENANT_PRIVILEGES: [&str; 3] = ["read", "view_index_metadata", "write"];
 
@@ -238,7 +238,7 @@ pub fn tenant_descriptor(index: &str) -> Value {
 
 /// `metadata` on the role and the key: who manages it, the tenant's name and UID.
 pub fn tenant_metadata(tenant: &str, uid: &str) -> Value {
-    json!({ "managed-by": MANAGED_BY, "tenant": tenant, UID_META: uid })
+    json!({ LABEL_MANAGED_BY: MANAGED_BY, "tenant": tenant, UID_META: uid })
 }
 
 /// Body of `PUT /_security/role/{name}`.
@@ -311,7 +311,7 @@ pub fn grants_exactly(desc: &Value, index: &str) -> bool {
 pub fn role_matches(role: &Value, index: &str, tenant: &str, uid: &str) -> bool {
     let meta = role.get("metadata");
     grants_exactly(role, index)
-        && meta.and_then(|m| m.get("managed-by")) == Some(&json!(MANAGED_BY))
+        && meta.and_then(|m| m.get(LABEL_MANAGED_BY)) == Some(&json!(MANAGED_BY))
         && meta.and_then(|m| m.get("tenant")) == Some(&json!(tenant))
         && meta.and_then(|m| m.get(UID_META)) == Some(&json!(uid))
 }
@@ -1166,10 +1166,6 @@ impl Provider for ElasticsearchProvider {
         Component::Search
     }
 
-    fn plan(&self, tenant: &TenantInfo) -> Vec<ExternalResource> {
-        self.cfg.plan(tenant, ids::ELASTIC)
-    }
-
     async fn reconcile(
         &self,
         tenant: &TenantInfo,
@@ -1201,6 +1197,7 @@ impl Provider for ElasticsearchProvider {
         }
         Ok(Reconciled {
             ready: true,
+            reason: None,
             message,
             secret: new_secret,
             resources: vec![

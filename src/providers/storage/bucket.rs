@@ -13,8 +13,7 @@ use crate::providers::{SecretData, TenantInfo};
 /// Label with the tenant's name.
 pub const LABEL_TENANT: &str = "tenant";
 /// Label that marks buckets this operator manages.
-pub const LABEL_MANAGED_BY: &str = "managed-by";
-pub const MANAGED_BY: &str = "dealertenant-operator";
+pub use crate::providers::{LABEL_MANAGED_BY, MANAGED_BY};
 /// Label with the UID of the tenant the bucket belongs to: names are reused, UIDs are not.
 pub const LABEL_TENANT_UID: &str = "dealerdesk-tenant-uid";
 /// `iam_config.public_access_prevention` value that forbids public access.

@@ -449,10 +449,6 @@ impl Provider for StorageProvider {
         Component::Storage
     }
 
-    fn plan(&self, tenant: &TenantInfo) -> Vec<ExternalResource> {
-        self.cfg.plan(tenant, ids::GOOGLE_CLOUD)
-    }
-
     async fn reconcile(
         &self,
         tenant: &TenantInfo,
@@ -495,6 +491,7 @@ impl Provider for StorageProvider {
         }
         Ok(Reconciled {
             ready: true,
+            reason: None,
             message,
             secret: (!up_to_date).then_some(desired),
             resources: vec![self.resource(&current)],
