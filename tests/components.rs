@@ -601,6 +601,37 @@ async fn erasure_under_delete_leaves_a_complete_receipt() {
 }
 
 #[tokio::test]
+async fn a_receipt_says_restorable_where_the_service_keeps_deleted_data() {
+    let s = stack(
+        "{displayName: Acme, region: europe-west3, server: {replicas: 0}, deletionPolicy: Delete}",
+    );
+    s.converge(5).await;
+    let storage = s
+        .fakes
+        .iter()
+        .find(|f| f.component() == Component::Storage)
+        .unwrap();
+    *storage.restorable_until.lock().unwrap() = Some("2026-12-09T10:00:00Z".into());
+    delete_tenant(&s).await;
+    s.passes(5).await;
+    let r = receipt(&s);
+    // Deleted as far as the operator can: the tenant goes, the receipt is final...
+    assert_eq!(r["complete"], true, "{r}");
+    assert!(s.world.lock().unwrap().tenant().is_none());
+    // ...and it does not say "erased" for what the service can still restore.
+    let e = outcome(&r, "storage");
+    assert_eq!(e["outcome"], "Restorable", "{e}");
+    assert!(
+        e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("restorable until 2026-12-09T10:00:00Z"),
+        "{e}"
+    );
+    assert_eq!(outcome(&r, "database")["outcome"], "Erased");
+}
+
+#[tokio::test]
 async fn a_partial_erasure_keeps_the_finalizer_and_names_who_still_holds_data() {
     use dealertenant_operator::providers::ProviderError;
     let mut s = stack(

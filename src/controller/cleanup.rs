@@ -125,7 +125,7 @@ async fn erase(
         .filter(|c| {
             entries
                 .iter()
-                .any(|e| e.component == c.key() && !e.outcome.still_holds_data())
+                .any(|e| e.component == c.key() && e.outcome.deleted())
         })
         .collect();
     let remaining = holdings::after_erasure(held, &erased);
@@ -272,6 +272,7 @@ async fn publish_entries(ctx: &Context, recorder: &Recorder, t: &DealerTenant, r
             .inc();
         let (kind, reason) = match e.outcome {
             Outcome::Erased => (EventType::Normal, "ProcessorErased"),
+            Outcome::Restorable => (EventType::Normal, "ProcessorDeletedRestorable"),
             Outcome::NothingFound => (EventType::Normal, "NothingToErase"),
             Outcome::Kept => (EventType::Normal, "ProcessorKept"),
             Outcome::Abandoned => (EventType::Warning, "ProcessorAbandoned"),

@@ -174,6 +174,21 @@ pub async fn erase(
                     now,
                 ));
             }
+            Ok(erased) if !erased.restorable.is_empty() => {
+                let kept: Vec<String> = erased.restorable.iter().map(|r| r.to_string()).collect();
+                let detail = kept.join("; ");
+                info!(tenant = %info.name, %component, restorable = %detail, "deleted; the service keeps it restorable");
+                entries.push(
+                    Entry::new(
+                        component.key(),
+                        &processor,
+                        Receipt::Restorable,
+                        erased.resources,
+                        now,
+                    )
+                    .detail(detail),
+                );
+            }
             Ok(erased) => {
                 for r in &erased.resources {
                     info!(tenant = %info.name, %component, kind = %r.kind, name = %r.name, "erased");

@@ -24,6 +24,10 @@ pub const RECEIPT_LABEL: &str = "dealerdesk.de/erasure-receipt";
 pub enum Outcome {
     /// Deleted at the processor.
     Erased,
+    /// Deleted, but the processor keeps it restorable for a while (GCS soft delete, Cloud
+    /// SQL retained backups); `detail` says what and until when. Nothing more the
+    /// operator can delete.
+    Restorable,
     /// There was nothing (left) to delete.
     NothingFound,
     /// Kept on purpose: `deletionPolicy: Retain`.
@@ -35,9 +39,21 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Whether the processor still holds data after this outcome.
+    /// Whether the processor still holds data after this outcome (restorable data is
+    /// data).
     pub fn still_holds_data(self) -> bool {
-        matches!(self, Outcome::Kept | Outcome::Abandoned | Outcome::Failed)
+        matches!(
+            self,
+            Outcome::Kept | Outcome::Abandoned | Outcome::Failed | Outcome::Restorable
+        )
+    }
+
+    /// Whether the operator has deleted all it can: the component leaves the holdings.
+    pub fn deleted(self) -> bool {
+        matches!(
+            self,
+            Outcome::Erased | Outcome::NothingFound | Outcome::Restorable
+        )
     }
 }
 
@@ -118,6 +134,7 @@ impl Receipt {
         for e in &self.entries {
             let word = match e.outcome {
                 Outcome::Erased => "erased",
+                Outcome::Restorable => "deleted but restorable",
                 Outcome::NothingFound => "nothing found",
                 Outcome::Kept => "kept",
                 Outcome::Abandoned => "abandoned",
@@ -158,7 +175,9 @@ pub fn merge(old: Option<&Receipt>, mut new: Receipt) -> Receipt {
         let Some(prev) = old.entries.iter().find(|e| e.component == entry.component) else {
             continue;
         };
-        if prev.outcome == Outcome::Erased && entry.outcome == Outcome::NothingFound {
+        if matches!(prev.outcome, Outcome::Erased | Outcome::Restorable)
+            && entry.outcome == Outcome::NothingFound
+        {
             *entry = prev.clone();
         } else if prev.outcome == entry.outcome && prev.resources == entry.resources {
             entry.at = prev.at.clone();

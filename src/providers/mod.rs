@@ -195,6 +195,29 @@ pub struct Reconciled {
 #[derive(Debug, Default)]
 pub struct Erased {
     pub resources: Vec<ExternalResource>,
+    /// What the service still keeps restorable after the delete (a soft-deleted bucket, a
+    /// Cloud SQL instance's retained or final backups). Non-empty means the receipt must
+    /// not say "erased": it says what stays restorable, and until when.
+    pub restorable: Vec<Restorable>,
+}
+
+/// Something a delete left restorable at the service for a while.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restorable {
+    /// In words, e.g. `soft-deleted bucket dd-acme` or `final backup of instance dt-acme`.
+    pub what: String,
+    /// Until when it can be restored (RFC 3339), when the service says; `None` means
+    /// until someone deletes it.
+    pub until: Option<String>,
+}
+
+impl fmt::Display for Restorable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.until {
+            Some(until) => write!(f, "{}, restorable until {until}", self.what),
+            None => write!(f, "{}, restorable until deleted", self.what),
+        }
+    }
 }
 
 /// Value of the `managed-by` label (or metadata field) that every provider puts on what

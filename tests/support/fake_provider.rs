@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dealertenant_operator::providers::{
-    Component, Erased, ExternalResource, Provider, ProviderError, Reconciled, SecretData,
-    TenantInfo,
+    Component, Erased, ExternalResource, Provider, ProviderError, Reconciled, Restorable,
+    SecretData, TenantInfo,
 };
 
 /// Where an injected failure strikes.
@@ -65,6 +65,9 @@ pub struct FakeProvider {
     /// Every create, in order, kept for good: a second create of one name is a duplicate
     /// that a test can see, even after the first was erased.
     pub creates: Mutex<Vec<String>>,
+    /// When set, a delete reports the resource as kept restorable until this time (as GCS
+    /// soft delete does).
+    pub restorable_until: Mutex<Option<String>>,
     injector: Arc<Injector>,
 }
 
@@ -76,6 +79,7 @@ impl FakeProvider {
             resources: Mutex::new(BTreeMap::new()),
             writes: AtomicUsize::new(0),
             creates: Mutex::new(Vec::new()),
+            restorable_until: Mutex::new(None),
             injector,
         })
     }
@@ -169,7 +173,15 @@ impl Provider for FakeProvider {
     async fn delete(&self, t: &TenantInfo) -> Result<Erased, ProviderError> {
         let name = self.name(t);
         let removed = self.call(|| self.resources.lock().unwrap().remove(&name))?;
+        let until = self.restorable_until.lock().unwrap().clone();
         Ok(Erased {
+            restorable: match (&removed, until) {
+                (Some(_), Some(until)) => vec![Restorable {
+                    what: format!("soft-deleted {name}"),
+                    until: Some(until),
+                }],
+                _ => Vec::new(),
+            },
             resources: removed
                 .map(|_| vec![self.resource(&name)])
                 .unwrap_or_default(),

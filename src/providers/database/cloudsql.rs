@@ -1254,6 +1254,7 @@ impl Provider for CloudSqlProvider {
         };
         let erased = Erased {
             resources: self.resources(&name, &region, Some(&obs)),
+            ..Erased::default()
         };
         if obs.instance.state == SqlInstanceState::PendingDelete {
             // Accepted on an earlier pass; Cloud SQL finishes on its own.

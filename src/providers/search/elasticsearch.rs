@@ -1269,7 +1269,10 @@ impl Provider for ElasticsearchProvider {
             _ => return Err(self.failed(&format!("deleting role {name}"), &a, &[])),
         }
 
-        Ok(Erased { resources: erased })
+        Ok(Erased {
+            resources: erased,
+            ..Erased::default()
+        })
     }
 }
 

@@ -535,6 +535,7 @@ impl Provider for StorageProvider {
         }
         let erased = Erased {
             resources: vec![self.resource(&b)],
+            ..Erased::default()
         };
         for _ in 0..DELETE_ROUNDS {
             let objects = self.delete_objects(&name).await?;
