@@ -1,0 +1,217 @@
+//! The wire: the four Admin API clients, built from the configuration, and the reads every
+//! pass makes. All calls share the project's pacer.
+
+use std::time::Duration;
+
+use google_cloud_gax::retry_policy::NeverRetry;
+use google_cloud_sql_v1::client::{
+    SqlDatabasesService, SqlInstancesService, SqlOperationsService, SqlUsersService,
+};
+use google_cloud_sql_v1::model::{
+    Database, DatabaseInstance, Operation, User, operation::SqlOperationStatus,
+};
+
+use super::config::CloudSqlConfig;
+use super::errors::{SERVICE, classify, is_not_found};
+use crate::providers::ProviderError;
+use crate::providers::pace::Paced;
+
+/// Cloud SQL for PostgreSQL, one instance per tenant.
+pub struct CloudSqlProvider {
+    pub(super) cfg: CloudSqlConfig,
+    pub(super) pacer: std::sync::Arc<crate::providers::pace::Pacer>,
+    pub(super) instances: SqlInstancesService,
+    pub(super) databases: SqlDatabasesService,
+    pub(super) users: SqlUsersService,
+    pub(super) operations: SqlOperationsService,
+}
+
+impl std::fmt::Debug for CloudSqlProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CloudSqlProvider")
+            .field("project", &self.cfg.project)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads the credentials `cfg` names: the key file, else the key in the environment
+/// variable, else Application Default Credentials; anonymous for emulators.
+fn credentials(
+    cfg: &CloudSqlConfig,
+) -> Result<google_cloud_auth::credentials::Credentials, ProviderError> {
+    use google_cloud_auth::credentials::{Builder, anonymous, service_account};
+    let not_configured = |message: String| ProviderError::NotConfigured {
+        service: SERVICE,
+        message,
+    };
+    if cfg.anonymous_credentials {
+        if cfg.endpoint.is_none() {
+            return Err(not_configured(
+                "anonymousCredentials needs an endpoint (an emulator or test double)".into(),
+            ));
+        }
+        return Ok(anonymous::Builder::new().build());
+    }
+    let (key, source) = if let Some(path) = &cfg.credentials_file {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| not_configured(format!("credentialsFile {path}: {}", e.kind())))?;
+        (Some(text), format!("credentialsFile {path}"))
+    } else {
+        match std::env::var(&cfg.credentials_env) {
+            Ok(v) if !v.trim().is_empty() => (Some(v), format!("${}", cfg.credentials_env)),
+            _ => (None, String::new()),
+        }
+    };
+    match key {
+        Some(text) => {
+            // Parse errors are reported without their text: it could quote the key.
+            let json: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|_| not_configured(format!("{source}: not valid JSON")))?;
+            service_account::Builder::new(json)
+                .build()
+                .map_err(|_| not_configured(format!("{source}: not a service-account key")))
+        }
+        None => Builder::default().build().map_err(|_| {
+            not_configured(
+                "no credentials: set credentialsFile or the variable in credentialsEnv, \
+                 or run with Application Default Credentials (Workload Identity)"
+                    .into(),
+            )
+        }),
+    }
+}
+
+/// Builds the provider: reads the credentials and creates the four API clients.
+pub async fn from_config(cfg: &CloudSqlConfig) -> Result<CloudSqlProvider, ProviderError> {
+    cfg.validate().map_err(|m| ProviderError::NotConfigured {
+        service: SERVICE,
+        message: m,
+    })?;
+    crate::providers::tls::ensure_crypto_provider();
+    let creds = credentials(cfg)?;
+    let timeout = Duration::from_secs(cfg.timeout_seconds);
+    let built = |e: google_cloud_gax::client_builder::Error| ProviderError::NotConfigured {
+        service: SERVICE,
+        message: format!("client could not be built: {e}"),
+    };
+    // No retries inside the SDK: the reconciler retries with backoff, and a pass must not
+    // hang for a minute on an outage.
+    macro_rules! client {
+        ($t:ty) => {{
+            let mut b = <$t>::builder()
+                .with_credentials(creds.clone())
+                .with_retry_policy(NeverRetry)
+                .with_attempt_timeout(timeout);
+            if let Some(ep) = &cfg.endpoint {
+                b = b.with_endpoint(ep.clone());
+            }
+            b.build().await.map_err(built)?
+        }};
+    }
+    // 60 s / requests per minute between two requests, shared by every provider value
+    // of the project in this process.
+    let interval = match cfg.requests_per_minute {
+        0 => std::time::Duration::ZERO,
+        n => std::time::Duration::from_secs(60) / n,
+    };
+    let pacer =
+        crate::providers::pace::Pacer::shared(&format!("sqladmin:{}", cfg.project), interval);
+    Ok(CloudSqlProvider {
+        cfg: cfg.clone(),
+        pacer,
+        instances: client!(SqlInstancesService),
+        databases: client!(SqlDatabasesService),
+        users: client!(SqlUsersService),
+        operations: client!(SqlOperationsService),
+    })
+}
+
+impl CloudSqlProvider {
+    pub(super) fn project(&self) -> &str {
+        &self.cfg.project
+    }
+
+    pub(super) async fn get_instance(
+        &self,
+        name: &str,
+    ) -> Result<Option<DatabaseInstance>, ProviderError> {
+        match self
+            .instances
+            .get()
+            .set_project(self.project())
+            .set_instance(name)
+            .send()
+            .paced(&self.pacer)
+            .await
+        {
+            Ok(i) => Ok(Some(i)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(classify(&format!("get instance {name}"), &e, None)),
+        }
+    }
+
+    pub(super) async fn get_database(
+        &self,
+        inst: &str,
+        db: &str,
+    ) -> Result<Option<Database>, ProviderError> {
+        match self
+            .databases
+            .get()
+            .set_project(self.project())
+            .set_instance(inst)
+            .set_database(db)
+            .send()
+            .paced(&self.pacer)
+            .await
+        {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(classify(&format!("get database {inst}/{db}"), &e, None)),
+        }
+    }
+
+    pub(super) async fn get_user(
+        &self,
+        inst: &str,
+        user: &str,
+    ) -> Result<Option<User>, ProviderError> {
+        match self
+            .users
+            .get()
+            .set_project(self.project())
+            .set_instance(inst)
+            .set_name(user)
+            .send()
+            .paced(&self.pacer)
+            .await
+        {
+            Ok(u) => Ok(Some(u)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(classify(&format!("get user {inst}/{user}"), &e, None)),
+        }
+    }
+
+    /// The first operation on `inst` that is still pending or running.
+    pub(super) async fn running_operation(
+        &self,
+        inst: &str,
+    ) -> Result<Option<Operation>, ProviderError> {
+        let list = self
+            .operations
+            .list()
+            .set_project(self.project())
+            .set_instance(inst)
+            .set_max_results(20u32)
+            .send()
+            .paced(&self.pacer)
+            .await
+            .map_err(|e| classify(&format!("list operations of {inst}"), &e, None))?;
+        Ok(list.items.into_iter().find(|op| {
+            matches!(
+                op.status,
+                SqlOperationStatus::Pending | SqlOperationStatus::Running
+            )
+        }))
+    }
+}

@@ -1,0 +1,545 @@
+//! Pure: the instance a tenant gets (settings, labels), drift against what Cloud SQL reports
+//! and the patch that repairs it, whose instance it is, and the Secret's contents.
+
+use std::collections::{BTreeSet, HashMap};
+
+use google_cloud_sql_v1::model::{
+    AclEntry, BackupConfiguration, DatabaseInstance, IpConfiguration, Settings,
+    SqlAvailabilityType, SqlDatabaseVersion, SqlIpAddressType, settings::Edition,
+};
+
+use super::config::{CloudSqlConfig, SUFFIX_ANNOTATION};
+use super::errors::SERVICE;
+use crate::desired::names::ADOPT_ANNOTATION;
+use crate::providers::storage::bucket::uid_label_value;
+use crate::providers::{ProviderError, SecretData, TenantInfo};
+
+/// Label keys and value that mark an instance as this operator's.
+pub const LABEL_TENANT: &str = "tenant";
+pub use crate::providers::{LABEL_MANAGED_BY, MANAGED_BY};
+/// Label key whose value is the UID of the tenant the instance belongs to: names are
+/// reused, UIDs are not. A Kubernetes UID is a valid label value as it is.
+pub const LABEL_TENANT_UID: &str = "dealerdesk-tenant-uid";
+
+/// PostgreSQL's port; Cloud SQL does not let it be changed.
+const POSTGRES_PORT: &str = "5432";
+
+/// The user labels that mark the instance of `tenant` (the tenant with UID `uid`; no UID
+/// label when the UID is unknown, as offline).
+pub fn labels(tenant: &str, uid: &str) -> HashMap<String, String> {
+    let mut l = HashMap::from([
+        (LABEL_TENANT.to_string(), tenant.to_string()),
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+    ]);
+    if !uid.is_empty() {
+        l.insert(LABEL_TENANT_UID.to_string(), uid_label_value(uid));
+    }
+    l
+}
+
+/// The tenant UID an instance is bound to (its [`LABEL_TENANT_UID`]), if any. Instances made
+/// before the label existed have none.
+pub fn owner_of(observed: &DatabaseInstance) -> Option<&str> {
+    observed
+        .settings
+        .as_ref()
+        .and_then(|s| s.user_labels.get(LABEL_TENANT_UID))
+        .map(String::as_str)
+        .filter(|u| !u.is_empty())
+}
+
+/// Refuses an instance bound to another tenant UID (data retained from a deleted tenant
+/// whose name `tenant` reuses), unless `tenant` adopts exactly that UID. Nothing is written
+/// before this check.
+pub fn check_uid(
+    name: &str,
+    tenant: &TenantInfo,
+    observed: &DatabaseInstance,
+) -> Result<(), ProviderError> {
+    match owner_of(observed) {
+        Some(owner) if owner != uid_label_value(&tenant.uid) && !tenant.adopts(owner) => {
+            Err(ProviderError::Foreign {
+                service: SERVICE,
+                message: format!(
+                    "instance {name} holds data retained from another tenant (UID {owner}); \
+                     nothing was changed. Annotate this tenant {ADOPT_ANNOTATION}: {owner} to \
+                     take it over, or delete the instance {name} first"
+                ),
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The IP configuration `cfg` asks for: private only, or public with authorized networks.
+pub fn desired_ip_configuration(cfg: &CloudSqlConfig) -> IpConfiguration {
+    let mut ip = IpConfiguration::new();
+    match &cfg.private_network {
+        Some(net) => {
+            ip.ipv4_enabled = Some(false);
+            ip.private_network = net.clone();
+        }
+        None => {
+            ip.ipv4_enabled = Some(true);
+            ip.authorized_networks = cfg
+                .authorized_networks
+                .iter()
+                .map(|cidr| {
+                    let mut e = AclEntry::new();
+                    e.value = cidr.clone();
+                    e
+                })
+                .collect();
+        }
+    }
+    ip
+}
+
+/// The backup configuration `cfg` asks for. Point-in-time recovery needs backups.
+pub fn desired_backup_configuration(cfg: &CloudSqlConfig) -> BackupConfiguration {
+    let mut b = BackupConfiguration::new();
+    b.enabled = Some(cfg.backups);
+    b.point_in_time_recovery_enabled = Some(cfg.backups && cfg.point_in_time_recovery);
+    if let Some(t) = &cfg.backup_start_time {
+        b.start_time = t.clone();
+    }
+    b
+}
+
+/// The settings the instance of `tenant` (UID `uid`) must have.
+pub fn desired_settings(cfg: &CloudSqlConfig, tenant: &str, uid: &str) -> Settings {
+    let mut s = Settings::new();
+    s.tier = cfg.tier.clone();
+    s.edition = Edition::from(cfg.edition.as_str());
+    s.availability_type = SqlAvailabilityType::from(cfg.availability_type.as_str());
+    s.data_disk_size_gb = Some(cfg.disk_size_gb);
+    s.deletion_protection_enabled = Some(cfg.deletion_protection);
+    s.user_labels = labels(tenant, uid);
+    s.backup_configuration = Some(desired_backup_configuration(cfg));
+    s.ip_configuration = Some(desired_ip_configuration(cfg));
+    s
+}
+
+/// The body of `instances.insert` for `tenant`'s (UID `uid`) instance `name` in `region`.
+pub fn desired_instance(
+    cfg: &CloudSqlConfig,
+    tenant: &str,
+    uid: &str,
+    name: &str,
+    region: &str,
+) -> DatabaseInstance {
+    let mut i = DatabaseInstance::new();
+    i.name = name.to_string();
+    i.region = region.to_string();
+    i.database_version = SqlDatabaseVersion::from(cfg.database_version.as_str());
+    i.settings = Some(desired_settings(cfg, tenant, uid));
+    i
+}
+
+/// What differs between the observed settings and `cfg`: a patch that carries only the
+/// drifted parts, and their names. An empty list means no write is needed.
+///
+/// Left alone on purpose: the disk when it is larger than configured (Cloud SQL grows it
+/// automatically and cannot shrink it), the backup start time when none is configured, the
+/// database version (a major upgrade is not a drift repair), and labels other than ours.
+/// A missing or other UID label is a drift: an instance made before the label existed,
+/// or one the tenant adopts (the caller refuses one bound to another UID before).
+pub fn settings_patch(
+    cfg: &CloudSqlConfig,
+    tenant: &str,
+    uid: &str,
+    observed: &Settings,
+) -> (Settings, Vec<&'static str>) {
+    let mut patch = Settings::new();
+    let mut drift = Vec::new();
+    if observed.tier != cfg.tier {
+        patch.tier = cfg.tier.clone();
+        drift.push("tier");
+    }
+    if observed.edition.name() != Some(cfg.edition.as_str()) {
+        patch.edition = Edition::from(cfg.edition.as_str());
+        drift.push("edition");
+    }
+    if observed.availability_type.name() != Some(cfg.availability_type.as_str()) {
+        patch.availability_type = SqlAvailabilityType::from(cfg.availability_type.as_str());
+        drift.push("availabilityType");
+    }
+    if observed.data_disk_size_gb.unwrap_or(0) < cfg.disk_size_gb {
+        patch.data_disk_size_gb = Some(cfg.disk_size_gb);
+        drift.push("dataDiskSizeGb");
+    }
+    if observed.deletion_protection_enabled.unwrap_or(false) != cfg.deletion_protection {
+        patch.deletion_protection_enabled = Some(cfg.deletion_protection);
+        drift.push("deletionProtectionEnabled");
+    }
+    let want_backup = desired_backup_configuration(cfg);
+    let have_backup = observed.backup_configuration.clone().unwrap_or_default();
+    if have_backup.enabled.unwrap_or(false) != want_backup.enabled.unwrap_or(false)
+        || have_backup.point_in_time_recovery_enabled.unwrap_or(false)
+            != want_backup.point_in_time_recovery_enabled.unwrap_or(false)
+        || (cfg.backup_start_time.is_some() && have_backup.start_time != want_backup.start_time)
+    {
+        let mut b = want_backup;
+        if b.start_time.is_empty() {
+            // Keep the window Cloud SQL chose.
+            b.start_time = have_backup.start_time;
+        }
+        patch.backup_configuration = Some(b);
+        drift.push("backupConfiguration");
+    }
+    let want_ip = desired_ip_configuration(cfg);
+    let have_ip = observed.ip_configuration.clone().unwrap_or_default();
+    let nets = |ip: &IpConfiguration| -> BTreeSet<String> {
+        ip.authorized_networks
+            .iter()
+            .map(|e| e.value.clone())
+            .collect()
+    };
+    let ip_drift = match &cfg.private_network {
+        Some(net) => have_ip.ipv4_enabled != Some(false) || &have_ip.private_network != net,
+        // An empty list cannot be sent in a patch (the SDK omits empty repeated fields),
+        // so extra networks are only replaced when some are configured.
+        None => {
+            have_ip.ipv4_enabled != Some(true)
+                || (!cfg.authorized_networks.is_empty() && nets(&have_ip) != nets(&want_ip))
+        }
+    };
+    if ip_drift {
+        patch.ip_configuration = Some(want_ip);
+        drift.push("ipConfiguration");
+    }
+    let ours = labels(tenant, uid);
+    if ours
+        .iter()
+        .any(|(k, v)| observed.user_labels.get(k) != Some(v))
+    {
+        let mut merged = observed.user_labels.clone();
+        merged.extend(ours);
+        patch.user_labels = merged;
+        drift.push("userLabels");
+    }
+    (patch, drift)
+}
+
+/// Refuses an instance that carries another tenant's or another manager's labels. Missing
+/// labels are a drift (repaired by [`settings_patch`]), not a refusal.
+pub fn check_ownership(
+    name: &str,
+    tenant: &str,
+    observed: &DatabaseInstance,
+) -> Result<(), ProviderError> {
+    let labels = observed
+        .settings
+        .as_ref()
+        .map(|s| &s.user_labels)
+        .cloned()
+        .unwrap_or_default();
+    let foreign = [(LABEL_TENANT, tenant), (LABEL_MANAGED_BY, MANAGED_BY)]
+        .into_iter()
+        .find(|(k, v)| labels.get(*k).is_some_and(|have| have != v));
+    match foreign {
+        None => Ok(()),
+        Some((k, _)) => Err(ProviderError::Refused {
+            service: SERVICE,
+            message: format!(
+                "instance {name} exists but its label {k}={} says it is not this tenant's; \
+                 it is left alone (set {SUFFIX_ANNOTATION} to use another name)",
+                labels.get(k).map(String::as_str).unwrap_or_default()
+            ),
+        }),
+    }
+}
+
+/// The address clients connect to: the private IP when a private network is configured,
+/// else the public (`PRIMARY`) one.
+pub fn connect_address(cfg: &CloudSqlConfig, observed: &DatabaseInstance) -> Option<String> {
+    let want = if cfg.private_network.is_some() {
+        SqlIpAddressType::Private
+    } else {
+        SqlIpAddressType::Primary
+    };
+    observed
+        .ip_addresses
+        .iter()
+        .find(|ip| ip.r#type == want && !ip.ip_address.is_empty())
+        .map(|ip| ip.ip_address.clone())
+}
+
+/// `project:region:instance`, as the Cloud SQL connectors expect it.
+pub fn connection_name(project: &str, region: &str, instance: &str) -> String {
+    format!("{project}:{region}:{instance}")
+}
+
+/// The Secret of the tenant's database.
+pub fn secret_data(host: &str, db: &str, password: &str, connection: &str) -> SecretData {
+    SecretData::new()
+        .with("DATABASE_HOST", host)
+        .with("DATABASE_PORT", POSTGRES_PORT)
+        .with("DATABASE_NAME", db)
+        .with("DATABASE_USER", db)
+        .with("DATABASE_PASSWORD", password)
+        .with("DATABASE_INSTANCE", connection)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tenant(name: &str) -> TenantInfo {
+        TenantInfo {
+            name: name.into(),
+            uid: String::new(),
+            region: "europe-west3".into(),
+            namespace: format!("tenant-{name}"),
+            annotations: Default::default(),
+        }
+    }
+
+    #[test]
+    fn insert_body_carries_every_configured_setting() {
+        let cfg = CloudSqlConfig {
+            backup_start_time: Some("02:30".into()),
+            availability_type: "REGIONAL".into(),
+            authorized_networks: vec!["203.0.113.0/24".into()],
+            ..CloudSqlConfig::default()
+        };
+        let body = serde_json::to_value(desired_instance(
+            &cfg,
+            "acme",
+            "",
+            "dt-acme",
+            "europe-west3",
+        ))
+        .unwrap();
+        assert_eq!(
+            body,
+            json!({
+                "name": "dt-acme",
+                "region": "europe-west3",
+                // Proto enum numbers, as the SDK sends them.
+                "databaseVersion": SqlDatabaseVersion::Postgres16.value().unwrap(),
+                "settings": {
+                    "tier": "db-custom-1-3840",
+                    "edition": Edition::Enterprise.value().unwrap(),
+                    "availabilityType": SqlAvailabilityType::Regional.value().unwrap(),
+                    "dataDiskSizeGb": "20",
+                    "deletionProtectionEnabled": true,
+                    "userLabels": {"tenant": "acme", "managed-by": "dealertenant-operator"},
+                    "backupConfiguration": {
+                        "enabled": true,
+                        "pointInTimeRecoveryEnabled": true,
+                        "startTime": "02:30",
+                    },
+                    "ipConfiguration": {
+                        "ipv4Enabled": true,
+                        "authorizedNetworks": [{"value": "203.0.113.0/24"}],
+                    },
+                },
+            })
+        );
+
+        let private = CloudSqlConfig {
+            private_network: Some("projects/p/global/networks/n".into()),
+            backups: false,
+            ..CloudSqlConfig::default()
+        };
+        let s = serde_json::to_value(desired_settings(&private, "acme", "")).unwrap();
+        assert_eq!(
+            s["ipConfiguration"],
+            json!({"ipv4Enabled": false, "privateNetwork": "projects/p/global/networks/n"})
+        );
+        // No point-in-time recovery without backups.
+        assert_eq!(
+            s["backupConfiguration"],
+            json!({"enabled": false, "pointInTimeRecoveryEnabled": false})
+        );
+    }
+
+    #[test]
+    fn drift_is_computed_field_by_field() {
+        let cfg = CloudSqlConfig::default();
+        let desired = desired_settings(&cfg, "acme", "");
+        let (_, drift) = settings_patch(&cfg, "acme", "", &desired);
+        assert!(drift.is_empty(), "{drift:?}");
+
+        // What Cloud SQL adds on its own is no drift: a chosen backup window, a grown disk,
+        // labels of others.
+        let mut observed = desired.clone();
+        observed.backup_configuration.as_mut().unwrap().start_time = "23:00".into();
+        observed.data_disk_size_gb = Some(100);
+        observed
+            .user_labels
+            .insert("cost-center".into(), "sales".into());
+        assert!(settings_patch(&cfg, "acme", "", &observed).1.is_empty());
+
+        let mut observed = desired.clone();
+        observed.tier = "db-custom-2-7680".into();
+        observed.data_disk_size_gb = Some(10);
+        let (patch, drift) = settings_patch(&cfg, "acme", "", &observed);
+        assert_eq!(drift, ["tier", "dataDiskSizeGb"]);
+        assert_eq!(
+            serde_json::to_value(patch).unwrap(),
+            json!({"tier": "db-custom-1-3840", "dataDiskSizeGb": "20"})
+        );
+
+        let mut observed = desired.clone();
+        observed.user_labels.remove(LABEL_MANAGED_BY);
+        observed.user_labels.insert("team".into(), "a".into());
+        observed
+            .backup_configuration
+            .as_mut()
+            .unwrap()
+            .point_in_time_recovery_enabled = Some(false);
+        observed.backup_configuration.as_mut().unwrap().start_time = "04:00".into();
+        observed.deletion_protection_enabled = None;
+        observed.ip_configuration = None;
+        let (patch, drift) = settings_patch(&cfg, "acme", "", &observed);
+        assert_eq!(
+            drift,
+            [
+                "deletionProtectionEnabled",
+                "backupConfiguration",
+                "ipConfiguration",
+                "userLabels"
+            ]
+        );
+        let patch = serde_json::to_value(patch).unwrap();
+        assert_eq!(
+            patch["backupConfiguration"],
+            json!({"enabled": true, "pointInTimeRecoveryEnabled": true, "startTime": "04:00"})
+        );
+        assert_eq!(
+            patch["userLabels"],
+            json!({"tenant": "acme", "managed-by": "dealertenant-operator", "team": "a"})
+        );
+
+        // A configured backup window is enforced.
+        let timed = CloudSqlConfig {
+            backup_start_time: Some("02:00".into()),
+            ..CloudSqlConfig::default()
+        };
+        let mut observed = desired_settings(&timed, "acme", "");
+        observed.backup_configuration.as_mut().unwrap().start_time = "23:00".into();
+        assert_eq!(
+            settings_patch(&timed, "acme", "", &observed).1,
+            ["backupConfiguration"]
+        );
+    }
+
+    #[test]
+    fn only_our_instances_are_touched() {
+        let mut i = DatabaseInstance::new();
+        i.settings = Some(desired_settings(&CloudSqlConfig::default(), "acme", ""));
+        assert!(check_ownership("dt-acme", "acme", &i).is_ok());
+        let e = check_ownership("dt-acme", "other", &i).unwrap_err();
+        assert!(e.to_string().contains("tenant=acme"), "{e}");
+        i.settings
+            .as_mut()
+            .unwrap()
+            .user_labels
+            .insert(LABEL_MANAGED_BY.into(), "terraform".into());
+        let e = check_ownership("dt-acme", "acme", &i).unwrap_err();
+        assert!(e.to_string().contains("managed-by=terraform"), "{e}");
+        // Labels removed by hand: drift, not a refusal.
+        i.settings.as_mut().unwrap().user_labels.clear();
+        assert!(check_ownership("dt-acme", "acme", &i).is_ok());
+    }
+
+    #[test]
+    fn an_instance_is_bound_to_its_tenants_uid() {
+        let uid_a = "5a70ad95-0c70-4dba-b433-bea48aafe77e";
+        let uid_b = "11111111-1111-1111-1111-111111111111";
+        let cfg = CloudSqlConfig::default();
+        let mut i = DatabaseInstance::new();
+        i.settings = Some(desired_settings(&cfg, "acme", uid_a));
+        assert_eq!(
+            i.settings.as_ref().unwrap().user_labels[LABEL_TENANT_UID],
+            uid_a
+        );
+        assert_eq!(owner_of(&i), Some(uid_a));
+        let mut a = tenant("acme");
+        a.uid = uid_a.into();
+        assert!(check_uid("dt-acme", &a, &i).is_ok());
+        let mut b = tenant("acme");
+        b.uid = uid_b.into();
+        let e = check_uid("dt-acme", &b, &i).unwrap_err();
+        assert_eq!(e.reason(), "RetainedDataExists");
+        assert!(e.to_string().contains(uid_a), "{e}");
+        assert!(
+            e.to_string()
+                .contains(&format!("dealerdesk.de/adopt-retained: {uid_a}")),
+            "{e}"
+        );
+        b.annotations
+            .insert("dealerdesk.de/adopt-retained".into(), uid_b.into());
+        assert!(
+            check_uid("dt-acme", &b, &i).is_err(),
+            "adopting another UID"
+        );
+        b.annotations
+            .insert("dealerdesk.de/adopt-retained".into(), uid_a.into());
+        assert!(check_uid("dt-acme", &b, &i).is_ok());
+        // Adopted: the labels are a drift to the adopter's UID, the others kept.
+        let (patch, drift) = settings_patch(&cfg, "acme", uid_b, i.settings.as_ref().unwrap());
+        assert_eq!(drift, ["userLabels"]);
+        assert_eq!(patch.user_labels[LABEL_TENANT_UID], uid_b);
+        // Made before the label: no owner, not refused, the label is added.
+        i.settings
+            .as_mut()
+            .unwrap()
+            .user_labels
+            .remove(LABEL_TENANT_UID);
+        assert_eq!(owner_of(&i), None);
+        let mut c = tenant("acme");
+        c.uid = uid_b.into();
+        assert!(check_uid("dt-acme", &c, &i).is_ok());
+        let (patch, drift) = settings_patch(&cfg, "acme", uid_a, i.settings.as_ref().unwrap());
+        assert_eq!(drift, ["userLabels"]);
+        assert_eq!(patch.user_labels[LABEL_TENANT_UID], uid_a);
+        // Offline (no UID): no label.
+        assert!(!labels("acme", "").contains_key(LABEL_TENANT_UID));
+    }
+
+    #[test]
+    fn secret_points_at_the_configured_address() {
+        let mut i = DatabaseInstance::new();
+        let ip = |t: SqlIpAddressType, a: &str| {
+            let mut m = google_cloud_sql_v1::model::IpMapping::new();
+            m.r#type = t;
+            m.ip_address = a.into();
+            m
+        };
+        i.ip_addresses = vec![
+            ip(SqlIpAddressType::Outgoing, "35.0.0.9"),
+            ip(SqlIpAddressType::Primary, "34.1.2.3"),
+            ip(SqlIpAddressType::Private, "10.0.0.3"),
+        ];
+        assert_eq!(
+            connect_address(&CloudSqlConfig::default(), &i).as_deref(),
+            Some("34.1.2.3")
+        );
+        let private = CloudSqlConfig {
+            private_network: Some("projects/p/global/networks/n".into()),
+            ..CloudSqlConfig::default()
+        };
+        assert_eq!(connect_address(&private, &i).as_deref(), Some("10.0.0.3"));
+        i.ip_addresses.pop();
+        assert_eq!(connect_address(&private, &i), None);
+
+        let s = secret_data("10.0.0.3", "dt_acme", "pw-123", "p:europe-west3:dt-acme");
+        assert_eq!(
+            s.keys().collect::<Vec<_>>(),
+            [
+                "DATABASE_HOST",
+                "DATABASE_INSTANCE",
+                "DATABASE_NAME",
+                "DATABASE_PASSWORD",
+                "DATABASE_PORT",
+                "DATABASE_USER"
+            ]
+        );
+        assert_eq!(s.get("DATABASE_PORT"), Some("5432"));
+        assert!(!format!("{s:?}").contains("pw-123"));
+    }
+}

@@ -1,0 +1,510 @@
+//! `cloudsql` database provider: one Cloud SQL for PostgreSQL instance per tenant in the
+//! tenant's region, through the official `google-cloud-sql-v1` crate.
+//!
+//! Life cycle of one tenant, one reconcile pass at a time (nothing here ever waits for a
+//! long-running operation; the operator requeues and the next pass observes):
+//! 1. `instances.get` by the deterministic name. Missing: residency check, `instances.insert`,
+//!    report "being created (operation ...)", not ready.
+//! 2. Present: ownership labels and the reported region are checked; `PENDING_CREATE`,
+//!    maintenance and the like report not ready without writing. The label
+//!    `dealerdesk-tenant-uid` binds the instance to the UID of the tenant that made it: one
+//!    bound to another UID (retained from a deleted tenant whose name this one reuses) is
+//!    refused with `RetainedDataExists` before any write, unless the tenant adopts it with
+//!    `dealerdesk.de/adopt-retained: <that uid>`; then the label is rewritten with the other
+//!    drifted settings. Deleting a tenant never erases an instance bound to another UID.
+//! 3. `RUNNABLE`: work out the writes needed (database, user, password, drifted settings).
+//!    None: no write at all. Some: first make sure no operation runs on the instance (Cloud
+//!    SQL runs one at a time), then do them in order, stopping as soon as one returns an
+//!    operation that is not `DONE`.
+//!
+//! A name Cloud SQL refuses because a deleted instance still reserves it (`409` on insert
+//! while `get` says `404`) is reported as a permanent error that tells the user to set the
+//! `dealerdesk.de/database-instance-suffix` annotation.
+
+mod client;
+mod config;
+mod desired;
+mod errors;
+
+pub use client::{CloudSqlProvider, from_config};
+pub use config::{CloudSqlConfig, SUFFIX_ANNOTATION, instance_name, instance_name_for};
+pub use desired::{
+    LABEL_MANAGED_BY, LABEL_TENANT, LABEL_TENANT_UID, MANAGED_BY, check_ownership, check_uid,
+    connect_address, connection_name, desired_backup_configuration, desired_instance,
+    desired_ip_configuration, desired_settings, labels, owner_of, secret_data, settings_patch,
+};
+pub use errors::{classify, reserved_name_message};
+
+use google_cloud_sql_v1::model::{
+    Database, DatabaseInstance, Settings, User, database_instance::SqlInstanceState,
+};
+
+use crate::processors::ids;
+use crate::providers::pace::Paced;
+use crate::providers::storage::bucket::uid_label_value;
+use crate::providers::{
+    Component, Erased, ExternalResource, Provider, ProviderError, Reconciled, SecretData,
+    TenantInfo, residency, secret,
+};
+use errors::{
+    SERVICE, is_conflict, is_not_found, is_operation_in_progress, operation_done, status_name,
+};
+
+/// What one pass learnt about the tenant's instance.
+struct Observed {
+    instance: DatabaseInstance,
+    database: Option<Database>,
+    user: Option<User>,
+}
+
+impl CloudSqlProvider {
+    fn resources(
+        &self,
+        inst: &str,
+        location: &str,
+        obs: Option<&Observed>,
+    ) -> Vec<ExternalResource> {
+        let p = ids::GOOGLE_CLOUD;
+        let conn = connection_name(self.project(), location, inst);
+        let mut out = vec![
+            ExternalResource::new("CloudSqlInstance", inst, Some(location.to_string()), p)
+                .with_id(&conn),
+        ];
+        if let Some(o) = obs {
+            if let Some(d) = &o.database {
+                out.push(
+                    ExternalResource::new(
+                        "Database",
+                        format!("{inst}/{}", d.name),
+                        Some(location.to_string()),
+                        p,
+                    )
+                    .with_id(format!("{conn}/{}", d.name)),
+                );
+            }
+            if let Some(u) = &o.user {
+                out.push(
+                    ExternalResource::new(
+                        "DatabaseUser",
+                        format!("{inst}/{}", u.name),
+                        Some(location.to_string()),
+                        p,
+                    )
+                    .with_id(format!("{conn}/{}", u.name)),
+                );
+            }
+        }
+        out
+    }
+
+    /// Creates the instance (nothing exists under `name`).
+    async fn create_instance(
+        &self,
+        tenant: &TenantInfo,
+        name: &str,
+    ) -> Result<Reconciled, ProviderError> {
+        residency::check_before_create(&format!("Cloud SQL instance {name}"), &tenant.region)?;
+        let body = desired_instance(&self.cfg, &tenant.name, &tenant.uid, name, &tenant.region);
+        let what = format!("create instance {name}");
+        match self
+            .instances
+            .insert()
+            .set_project(self.project())
+            .set_body(body)
+            .send()
+            .paced(&self.pacer)
+            .await
+        {
+            Ok(op) => {
+                operation_done(&what, &op)?;
+                tracing::info!(instance = name, operation = %op.name, "Cloud SQL instance insert accepted");
+                // Check where Cloud SQL put it right away (the next pass checks again).
+                if let Some(created) = self.get_instance(name).await? {
+                    residency::check_reported(
+                        &format!("Cloud SQL instance {name}"),
+                        &created.region,
+                        &tenant.region,
+                    )?;
+                }
+                Ok(Reconciled {
+                    ready: false,
+                    reason: None,
+                    message: format!("instance {name} is being created (operation {})", op.name),
+                    secret: None,
+                    resources: self.resources(name, &tenant.region, None),
+                })
+            }
+            Err(e) if is_conflict(&e) && !is_operation_in_progress(&e) => {
+                // Either the insert raced with one whose answer was lost (it exists now), or
+                // a deleted instance still reserves the name.
+                if self.get_instance(name).await?.is_some() {
+                    Ok(Reconciled {
+                        ready: false,
+                        reason: None,
+                        message: format!("instance {name} is being created"),
+                        secret: None,
+                        resources: self.resources(name, &tenant.region, None),
+                    })
+                } else {
+                    tracing::warn!(
+                        instance = name,
+                        "Cloud SQL refuses a reserved instance name"
+                    );
+                    Err(ProviderError::Refused {
+                        service: SERVICE,
+                        message: reserved_name_message(name),
+                    })
+                }
+            }
+            Err(e) => Err(classify(&what, &e, None)),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for CloudSqlProvider {
+    fn component(&self) -> Component {
+        Component::Database
+    }
+
+    async fn reconcile(
+        &self,
+        tenant: &TenantInfo,
+        secret: Option<&SecretData>,
+    ) -> Result<Reconciled, ProviderError> {
+        let name = instance_name_for(&self.cfg.instance_prefix, tenant)?;
+        let db = super::postgres::database_name(&tenant.name);
+
+        let Some(instance) = self.get_instance(&name).await? else {
+            return self.create_instance(tenant, &name).await;
+        };
+        check_ownership(&name, &tenant.name, &instance)?;
+        // Whose is it? One bound to another tenant UID is not touched, credentials
+        // included, unless this tenant adopts it by that UID.
+        check_uid(&name, tenant, &instance)?;
+        residency::check_reported(
+            &format!("Cloud SQL instance {name}"),
+            &instance.region,
+            &tenant.region,
+        )?;
+        let region = instance.region.clone();
+        let not_ready = |message: String| Reconciled {
+            ready: false,
+            reason: None,
+            message,
+            secret: None,
+            resources: self.resources(&name, &region, None),
+        };
+        match &instance.state {
+            SqlInstanceState::Runnable => {}
+            SqlInstanceState::PendingCreate => {
+                return Ok(not_ready(format!("instance {name} is being created")));
+            }
+            SqlInstanceState::Failed | SqlInstanceState::Suspended => {
+                return Err(ProviderError::Refused {
+                    service: SERVICE,
+                    message: format!(
+                        "instance {name} is {}; it needs a person (see the Cloud SQL console)",
+                        status_name(&instance.state)
+                    ),
+                });
+            }
+            other => {
+                return Ok(not_ready(format!(
+                    "instance {name} is {}, waiting",
+                    status_name(other)
+                )));
+            }
+        }
+
+        let conn = if instance.connection_name.is_empty() {
+            connection_name(self.project(), &region, &name)
+        } else {
+            instance.connection_name.clone()
+        };
+        let Some(host) = connect_address(&self.cfg, &instance) else {
+            return Ok(not_ready(format!(
+                "instance {name} has no {} IP address yet",
+                if self.cfg.private_network.is_some() {
+                    "private"
+                } else {
+                    "public"
+                }
+            )));
+        };
+        let mut obs = Observed {
+            database: self.get_database(&name, &db).await?,
+            user: self.get_user(&name, &db).await?,
+            instance,
+        };
+        let (patch, drift) = settings_patch(
+            &self.cfg,
+            &tenant.name,
+            &tenant.uid,
+            &obs.instance.settings.clone().unwrap_or_default(),
+        );
+        let password = secret
+            .and_then(|s| s.get("DATABASE_PASSWORD"))
+            .filter(|p| !p.is_empty());
+        let need_password = obs.user.is_none() || password.is_none();
+        let writes_needed = obs.database.is_none() || need_password || !drift.is_empty();
+
+        // The Secret as it should read with the password it has now (no write needed to
+        // refresh connection details, e.g. after an IP change).
+        let refreshed = |pw: &str| secret_data(&host, &db, pw, &conn);
+
+        if writes_needed && let Some(op) = self.running_operation(&name).await? {
+            let usable = obs.database.is_some() && !need_password;
+            let msg = format!(
+                "waiting for operation {} ({}) on instance {name}",
+                op.name,
+                op.operation_type.name().unwrap_or("UNKNOWN")
+            );
+            return Ok(Reconciled {
+                ready: usable,
+                reason: None,
+                message: msg,
+                secret: password
+                    .map(refreshed)
+                    .filter(|s| Some(s) != secret)
+                    .filter(|_| usable),
+                resources: self.resources(&name, &region, Some(&obs)),
+            });
+        }
+
+        // 1. The database.
+        if obs.database.is_none() {
+            let mut body = Database::new();
+            body.name = db.clone();
+            let what = format!("create database {name}/{db}");
+            let op = self
+                .databases
+                .insert()
+                .set_project(self.project())
+                .set_instance(&name)
+                .set_body(body)
+                .send()
+                .paced(&self.pacer)
+                .await
+                .map_err(|e| classify(&what, &e, None))?;
+            tracing::info!(instance = %name, database = %db, "Cloud SQL database insert accepted");
+            if !operation_done(&what, &op)? {
+                return Ok(not_ready(format!(
+                    "database {db} is being created on instance {name} (operation {})",
+                    op.name
+                )));
+            }
+            let mut d = Database::new();
+            d.name = db.clone();
+            obs.database = Some(d);
+        }
+
+        // 2. The user and its password.
+        let mut issued = None;
+        if need_password {
+            let pw = secret::random_password();
+            let mut body = User::new();
+            body.name = db.clone();
+            body.password = pw.clone();
+            let (what, result) = if obs.user.is_none() {
+                let what = format!("create user {name}/{db}");
+                let r = self
+                    .users
+                    .insert()
+                    .set_project(self.project())
+                    .set_instance(&name)
+                    .set_body(body)
+                    .send()
+                    .paced(&self.pacer)
+                    .await;
+                (what, r)
+            } else {
+                let what = format!("set password of user {name}/{db}");
+                let r = self
+                    .users
+                    .update()
+                    .set_project(self.project())
+                    .set_instance(&name)
+                    .set_name(&db)
+                    .set_body(body)
+                    .send()
+                    .paced(&self.pacer)
+                    .await;
+                (what, r)
+            };
+            let op = result.map_err(|e| classify(&what, &e, Some(&pw)))?;
+            tracing::info!(instance = %name, user = %db, "Cloud SQL user credentials issued");
+            let mut u = User::new();
+            u.name = db.clone();
+            obs.user = Some(u);
+            let done = operation_done(&what, &op)?;
+            issued = Some(refreshed(&pw));
+            if !done {
+                // The password is only known here: hand it over now.
+                return Ok(Reconciled {
+                    ready: false,
+                    reason: None,
+                    message: format!(
+                        "credentials of user {db} are being set on instance {name} (operation {})",
+                        op.name
+                    ),
+                    secret: issued,
+                    resources: self.resources(&name, &region, Some(&obs)),
+                });
+            }
+        }
+
+        // 3. Drifted settings.
+        let mut message = format!("instance {name} is ready ({conn})");
+        if !drift.is_empty() {
+            let mut body = DatabaseInstance::new();
+            body.settings = Some(patch);
+            let what = format!("update settings of instance {name}");
+            let op = self
+                .instances
+                .patch()
+                .set_project(self.project())
+                .set_instance(&name)
+                .set_body(body)
+                .send()
+                .paced(&self.pacer)
+                .await
+                .map_err(|e| classify(&what, &e, None))?;
+            tracing::info!(instance = %name, drift = ?drift, operation = %op.name, "Cloud SQL settings drift repaired");
+            message = if operation_done(&what, &op)? {
+                format!("instance {name} is ready; repaired {}", drift.join(", "))
+            } else {
+                format!(
+                    "instance {name} is ready; repairing {} (operation {})",
+                    drift.join(", "),
+                    op.name
+                )
+            };
+        }
+
+        let version = self.cfg.database_version.as_str();
+        if obs.instance.database_version.name() != Some(version) {
+            message.push_str(&format!(
+                "; runs {} while {version} is configured (major upgrades are not automatic)",
+                obs.instance.database_version.name().unwrap_or("UNKNOWN")
+            ));
+        }
+
+        let secret_out = match issued {
+            Some(s) => Some(s),
+            None => password.map(refreshed).filter(|s| Some(s) != secret),
+        };
+        Ok(Reconciled {
+            ready: true,
+            reason: None,
+            message,
+            secret: secret_out,
+            resources: self.resources(&name, &region, Some(&obs)),
+        })
+    }
+
+    async fn delete(&self, tenant: &TenantInfo) -> Result<Erased, ProviderError> {
+        let name = instance_name_for(&self.cfg.instance_prefix, tenant)?;
+        let db = super::postgres::database_name(&tenant.name);
+        let Some(instance) = self.get_instance(&name).await? else {
+            return Ok(Erased::default());
+        };
+        if let Err(e) = check_ownership(&name, &tenant.name, &instance) {
+            return Err(ProviderError::DeletionBlocked {
+                service: SERVICE,
+                message: e.to_string(),
+            });
+        }
+        // Another tenant's (retained) instance under this name is not this tenant's to erase.
+        if let Some(owner) = owner_of(&instance)
+            && owner != uid_label_value(&tenant.uid)
+        {
+            tracing::info!(instance = %name, "instance is bound to another tenant UID; not erased");
+            return Ok(Erased::default());
+        }
+        let region = instance.region.clone();
+        let obs = if instance.state == SqlInstanceState::Runnable {
+            Observed {
+                database: self.get_database(&name, &db).await?,
+                user: self.get_user(&name, &db).await?,
+                instance,
+            }
+        } else {
+            Observed {
+                database: None,
+                user: None,
+                instance,
+            }
+        };
+        let erased = Erased {
+            resources: self.resources(&name, &region, Some(&obs)),
+            ..Erased::default()
+        };
+        if obs.instance.state == SqlInstanceState::PendingDelete {
+            // Accepted on an earlier pass; Cloud SQL finishes on its own.
+            return Ok(erased);
+        }
+        if let Some(op) = self.running_operation(&name).await? {
+            return Err(ProviderError::Unavailable {
+                service: SERVICE,
+                message: format!(
+                    "instance {name}: waiting for operation {} ({}) before deleting",
+                    op.name,
+                    op.operation_type.name().unwrap_or("UNKNOWN")
+                ),
+            });
+        }
+        let protected = obs
+            .instance
+            .settings
+            .as_ref()
+            .and_then(|s| s.deletion_protection_enabled)
+            .unwrap_or(false);
+        if protected {
+            let mut settings = Settings::new();
+            settings.deletion_protection_enabled = Some(false);
+            let mut body = DatabaseInstance::new();
+            body.settings = Some(settings);
+            let what = format!("lift deletion protection of instance {name}");
+            let op = self
+                .instances
+                .patch()
+                .set_project(self.project())
+                .set_instance(&name)
+                .set_body(body)
+                .send()
+                .paced(&self.pacer)
+                .await
+                .map_err(|e| classify(&what, &e, None))?;
+            tracing::info!(instance = %name, operation = %op.name, "Cloud SQL deletion protection lifted");
+            if !operation_done(&what, &op)? {
+                return Err(ProviderError::Unavailable {
+                    service: SERVICE,
+                    message: format!(
+                        "instance {name}: deletion protection is being lifted (operation {}); \
+                         deleting on the next pass",
+                        op.name
+                    ),
+                });
+            }
+        }
+        let what = format!("delete instance {name}");
+        match self
+            .instances
+            .delete()
+            .set_project(self.project())
+            .set_instance(&name)
+            .send()
+            .paced(&self.pacer)
+            .await
+        {
+            Ok(op) => {
+                operation_done(&what, &op)?;
+                tracing::info!(instance = %name, operation = %op.name, "Cloud SQL instance delete accepted");
+                Ok(erased)
+            }
+            Err(e) if is_not_found(&e) => Ok(erased),
+            Err(e) => Err(classify(&what, &e, None)),
+        }
+    }
+}
