@@ -242,7 +242,7 @@ async fn drift_is_repaired_by_one_patch_of_the_drifted_settings_only() {
         i["settings"]["userLabels"]
             .as_object_mut()
             .unwrap()
-            .remove("managed-by");
+            .remove("dealerdesk-tenant-uid");
         i["settings"]["userLabels"]["cost-center"] = json!("sales");
     });
     d.clear_calls();
@@ -636,6 +636,68 @@ async fn an_instance_of_another_tenant_is_left_alone() {
     assert_eq!(e.reason(), "DeletionBlocked");
     assert!(d.writes().is_empty());
     assert_eq!(d.instance_names(), ["dt-a-b"]);
+    assert_clean(&d);
+}
+
+/// An instance under the tenant's name that does not carry `managed-by` and the tenant's
+/// label (made by hand, by another tool, or with its labels removed) is not adopted: the
+/// pass fails with a clear condition and writes nothing, and the tenant's deletion neither
+/// lifts its deletion protection nor deletes it. Labelling it hands it over.
+#[tokio::test]
+async fn an_unlabelled_instance_is_neither_adopted_nor_deleted() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    let t = tenant("acme", "europe-west3");
+    let mut secret = None;
+    converge(&p, &t, &mut secret, 5).await;
+    let pw = secret
+        .as_ref()
+        .unwrap()
+        .get("DATABASE_PASSWORD")
+        .unwrap()
+        .to_string();
+
+    for labels in [
+        json!({}),
+        json!({"tenant": "acme"}),
+        json!({"managed-by": "dealertenant-operator"}),
+        json!({"tenant": "acme", "managed-by": "terraform"}),
+    ] {
+        d.edit_instance("dt-acme", |i| i["settings"]["userLabels"] = labels.clone());
+        d.clear_calls();
+        // Without a Secret, the pass would otherwise reset the user's password.
+        let e = p.reconcile(&t, None).await.unwrap_err();
+        assert!(!e.is_transient(), "{labels}: {e}");
+        assert_eq!(e.reason(), "ProviderRefused", "{labels}: {e}");
+        assert!(
+            e.to_string().contains(
+                "gcloud sql instances patch dt-acme \
+                 --update-labels=managed-by=dealertenant-operator,tenant=acme"
+            ),
+            "{e}"
+        );
+        let e = p.delete(&t).await.unwrap_err();
+        assert_eq!(e.reason(), "DeletionBlocked", "{labels}: {e}");
+        assert!(!e.is_transient());
+        assert!(e.to_string().contains("not labelled"), "{e}");
+        assert!(d.writes().is_empty(), "{labels}: {:?}", d.writes());
+        let i = d.instance("dt-acme").unwrap();
+        assert_eq!(i["state"], "RUNNABLE");
+        assert_eq!(i["settings"]["deletionProtectionEnabled"], true);
+        assert!(d.login("dt-acme", "dt_acme", &pw));
+    }
+
+    // Someone who knows it is the tenant's labels it (what `gcloud sql instances patch
+    // --update-labels` does): the next pass takes it over and binds it to the UID.
+    d.edit_instance("dt-acme", |i| {
+        i["settings"]["userLabels"] =
+            json!({"managed-by": "dealertenant-operator", "tenant": "acme"});
+    });
+    let r = converge(&p, &t, &mut secret, 3).await;
+    assert!(r.ready, "{}", r.message);
+    assert_eq!(uid_label(&d, "dt-acme"), json!("uid-1"));
+    assert_eq!(p.delete(&t).await.unwrap().resources.len(), 3);
+    assert!(d.instance_names().is_empty());
     assert_clean(&d);
 }
 

@@ -221,8 +221,11 @@ pub fn settings_patch(
     (patch, drift)
 }
 
-/// Refuses an instance that carries another tenant's or another manager's labels. Missing
-/// labels are a drift (repaired by [`settings_patch`]), not a refusal.
+/// Refuses an instance that is not marked as this tenant's: its `userLabels` must carry
+/// `managed-by=dealertenant-operator` and `tenant=<tenant>` (the UID label is checked by
+/// [`check_uid`]). An unlabelled instance is not adopted: it may be somebody's by hand, and
+/// adopting it would hand its deletion protection and its data to the tenant's deletion.
+/// Someone who knows it is the tenant's sets the labels (see [`adopt_command`]).
 pub fn check_ownership(
     name: &str,
     tenant: &str,
@@ -234,20 +237,33 @@ pub fn check_ownership(
         .map(|s| &s.user_labels)
         .cloned()
         .unwrap_or_default();
-    let foreign = [(LABEL_TENANT, tenant), (LABEL_MANAGED_BY, MANAGED_BY)]
+    let wrong = [(LABEL_MANAGED_BY, MANAGED_BY), (LABEL_TENANT, tenant)]
         .into_iter()
-        .find(|(k, v)| labels.get(*k).is_some_and(|have| have != v));
-    match foreign {
-        None => Ok(()),
-        Some((k, _)) => Err(ProviderError::Refused {
-            service: SERVICE,
-            message: format!(
-                "instance {name} exists but its label {k}={} says it is not this tenant's; \
-                 it is left alone (set {SUFFIX_ANNOTATION} to use another name)",
-                labels.get(k).map(String::as_str).unwrap_or_default()
-            ),
-        }),
-    }
+        .find(|(k, v)| labels.get(*k).map(String::as_str) != Some(*v));
+    let Some((key, _)) = wrong else {
+        return Ok(());
+    };
+    let found = match labels.get(key) {
+        Some(have) => format!("its label {key}={have} says it is not this tenant's"),
+        None => format!("it has no label {key}, so it is not known to be this tenant's"),
+    };
+    Err(ProviderError::Refused {
+        service: SERVICE,
+        message: format!(
+            "instance {name} exists but {found}; nothing was changed. If it is the tenant's, \
+             label it: {}; otherwise set {SUFFIX_ANNOTATION} to use another name",
+            adopt_command(name, tenant)
+        ),
+    })
+}
+
+/// The command that marks an existing instance as `tenant`'s (the next pass also binds it
+/// to the tenant's UID).
+pub fn adopt_command(name: &str, tenant: &str) -> String {
+    format!(
+        "gcloud sql instances patch {name} \
+         --update-labels={LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_TENANT}={tenant}"
+    )
 }
 
 /// The address clients connect to: the private IP when a private network is configured,
@@ -441,9 +457,28 @@ mod tests {
             .insert(LABEL_MANAGED_BY.into(), "terraform".into());
         let e = check_ownership("dt-acme", "acme", &i).unwrap_err();
         assert!(e.to_string().contains("managed-by=terraform"), "{e}");
-        // Labels removed by hand: drift, not a refusal.
+        // Unlabelled (made by hand, or labels removed): not ours until someone labels it.
+        for missing in [LABEL_MANAGED_BY, LABEL_TENANT] {
+            let mut i = DatabaseInstance::new();
+            i.settings = Some(desired_settings(&CloudSqlConfig::default(), "acme", ""));
+            i.settings.as_mut().unwrap().user_labels.remove(missing);
+            let e = check_ownership("dt-acme", "acme", &i).unwrap_err();
+            assert_eq!(e.reason(), "ProviderRefused");
+            assert!(
+                e.to_string().contains(&format!("no label {missing}")),
+                "{e}"
+            );
+            assert!(
+                e.to_string().contains(
+                    "gcloud sql instances patch dt-acme \
+                     --update-labels=managed-by=dealertenant-operator,tenant=acme"
+                ),
+                "{e}"
+            );
+        }
         i.settings.as_mut().unwrap().user_labels.clear();
-        assert!(check_ownership("dt-acme", "acme", &i).is_ok());
+        assert!(check_ownership("dt-acme", "acme", &i).is_err());
+        assert!(check_ownership("dt-acme", "acme", &DatabaseInstance::new()).is_err());
     }
 
     #[test]

@@ -29,8 +29,8 @@ mod errors;
 pub use client::{CloudSqlProvider, from_config};
 pub use config::{CloudSqlConfig, SUFFIX_ANNOTATION, instance_name, instance_name_for};
 pub use desired::{
-    LABEL_MANAGED_BY, LABEL_TENANT, LABEL_TENANT_UID, MANAGED_BY, check_ownership, check_uid,
-    connect_address, connection_name, desired_backup_configuration, desired_instance,
+    LABEL_MANAGED_BY, LABEL_TENANT, LABEL_TENANT_UID, MANAGED_BY, adopt_command, check_ownership,
+    check_uid, connect_address, connection_name, desired_backup_configuration, desired_instance,
     desired_ip_configuration, desired_settings, labels, owner_of, secret_data, settings_patch,
 };
 pub use errors::{classify, reserved_name_message};
@@ -409,10 +409,19 @@ impl Provider for CloudSqlProvider {
         let Some(instance) = self.get_instance(&name).await? else {
             return Ok(Erased::default());
         };
-        if let Err(e) = check_ownership(&name, &tenant.name, &instance) {
+        // Not marked as this tenant's: neither its deletion protection nor the instance is
+        // touched; a person decides.
+        if check_ownership(&name, &tenant.name, &instance).is_err() {
+            tracing::warn!(instance = %name, "instance is not labelled as the tenant's; not deleted");
             return Err(ProviderError::DeletionBlocked {
                 service: SERVICE,
-                message: e.to_string(),
+                message: format!(
+                    "instance {name} is not labelled {LABEL_MANAGED_BY}={MANAGED_BY} and \
+                     {LABEL_TENANT}={}; nothing was changed. Check who uses it, then delete it \
+                     by hand, or label it ({}) to let the operator delete it",
+                    tenant.name,
+                    adopt_command(&name, &tenant.name)
+                ),
             });
         }
         // Another tenant's (retained) instance under this name is not this tenant's to erase.
