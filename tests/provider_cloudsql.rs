@@ -701,6 +701,125 @@ async fn an_unlabelled_instance_is_neither_adopted_nor_deleted() {
     assert_clean(&d);
 }
 
+/// An operation that fails after its request was accepted (Cloud SQL answers `RUNNING`,
+/// then reports `DONE` with `error`) is seen on the next pass: the condition says
+/// `OperationFailed` with Cloud SQL's message, the tenant is not shown ready, and the same
+/// request is not re-sent on every pass but again once the hold after the failure is over.
+#[tokio::test]
+async fn a_failed_operation_is_reported_and_not_resent_until_the_hold_is_over() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    let t = tenant("acme", "europe-west3");
+    let mut secret = None;
+    converge(&p, &t, &mut secret, 5).await;
+
+    // A drift repair whose operation fails.
+    d.set_op_polls(1);
+    d.edit_instance("dt-acme", |i| {
+        i["settings"]["tier"] = json!("db-custom-4-15360")
+    });
+    d.fail_next_operation(
+        "UPDATE",
+        "QUOTA_EXCEEDED",
+        "Quota exceeded for quota metric 'CPUs' in region europe-west3.",
+    );
+    d.clear_calls();
+    let r = p.reconcile(&t, secret.as_ref()).await.unwrap();
+    assert!(r.message.contains("repairing tier"), "{}", r.message);
+    assert_eq!(d.writes().len(), 1);
+    for _ in 0..3 {
+        d.clear_calls();
+        let e = p.reconcile(&t, secret.as_ref()).await.unwrap_err();
+        assert_eq!(e.reason(), "OperationFailed", "{e}");
+        assert!(!e.is_transient(), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("QUOTA_EXCEEDED: Quota exceeded for quota metric 'CPUs'"),
+            "{msg}"
+        );
+        assert!(msg.contains("update settings of instance dt-acme"), "{msg}");
+        assert!(msg.contains("not sent again before"), "{msg}");
+        assert!(d.writes().is_empty(), "re-sent: {:?}", d.writes());
+    }
+    assert_eq!(
+        d.instance("dt-acme").unwrap()["settings"]["tier"],
+        "db-custom-4-15360"
+    );
+
+    // Once the hold is over, the patch is sent again (and now succeeds).
+    d.set_op_polls(0);
+    d.age_operations(11 * 60);
+    d.clear_calls();
+    let r = p.reconcile(&t, secret.as_ref()).await.unwrap();
+    assert!(r.ready, "{}", r.message);
+    assert!(r.message.contains("repaired tier"), "{}", r.message);
+    assert_eq!(
+        d.instance("dt-acme").unwrap()["settings"]["tier"],
+        "db-custom-1-3840"
+    );
+
+    // A password reset whose operation fails: the old password still works, nothing is
+    // handed over, and the next pass does not send another.
+    let old = secret
+        .as_ref()
+        .unwrap()
+        .get("DATABASE_PASSWORD")
+        .unwrap()
+        .to_string();
+    d.fail_next_operation(
+        "UPDATE_USER",
+        "INTERNAL_ERROR",
+        "An internal error has occurred.",
+    );
+    let e = p.reconcile(&t, None).await.unwrap_err();
+    assert_eq!(e.reason(), "OperationFailed", "{e}");
+    assert!(
+        e.to_string()
+            .contains("set password of user dt-acme/dt_acme"),
+        "{e}"
+    );
+    assert!(d.login("dt-acme", "dt_acme", &old));
+    d.clear_calls();
+    let e = p.reconcile(&t, None).await.unwrap_err();
+    assert_eq!(e.reason(), "OperationFailed", "{e}");
+    assert!(
+        e.to_string().contains("An internal error has occurred."),
+        "{e}"
+    );
+    assert!(d.writes().is_empty(), "re-sent: {:?}", d.writes());
+    assert_clean(&d);
+}
+
+/// A create that fails after it was accepted leaves the instance `FAILED`; the condition
+/// carries Cloud SQL's reason, and no second insert is sent.
+#[tokio::test]
+async fn a_failed_create_says_why() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    let t = tenant("acme", "europe-west3");
+    d.fail_next_operation(
+        "CREATE",
+        "INVALID_REQUEST",
+        "Invalid request: Invalid tier (db-custom-1-3840) for ENTERPRISE_PLUS edition.",
+    );
+    let r = p.reconcile(&t, None).await.unwrap();
+    assert!(!r.ready);
+    for _ in 0..2 {
+        d.clear_calls();
+        let e = p.reconcile(&t, None).await.unwrap_err();
+        assert_eq!(e.reason(), "OperationFailed", "{e}");
+        assert!(e.to_string().contains("Invalid tier"), "{e}");
+        assert!(
+            e.to_string()
+                .contains("gcloud sql instances delete dt-acme"),
+            "{e}"
+        );
+        assert!(d.writes().is_empty(), "{:?}", d.writes());
+    }
+    assert_eq!(d.instance("dt-acme").unwrap()["state"], "FAILED");
+    assert_clean(&d);
+}
+
 const UID_LABEL: &str = "dealerdesk-tenant-uid";
 const ADOPT: &str = "dealerdesk.de/adopt-retained";
 

@@ -36,6 +36,14 @@ pub enum ProviderError {
         service: &'static str,
         message: String,
     },
+    /// A long-running operation the service accepted finished with an error (a Cloud SQL
+    /// operation `DONE` with `error`); the message carries the service's own text. The
+    /// same request is held back for a while instead of being re-sent on every pass.
+    #[error("{service} operation failed: {message}")]
+    OperationFailed {
+        service: &'static str,
+        message: String,
+    },
     /// Deletion is not possible now and needs a person; the message says what to do.
     #[error("{service} cannot delete: {message}")]
     DeletionBlocked {
@@ -59,6 +67,7 @@ impl ProviderError {
             ProviderError::Foreign { .. } => "RetainedDataExists",
             ProviderError::NotConfigured { .. } => "NotConfigured",
             ProviderError::DeletionBlocked { .. } => "DeletionBlocked",
+            ProviderError::OperationFailed { .. } => "OperationFailed",
         }
     }
 

@@ -38,7 +38,9 @@
 //! checked against the discovery enum. A number on a field the double has no mapping for is
 //! a violation. Answers use numbers when the request asked for `enum-encoding=int`.
 //!
-//! Failure injection: [`CloudSqlDouble::fail_nth`] fails the k-th request from now, either
+//! Failure injection: [`CloudSqlDouble::fail_next_operation`] makes an accepted request's
+//! operation finish `DONE` with `error.errors[]` and the change not made.
+//! [`CloudSqlDouble::fail_nth`] fails the k-th request from now, either
 //! before performing it or after performing it (the answer is lost and the client sees a
 //! `500`). [`CloudSqlDouble::queue_error`] answers the next request with a given error.
 
@@ -500,6 +502,8 @@ struct Op {
     remaining: u32,
     /// The instance becomes RUNNABLE / is removed when this operation finishes.
     effect: Effect,
+    /// `(code, message)` of the error this operation finishes with, if it fails.
+    error: Option<(String, String)>,
 }
 
 #[derive(Clone, PartialEq)]
@@ -507,6 +511,16 @@ enum Effect {
     None,
     Runnable,
     Remove,
+    /// A failed create: the instance is left `FAILED` ("The creation of the instance
+    /// failed or a fatal error occurred during maintenance", `SqlInstanceState`).
+    Failed,
+}
+
+/// An operation failure armed with [`CloudSqlDouble::fail_next_operation`].
+struct FailSpec {
+    operation_type: String,
+    code: String,
+    message: String,
 }
 
 struct Queued {
@@ -533,6 +547,7 @@ struct St {
     create_polls: u32,
     op_polls: u32,
     reported_region: Option<String>,
+    failing: Vec<FailSpec>,
     seq: u64,
     conflicts: u64,
     faults_fired: u64,
@@ -675,6 +690,38 @@ impl CloudSqlDouble {
         self.st().reported_region = Some(region.to_string());
     }
 
+    /// Makes the next operation of type `operation_type` (`CREATE`, `UPDATE`,
+    /// `CREATE_DATABASE`, `CREATE_USER`, `UPDATE_USER`, `DELETE`) fail: the request is
+    /// accepted and answers an operation as usual, but the change is not made and the
+    /// operation finishes `DONE` with `error.errors[{code, message}]`, as Cloud SQL reports
+    /// a long-running operation that failed after the request returned
+    /// (<https://cloud.google.com/sql/docs/postgres/admin-api/rest/v1/operations>). A failed
+    /// `CREATE` leaves the instance `FAILED`.
+    pub fn fail_next_operation(&self, operation_type: &str, code: &str, message: &str) {
+        self.st().failing.push(FailSpec {
+            operation_type: operation_type.to_string(),
+            code: code.to_string(),
+            message: message.to_string(),
+        });
+    }
+
+    /// Moves every operation's times `secs` seconds into the past, as if that much time
+    /// had passed since.
+    pub fn age_operations(&self, secs: i64) {
+        let mut st = self.st();
+        for op in &mut st.ops {
+            for k in ["insertTime", "startTime", "endTime"] {
+                if let Some(ts) = op.json[k]
+                    .as_str()
+                    .and_then(|s| s.parse::<jiff::Timestamp>().ok())
+                {
+                    let aged = ts - jiff::SignedDuration::from_secs(secs);
+                    op.json[k] = json!(aged.to_string());
+                }
+            }
+        }
+    }
+
     /// Marks `name` as the name of a recently deleted instance.
     pub fn reserve(&self, name: &str) {
         self.st().reserved.insert(name.to_string());
@@ -804,8 +851,7 @@ impl St {
         {
             op.remaining = op.remaining.saturating_sub(1);
             if op.remaining == 0 {
-                op.json["status"] = json!("DONE");
-                op.json["endTime"] = json!(now());
+                finish(op);
                 effects.push(op.effect.clone());
             }
         }
@@ -832,6 +878,11 @@ impl St {
                     i["ipAddresses"] = Value::Array(ips);
                 }
             }
+            Effect::Failed => {
+                if let Some(i) = self.instances.get_mut(inst) {
+                    i["state"] = json!("FAILED");
+                }
+            }
             Effect::Remove => {
                 self.instances.remove(inst);
                 self.databases.retain(|(i, _), _| i != inst);
@@ -849,30 +900,74 @@ impl St {
         polls: u32,
         effect: Effect,
     ) -> Value {
+        self.operation_ending(project, inst, ty, polls, effect, None)
+    }
+
+    /// The armed failure for the next operation of type `ty`, if any (consumed).
+    fn failure(&mut self, ty: &str) -> Option<(String, String)> {
+        let at = self.failing.iter().position(|f| f.operation_type == ty)?;
+        let f = self.failing.remove(at);
+        Some((f.code, f.message))
+    }
+
+    /// An operation that finishes with `error` (when given) instead of succeeding.
+    fn operation_ending(
+        &mut self,
+        project: &str,
+        inst: &str,
+        ty: &str,
+        polls: u32,
+        effect: Effect,
+        error: Option<(String, String)>,
+    ) -> Value {
         let id = format!("op-{:08x}", self.next_id() * 2654435761 % 0xffff_ffff);
         let done = polls == 0;
-        let json = json!({
+        let mut json = json!({
             "kind": "sql#operation",
             "name": id,
-            "status": if done { "DONE" } else { "RUNNING" },
+            "status": "RUNNING",
             "operationType": ty,
             "user": "operator@example.iam.gserviceaccount.com",
             "insertTime": now(),
+            "startTime": now(),
             "targetId": inst,
             "targetProject": project,
             "targetLink": format!("https://sqladmin.googleapis.com/v1/projects/{project}/instances/{inst}"),
             "selfLink": format!("https://sqladmin.googleapis.com/v1/projects/{project}/operations/{id}"),
         });
-        self.ops.push(Op {
-            json: json.clone(),
+        let mut op = Op {
+            json: Value::Null,
             instance: inst.to_string(),
             remaining: polls,
             effect: effect.clone(),
-        });
+            error,
+        };
+        if done {
+            op.json = json;
+            finish(&mut op);
+            json = op.json.clone();
+        } else {
+            op.json = json.clone();
+        }
+        self.ops.push(op);
         if done {
             self.apply(inst, effect);
         }
         json
+    }
+}
+
+/// Marks `op` DONE now. A failing one carries `error` the way the API reports it: the
+/// operation is `DONE` and `error.errors[]` holds `code` and `message` (`Operation`,
+/// `OperationErrors`, `OperationError` in the discovery document).
+fn finish(op: &mut Op) {
+    op.json["status"] = json!("DONE");
+    op.json["endTime"] = json!(now());
+    if let Some((code, message)) = &op.error {
+        op.json["error"] = json!({
+            "kind": "sql#operationErrors",
+            "errors": [{ "kind": "sql#operationError", "code": code, "message": message }],
+        });
     }
 }
 
@@ -1150,7 +1245,11 @@ fn serve(
             }
             st.instances.insert(name.clone(), inst_json);
             let polls = st.create_polls;
-            Ok(st.operation(project, &name, "CREATE", polls, Effect::Runnable))
+            let (effect, error) = match st.failure("CREATE") {
+                Some(e) => (Effect::Failed, Some(e)),
+                None => (Effect::Runnable, None),
+            };
+            Ok(st.operation_ending(project, &name, "CREATE", polls, effect, error))
         }
         "sql.instances.patch" => {
             if !exists(st, &inst) {
@@ -1164,6 +1263,16 @@ fn serve(
             if let Some(msg) = label_error(&b["settings"]["userLabels"]) {
                 st.violations.push(format!("sql.instances.patch: {msg}"));
                 return Err(invalid(&msg));
+            }
+            if let Some(e) = st.failure("UPDATE") {
+                return Ok(st.operation_ending(
+                    project,
+                    &inst,
+                    "UPDATE",
+                    polls,
+                    Effect::None,
+                    Some(e),
+                ));
             }
             let i = st.instances.get_mut(&inst).unwrap();
             if let Some(s) = b.get("settings") {
@@ -1192,6 +1301,16 @@ fn serve(
             if st.busy(&inst) {
                 st.conflicts += 1;
                 return Err(in_progress());
+            }
+            if let Some(e) = st.failure("DELETE") {
+                return Ok(st.operation_ending(
+                    project,
+                    &inst,
+                    "DELETE",
+                    polls,
+                    Effect::None,
+                    Some(e),
+                ));
             }
             st.instances.get_mut(&inst).unwrap()["state"] = json!("PENDING_DELETE");
             Ok(st.operation(project, &inst, "DELETE", polls, Effect::Remove))
@@ -1275,6 +1394,16 @@ fn serve(
                     &format!("database \"{db}\" already exists"),
                 ));
             }
+            if let Some(e) = st.failure("CREATE_DATABASE") {
+                return Ok(st.operation_ending(
+                    project,
+                    &inst,
+                    "CREATE_DATABASE",
+                    polls,
+                    Effect::None,
+                    Some(e),
+                ));
+            }
             let n = st.next_id();
             st.databases.insert(
                 (inst.clone(), db.clone()),
@@ -1352,12 +1481,15 @@ fn serve(
                     &format!("Not Found: user \"{name}\" does not exist."),
                 ));
             }
-            st.users.insert(key, password);
             let ty = if id == "sql.users.insert" {
                 "CREATE_USER"
             } else {
                 "UPDATE_USER"
             };
+            if let Some(e) = st.failure(ty) {
+                return Ok(st.operation_ending(project, &inst, ty, polls, Effect::None, Some(e)));
+            }
+            st.users.insert(key, password);
             Ok(st.operation(project, &inst, ty, polls, Effect::None))
         }
         other => Err(google_error(

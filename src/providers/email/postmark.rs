@@ -580,6 +580,10 @@ fn scrub(err: ProviderError, secret: &str) -> ProviderError {
             service,
             message: s(message),
         },
+        ProviderError::OperationFailed { service, message } => ProviderError::OperationFailed {
+            service,
+            message: s(message),
+        },
         other @ ProviderError::Residency { .. } => other,
     }
 }

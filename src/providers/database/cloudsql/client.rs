@@ -7,9 +7,7 @@ use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_sql_v1::client::{
     SqlDatabasesService, SqlInstancesService, SqlOperationsService, SqlUsersService,
 };
-use google_cloud_sql_v1::model::{
-    Database, DatabaseInstance, Operation, User, operation::SqlOperationStatus,
-};
+use google_cloud_sql_v1::model::{Database, DatabaseInstance, Operation, Settings, User};
 
 use super::config::CloudSqlConfig;
 use super::errors::{SERVICE, classify, is_not_found};
@@ -192,11 +190,12 @@ impl CloudSqlProvider {
         }
     }
 
-    /// The first operation on `inst` that is still pending or running.
-    pub(super) async fn running_operation(
+    /// The recent operations on `inst`, newest first (Cloud SQL lists them in reverse
+    /// order of their start).
+    pub(super) async fn list_operations(
         &self,
         inst: &str,
-    ) -> Result<Option<Operation>, ProviderError> {
+    ) -> Result<Vec<Operation>, ProviderError> {
         let list = self
             .operations
             .list()
@@ -207,11 +206,82 @@ impl CloudSqlProvider {
             .paced(&self.pacer)
             .await
             .map_err(|e| classify(&format!("list operations of {inst}"), &e, None))?;
-        Ok(list.items.into_iter().find(|op| {
-            matches!(
-                op.status,
-                SqlOperationStatus::Pending | SqlOperationStatus::Running
-            )
-        }))
+        Ok(list.items)
+    }
+
+    /// `databases.insert` of `db` on `inst`.
+    pub(super) async fn create_database(
+        &self,
+        inst: &str,
+        db: &str,
+        what: &str,
+    ) -> Result<Operation, ProviderError> {
+        let mut body = Database::new();
+        body.name = db.to_string();
+        self.databases
+            .insert()
+            .set_project(self.project())
+            .set_instance(inst)
+            .set_body(body)
+            .send()
+            .paced(&self.pacer)
+            .await
+            .map_err(|e| classify(what, &e, None))
+    }
+
+    /// `users.insert` (a new user) or `users.update` (a new password) of `user` on `inst`.
+    /// The password never appears in the error, even if the service echoes it.
+    pub(super) async fn set_user(
+        &self,
+        inst: &str,
+        user: &str,
+        password: &str,
+        exists: bool,
+        what: &str,
+    ) -> Result<Operation, ProviderError> {
+        let mut body = User::new();
+        body.name = user.to_string();
+        body.password = password.to_string();
+        let result = if exists {
+            self.users
+                .update()
+                .set_project(self.project())
+                .set_instance(inst)
+                .set_name(user)
+                .set_body(body)
+                .send()
+                .paced(&self.pacer)
+                .await
+        } else {
+            self.users
+                .insert()
+                .set_project(self.project())
+                .set_instance(inst)
+                .set_body(body)
+                .send()
+                .paced(&self.pacer)
+                .await
+        };
+        result.map_err(|e| classify(what, &e, Some(password)))
+    }
+
+    /// `instances.patch` of `inst` with `settings` (only the fields set are changed).
+    pub(super) async fn patch_settings(
+        &self,
+        inst: &str,
+        settings: Settings,
+        what: &str,
+    ) -> Result<Operation, ProviderError> {
+        let mut body = DatabaseInstance::new();
+        body.settings = Some(settings);
+        self.instances
+            .patch()
+            .set_project(self.project())
+            .set_instance(inst)
+            .set_body(body)
+            .send()
+            .paced(&self.pacer)
+            .await
+            .map_err(|e| classify(what, &e, None))
     }
 }

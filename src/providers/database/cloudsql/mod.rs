@@ -37,6 +37,7 @@ pub use errors::{classify, reserved_name_message};
 
 use google_cloud_sql_v1::model::{
     Database, DatabaseInstance, Settings, User, database_instance::SqlInstanceState,
+    operation::SqlOperationType,
 };
 
 use crate::processors::ids;
@@ -47,7 +48,8 @@ use crate::providers::{
     TenantInfo, residency, secret,
 };
 use errors::{
-    SERVICE, is_conflict, is_not_found, is_operation_in_progress, operation_done, status_name,
+    SERVICE, held_back, is_conflict, is_not_found, is_operation_in_progress, latest,
+    operation_done, operation_errors, running, status_name,
 };
 
 /// What one pass learnt about the tenant's instance.
@@ -200,7 +202,29 @@ impl Provider for CloudSqlProvider {
             SqlInstanceState::PendingCreate => {
                 return Ok(not_ready(format!("instance {name} is being created")));
             }
-            SqlInstanceState::Failed | SqlInstanceState::Suspended => {
+            SqlInstanceState::Failed => {
+                // Cloud SQL's reason is in the failed create operation, if that is what it was.
+                let ops = self.list_operations(&name).await?;
+                if let Some(errors) =
+                    latest(&ops, &SqlOperationType::Create).and_then(operation_errors)
+                {
+                    return Err(ProviderError::OperationFailed {
+                        service: SERVICE,
+                        message: format!(
+                            "instance {name} could not be created: {errors}; it is FAILED and \
+                             needs a person: delete it (gcloud sql instances delete {name}) \
+                             and the next pass creates it anew"
+                        ),
+                    });
+                }
+                return Err(ProviderError::Refused {
+                    service: SERVICE,
+                    message: format!(
+                        "instance {name} is FAILED; it needs a person (see the Cloud SQL console)"
+                    ),
+                });
+            }
+            SqlInstanceState::Suspended => {
                 return Err(ProviderError::Refused {
                     service: SERVICE,
                     message: format!(
@@ -253,7 +277,15 @@ impl Provider for CloudSqlProvider {
         // refresh connection details, e.g. after an IP change).
         let refreshed = |pw: &str| secret_data(&host, &db, pw, &conn);
 
-        if writes_needed && let Some(op) = self.running_operation(&name).await? {
+        // Writes wait while an operation runs (Cloud SQL runs one at a time). A write whose
+        // last operation failed less than HOLD_AFTER_FAILURE ago is not sent again: its
+        // error, in Cloud SQL's words, is what the pass reports.
+        let ops = if writes_needed {
+            self.list_operations(&name).await?
+        } else {
+            Vec::new()
+        };
+        if let Some(op) = running(&ops) {
             let usable = obs.database.is_some() && !need_password;
             let msg = format!(
                 "waiting for operation {} ({}) on instance {name}",
@@ -271,22 +303,20 @@ impl Provider for CloudSqlProvider {
                 resources: self.resources(&name, &region, Some(&obs)),
             });
         }
+        let now = jiff::Timestamp::now();
+        let held = |kind: SqlOperationType, what: &str| {
+            held_back(&ops, &kind, now).map(|h| h.message(what))
+        };
+        let mut failed: Vec<String> = Vec::new();
 
         // 1. The database.
-        if obs.database.is_none() {
-            let mut body = Database::new();
-            body.name = db.clone();
-            let what = format!("create database {name}/{db}");
-            let op = self
-                .databases
-                .insert()
-                .set_project(self.project())
-                .set_instance(&name)
-                .set_body(body)
-                .send()
-                .paced(&self.pacer)
-                .await
-                .map_err(|e| classify(&what, &e, None))?;
+        let what = format!("create database {name}/{db}");
+        if obs.database.is_none()
+            && let Some(m) = held(SqlOperationType::CreateDatabase, &what)
+        {
+            failed.push(m);
+        } else if obs.database.is_none() {
+            let op = self.create_database(&name, &db, &what).await?;
             tracing::info!(instance = %name, database = %db, "Cloud SQL database insert accepted");
             if !operation_done(&what, &op)? {
                 return Ok(not_ready(format!(
@@ -301,84 +331,91 @@ impl Provider for CloudSqlProvider {
 
         // 2. The user and its password.
         let mut issued = None;
-        if need_password {
+        let (kind, what) = match obs.user {
+            None => (
+                SqlOperationType::CreateUser,
+                format!("create user {name}/{db}"),
+            ),
+            Some(_) => (
+                SqlOperationType::UpdateUser,
+                format!("set password of user {name}/{db}"),
+            ),
+        };
+        if need_password && let Some(m) = held(kind, &what) {
+            failed.push(m);
+        } else if need_password {
             let pw = secret::random_password();
-            let mut body = User::new();
-            body.name = db.clone();
-            body.password = pw.clone();
-            let (what, result) = if obs.user.is_none() {
-                let what = format!("create user {name}/{db}");
-                let r = self
-                    .users
-                    .insert()
-                    .set_project(self.project())
-                    .set_instance(&name)
-                    .set_body(body)
-                    .send()
-                    .paced(&self.pacer)
-                    .await;
-                (what, r)
-            } else {
-                let what = format!("set password of user {name}/{db}");
-                let r = self
-                    .users
-                    .update()
-                    .set_project(self.project())
-                    .set_instance(&name)
-                    .set_name(&db)
-                    .set_body(body)
-                    .send()
-                    .paced(&self.pacer)
-                    .await;
-                (what, r)
-            };
-            let op = result.map_err(|e| classify(&what, &e, Some(&pw)))?;
+            let op = self
+                .set_user(&name, &db, &pw, obs.user.is_some(), &what)
+                .await?;
             tracing::info!(instance = %name, user = %db, "Cloud SQL user credentials issued");
-            let mut u = User::new();
-            u.name = db.clone();
-            obs.user = Some(u);
-            let done = operation_done(&what, &op)?;
-            issued = Some(refreshed(&pw));
-            if !done {
-                // The password is only known here: hand it over now.
-                return Ok(Reconciled {
-                    ready: false,
-                    reason: None,
-                    message: format!(
-                        "credentials of user {db} are being set on instance {name} (operation {})",
-                        op.name
-                    ),
-                    secret: issued,
-                    resources: self.resources(&name, &region, Some(&obs)),
-                });
+            match operation_done(&what, &op) {
+                // Failed: the password did not take; nothing to hand over.
+                Err(e) => failed.push(failure_text(e)),
+                Ok(done) => {
+                    let mut u = User::new();
+                    u.name = db.clone();
+                    obs.user = Some(u);
+                    issued = Some(refreshed(&pw));
+                    if !done {
+                        // The password is only known here: hand it over now.
+                        return Ok(Reconciled {
+                            ready: false,
+                            reason: None,
+                            message: format!(
+                                "credentials of user {db} are being set on instance {name} \
+                                 (operation {})",
+                                op.name
+                            ),
+                            secret: issued,
+                            resources: self.resources(&name, &region, Some(&obs)),
+                        });
+                    }
+                }
             }
         }
 
         // 3. Drifted settings.
         let mut message = format!("instance {name} is ready ({conn})");
-        if !drift.is_empty() {
-            let mut body = DatabaseInstance::new();
-            body.settings = Some(patch);
-            let what = format!("update settings of instance {name}");
-            let op = self
-                .instances
-                .patch()
-                .set_project(self.project())
-                .set_instance(&name)
-                .set_body(body)
-                .send()
-                .paced(&self.pacer)
-                .await
-                .map_err(|e| classify(&what, &e, None))?;
-            tracing::info!(instance = %name, drift = ?drift, operation = %op.name, "Cloud SQL settings drift repaired");
-            message = if operation_done(&what, &op)? {
-                format!("instance {name} is ready; repaired {}", drift.join(", "))
-            } else {
-                format!(
-                    "instance {name} is ready; repairing {} (operation {})",
-                    drift.join(", "),
-                    op.name
-                )
+        let what = format!("update settings of instance {name}");
+        if !drift.is_empty()
+            && let Some(m) = held(SqlOperationType::Update, &what)
+        {
+            failed.push(format!("{m} (drifted: {})", drift.join(", ")));
+        } else if !drift.is_empty() {
+            let op = self.patch_settings(&name, patch, &what).await?;
+            tracing::info!(instance = %name, drift = ?drift, operation = %op.name, "Cloud SQL settings drift repair sent");
+            match operation_done(&what, &op) {
+                Ok(true) => {
+                    message = format!("instance {name} is ready; repaired {}", drift.join(", "))
+                }
+                Ok(false) => {
+                    message = format!(
+                        "instance {name} is ready; repairing {} (operation {})",
+                        drift.join(", "),
+                        op.name
+                    )
+                }
+                Err(e) => failed.push(failure_text(e)),
+            }
+        }
+
+        if !failed.is_empty() {
+            let message = failed.join("; ");
+            tracing::warn!(instance = %name, %message, "Cloud SQL operation failed");
+            // Credentials issued in this pass are handed over all the same.
+            return match issued {
+                Some(s) => Ok(Reconciled {
+                    ready: false,
+                    reason: Some("OperationFailed"),
+                    message,
+                    secret: Some(s),
+                    resources: self.resources(&name, &region, Some(&obs)),
+                }),
+                None => Err(ProviderError::OperationFailed {
+                    service: SERVICE,
+                    message,
+                }),
             };
         }
 
@@ -453,7 +490,8 @@ impl Provider for CloudSqlProvider {
             // Accepted on an earlier pass; Cloud SQL finishes on its own.
             return Ok(erased);
         }
-        if let Some(op) = self.running_operation(&name).await? {
+        let ops = self.list_operations(&name).await?;
+        if let Some(op) = running(&ops) {
             return Err(ProviderError::Unavailable {
                 service: SERVICE,
                 message: format!(
@@ -472,19 +510,8 @@ impl Provider for CloudSqlProvider {
         if protected {
             let mut settings = Settings::new();
             settings.deletion_protection_enabled = Some(false);
-            let mut body = DatabaseInstance::new();
-            body.settings = Some(settings);
             let what = format!("lift deletion protection of instance {name}");
-            let op = self
-                .instances
-                .patch()
-                .set_project(self.project())
-                .set_instance(&name)
-                .set_body(body)
-                .send()
-                .paced(&self.pacer)
-                .await
-                .map_err(|e| classify(&what, &e, None))?;
+            let op = self.patch_settings(&name, settings, &what).await?;
             tracing::info!(instance = %name, operation = %op.name, "Cloud SQL deletion protection lifted");
             if !operation_done(&what, &op)? {
                 return Err(ProviderError::Unavailable {
@@ -498,6 +525,12 @@ impl Provider for CloudSqlProvider {
             }
         }
         let what = format!("delete instance {name}");
+        if let Some(h) = held_back(&ops, &SqlOperationType::Delete, jiff::Timestamp::now()) {
+            return Err(ProviderError::OperationFailed {
+                service: SERVICE,
+                message: h.message(&what),
+            });
+        }
         match self
             .instances
             .delete()
@@ -515,5 +548,14 @@ impl Provider for CloudSqlProvider {
             Err(e) if is_not_found(&e) => Ok(erased),
             Err(e) => Err(classify(&what, &e, None)),
         }
+    }
+}
+
+/// The message of an operation error, without the service prefix (the pass reports it
+/// under its own).
+fn failure_text(e: ProviderError) -> String {
+    match e {
+        ProviderError::OperationFailed { message, .. } => message,
+        other => other.to_string(),
     }
 }
