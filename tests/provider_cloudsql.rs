@@ -16,12 +16,13 @@ use serde_json::json;
 use support::cloudsql::{CloudSqlDouble, FaultMode, Spec};
 
 const PROJECT: &str = "dd-test";
-const SECRET_KEYS: [&str; 6] = [
+const SECRET_KEYS: [&str; 7] = [
     "DATABASE_HOST",
     "DATABASE_INSTANCE",
     "DATABASE_NAME",
     "DATABASE_PASSWORD",
     "DATABASE_PORT",
+    "DATABASE_SSLMODE",
     "DATABASE_USER",
 ];
 
@@ -159,6 +160,10 @@ async fn first_pass_starts_the_instance_later_passes_converge_and_then_nothing_i
     assert_eq!(insert["settings"]["ipConfiguration"]["ipv4Enabled"], true);
     // Stored as Cloud SQL would: names, not enum numbers.
     let stored = d.instance("dt-acme").unwrap();
+    assert_eq!(
+        stored["settings"]["ipConfiguration"]["sslMode"],
+        "ENCRYPTED_ONLY"
+    );
     assert_eq!(stored["databaseVersion"], "POSTGRES_16");
     assert_eq!(stored["settings"]["edition"], "ENTERPRISE");
     assert_eq!(stored["settings"]["availabilityType"], "ZONAL");
@@ -182,6 +187,7 @@ async fn first_pass_starts_the_instance_later_passes_converge_and_then_nothing_i
     assert_eq!(s.get("DATABASE_NAME"), Some("dt_acme"));
     assert_eq!(s.get("DATABASE_USER"), Some("dt_acme"));
     assert_eq!(s.get("DATABASE_PORT"), Some("5432"));
+    assert_eq!(s.get("DATABASE_SSLMODE"), Some("require"));
     assert_eq!(
         s.get("DATABASE_INSTANCE"),
         Some("dd-test:europe-west3:dt-acme")
@@ -283,6 +289,57 @@ async fn drift_is_repaired_by_one_patch_of_the_drifted_settings_only() {
     d.clear_calls();
     let r = p.reconcile(&t, secret.as_ref()).await.unwrap();
     assert!(r.ready && r.secret.is_none());
+    assert!(d.writes().is_empty(), "{:?}", d.writes());
+    assert_clean(&d);
+}
+
+/// Only encrypted connections: `sslMode: ENCRYPTED_ONLY` on insert, another value is
+/// patched back, and the Secret tells clients `sslmode=require`. A Secret from before the
+/// key existed gets it without a new password.
+#[tokio::test]
+async fn only_encrypted_connections_are_accepted_and_the_secret_says_so() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    let t = tenant("acme", "europe-west3");
+    let mut secret = None;
+    converge(&p, &t, &mut secret, 5).await;
+    let insert = d
+        .calls()
+        .into_iter()
+        .find(|c| c.id == "sql.instances.insert")
+        .unwrap()
+        .body
+        .unwrap();
+    // The SDK sends the enum number; the double stores the name.
+    assert!(!insert["settings"]["ipConfiguration"]["sslMode"].is_null());
+    let ssl = |d: &CloudSqlDouble| {
+        d.instance("dt-acme").unwrap()["settings"]["ipConfiguration"]["sslMode"].clone()
+    };
+    assert_eq!(ssl(&d), "ENCRYPTED_ONLY");
+
+    d.edit_instance("dt-acme", |i| {
+        i["settings"]["ipConfiguration"]["sslMode"] = json!("ALLOW_UNENCRYPTED_AND_ENCRYPTED")
+    });
+    d.clear_calls();
+    let r = p.reconcile(&t, secret.as_ref()).await.unwrap();
+    assert!(
+        r.message.contains("repaired ipConfiguration"),
+        "{}",
+        r.message
+    );
+    assert_eq!(d.writes().len(), 1);
+    assert_eq!(ssl(&d), "ENCRYPTED_ONLY");
+
+    // An older Secret without the key: completed, same password, nothing written.
+    let mut old = secret.unwrap().into_map();
+    let pw = old["DATABASE_PASSWORD"].clone();
+    old.remove("DATABASE_SSLMODE");
+    let s = SecretData::from_map(old);
+    d.clear_calls();
+    let r = p.reconcile(&t, Some(&s)).await.unwrap();
+    let s = r.secret.expect("the Secret is completed");
+    assert_eq!(s.get("DATABASE_SSLMODE"), Some("require"));
+    assert_eq!(s.get("DATABASE_PASSWORD"), Some(pw.as_str()));
     assert!(d.writes().is_empty(), "{:?}", d.writes());
     assert_clean(&d);
 }

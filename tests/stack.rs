@@ -451,6 +451,7 @@ impl Stack {
         ]);
         if let Db::CloudSql(_) = &self.db {
             k.insert("DATABASE_INSTANCE");
+            k.insert("DATABASE_SSLMODE");
         }
         k
     }
@@ -683,6 +684,7 @@ async fn converge_and_check(s: &Stack) -> Secrets {
     let mut db_keys = set(&[KEY_HOST, KEY_PORT, KEY_NAME, KEY_USER, KEY_PASSWORD]);
     if let Db::CloudSql(_) = &s.db {
         db_keys.insert("DATABASE_INSTANCE");
+        db_keys.insert("DATABASE_SSLMODE");
     }
     assert_eq!(s.db_keys(), db_keys);
     assert_eq!(keys(&secrets.database), s.db_keys());

@@ -631,6 +631,21 @@ fn label_error(labels: &Value) -> Option<String> {
     })
 }
 
+/// The `sslMode` / legacy `requireSsl` pairs PostgreSQL accepts (`IpConfiguration.sslMode`
+/// in the discovery document): `ALLOW_UNENCRYPTED_AND_ENCRYPTED` and `ENCRYPTED_ONLY` with
+/// `requireSsl` false or cleared, `TRUSTED_CLIENT_CERTIFICATE_REQUIRED` with it true or
+/// cleared.
+fn ssl_error(ip: &Value) -> Option<String> {
+    let require = ip["requireSsl"].as_bool()?;
+    let mode = ip["sslMode"].as_str()?;
+    let ok = match mode {
+        "ALLOW_UNENCRYPTED_AND_ENCRYPTED" | "ENCRYPTED_ONLY" => !require,
+        "TRUSTED_CLIENT_CERTIFICATE_REQUIRED" => require,
+        _ => true,
+    };
+    (!ok).then(|| format!("Invalid request: sslMode {mode} conflicts with requireSsl={require}."))
+}
+
 fn invalid(message: &str) -> Response {
     google_error(400, "INVALID_ARGUMENT", "invalid", message)
 }
@@ -1180,7 +1195,9 @@ fn serve(
                     "Invalid request: Missing required field: settings.tier.",
                 ));
             }
-            if let Some(msg) = label_error(&b["settings"]["userLabels"]) {
+            if let Some(msg) = label_error(&b["settings"]["userLabels"])
+                .or_else(|| ssl_error(&b["settings"]["ipConfiguration"]))
+            {
                 st.violations.push(format!("sql.instances.insert: {msg}"));
                 return Err(invalid(&msg));
             }
@@ -1231,7 +1248,11 @@ fn serve(
                     "deletionProtectionEnabled": false,
                     "dataDiskSizeGb": "10",
                     "backupConfiguration": { "kind": "sql#backupConfiguration", "enabled": false },
-                    "ipConfiguration": { "ipv4Enabled": true },
+                    // New instances accept unencrypted connections unless told otherwise.
+                    "ipConfiguration": {
+                        "ipv4Enabled": true,
+                        "sslMode": "ALLOW_UNENCRYPTED_AND_ENCRYPTED",
+                    },
                 },
             });
             let mut inst_json = defaults;
@@ -1260,7 +1281,9 @@ fn serve(
                 return Err(in_progress());
             }
             let b = body.unwrap_or_default();
-            if let Some(msg) = label_error(&b["settings"]["userLabels"]) {
+            if let Some(msg) = label_error(&b["settings"]["userLabels"])
+                .or_else(|| ssl_error(&b["settings"]["ipConfiguration"]))
+            {
                 st.violations.push(format!("sql.instances.patch: {msg}"));
                 return Err(invalid(&msg));
             }

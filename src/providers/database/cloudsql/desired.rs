@@ -5,7 +5,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use google_cloud_sql_v1::model::{
     AclEntry, BackupConfiguration, DatabaseInstance, IpConfiguration, Settings,
-    SqlAvailabilityType, SqlDatabaseVersion, SqlIpAddressType, settings::Edition,
+    SqlAvailabilityType, SqlDatabaseVersion, SqlIpAddressType, ip_configuration::SslMode,
+    settings::Edition,
 };
 
 use super::config::{CloudSqlConfig, SUFFIX_ANNOTATION};
@@ -23,6 +24,9 @@ pub const LABEL_TENANT_UID: &str = "dealerdesk-tenant-uid";
 
 /// PostgreSQL's port; Cloud SQL does not let it be changed.
 const POSTGRES_PORT: &str = "5432";
+/// Secret key of the libpq `sslmode` clients must use: the instance accepts encrypted
+/// connections only.
+pub const KEY_SSLMODE: &str = "DATABASE_SSLMODE";
 
 /// The user labels that mark the instance of `tenant` (the tenant with UID `uid`; no UID
 /// label when the UID is unknown, as offline).
@@ -71,9 +75,12 @@ pub fn check_uid(
     }
 }
 
-/// The IP configuration `cfg` asks for: private only, or public with authorized networks.
+/// The IP configuration `cfg` asks for: private only, or public with authorized networks;
+/// either way only encrypted connections (`sslMode: ENCRYPTED_ONLY`; Cloud SQL's default
+/// also accepts unencrypted ones).
 pub fn desired_ip_configuration(cfg: &CloudSqlConfig) -> IpConfiguration {
     let mut ip = IpConfiguration::new();
+    ip.ssl_mode = SslMode::EncryptedOnly;
     match &cfg.private_network {
         Some(net) => {
             ip.ipv4_enabled = Some(false);
@@ -204,7 +211,7 @@ pub fn settings_patch(
                 || (!cfg.authorized_networks.is_empty() && nets(&have_ip) != nets(&want_ip))
         }
     };
-    if ip_drift {
+    if ip_drift || have_ip.ssl_mode != SslMode::EncryptedOnly {
         patch.ip_configuration = Some(want_ip);
         drift.push("ipConfiguration");
     }
@@ -295,6 +302,7 @@ pub fn secret_data(host: &str, db: &str, password: &str, connection: &str) -> Se
         .with("DATABASE_USER", db)
         .with("DATABASE_PASSWORD", password)
         .with("DATABASE_INSTANCE", connection)
+        .with(KEY_SSLMODE, "require")
 }
 
 #[cfg(test)]
@@ -350,6 +358,7 @@ mod tests {
                     "ipConfiguration": {
                         "ipv4Enabled": true,
                         "authorizedNetworks": [{"value": "203.0.113.0/24"}],
+                        "sslMode": SslMode::EncryptedOnly.value().unwrap(),
                     },
                 },
             })
@@ -363,7 +372,11 @@ mod tests {
         let s = serde_json::to_value(desired_settings(&private, "acme", "")).unwrap();
         assert_eq!(
             s["ipConfiguration"],
-            json!({"ipv4Enabled": false, "privateNetwork": "projects/p/global/networks/n"})
+            json!({
+                "ipv4Enabled": false,
+                "privateNetwork": "projects/p/global/networks/n",
+                "sslMode": SslMode::EncryptedOnly.value().unwrap(),
+            })
         );
         // No point-in-time recovery without backups.
         assert_eq!(
@@ -429,6 +442,18 @@ mod tests {
             patch["userLabels"],
             json!({"tenant": "acme", "managed-by": "dealertenant-operator", "team": "a"})
         );
+
+        // Unencrypted connections allowed (Cloud SQL's default, or changed by hand): drift.
+        for other in [SslMode::AllowUnencryptedAndEncrypted, SslMode::Unspecified] {
+            let mut observed = desired.clone();
+            observed.ip_configuration.as_mut().unwrap().ssl_mode = other;
+            let (patch, drift) = settings_patch(&cfg, "acme", "", &observed);
+            assert_eq!(drift, ["ipConfiguration"]);
+            assert_eq!(
+                patch.ip_configuration.unwrap().ssl_mode,
+                SslMode::EncryptedOnly
+            );
+        }
 
         // A configured backup window is enforced.
         let timed = CloudSqlConfig {
@@ -571,9 +596,11 @@ mod tests {
                 "DATABASE_NAME",
                 "DATABASE_PASSWORD",
                 "DATABASE_PORT",
+                "DATABASE_SSLMODE",
                 "DATABASE_USER"
             ]
         );
+        assert_eq!(s.get("DATABASE_SSLMODE"), Some("require"));
         assert_eq!(s.get("DATABASE_PORT"), Some("5432"));
         assert!(!format!("{s:?}").contains("pw-123"));
     }

@@ -29,9 +29,10 @@ mod errors;
 pub use client::{CloudSqlProvider, from_config};
 pub use config::{CloudSqlConfig, SUFFIX_ANNOTATION, instance_name, instance_name_for};
 pub use desired::{
-    LABEL_MANAGED_BY, LABEL_TENANT, LABEL_TENANT_UID, MANAGED_BY, adopt_command, check_ownership,
-    check_uid, connect_address, connection_name, desired_backup_configuration, desired_instance,
-    desired_ip_configuration, desired_settings, labels, owner_of, secret_data, settings_patch,
+    KEY_SSLMODE, LABEL_MANAGED_BY, LABEL_TENANT, LABEL_TENANT_UID, MANAGED_BY, adopt_command,
+    check_ownership, check_uid, connect_address, connection_name, desired_backup_configuration,
+    desired_instance, desired_ip_configuration, desired_settings, labels, owner_of, secret_data,
+    settings_patch,
 };
 pub use errors::{classify, reserved_name_message};
 
