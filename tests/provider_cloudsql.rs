@@ -551,6 +551,88 @@ async fn delete_lifts_deletion_protection_then_deletes_and_reports_what_went() {
     assert_clean(&d);
 }
 
+/// A delete that leaves backups behind is not reported as an erasure: the receipt says what
+/// stays restorable and until when (the final backup's expiry, as sent to Cloud SQL), or
+/// "until deleted" for backups the instance retains on delete.
+#[tokio::test]
+async fn a_delete_that_leaves_backups_says_what_stays_restorable_and_until_when() {
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let keeps = CloudSqlConfig {
+        final_backup_days: 14,
+        retain_backups_on_delete: true,
+        ..cfg(&d)
+    };
+    let p = from_config(&keeps).await.unwrap();
+    let t = tenant("acme", "europe-west3");
+    let mut secret = None;
+    converge(&p, &t, &mut secret, 5).await;
+    assert_eq!(
+        d.instance("dt-acme").unwrap()["settings"]["retainBackupsOnDelete"],
+        true
+    );
+    let before = jiff::Timestamp::now();
+    let erased = p.delete(&t).await.unwrap();
+    assert_eq!(erased.resources.len(), 3);
+    assert_eq!(erased.restorable.len(), 2, "{:?}", erased.restorable);
+    let last = &erased.restorable[0];
+    assert_eq!(last.what, "final backup of instance dt-acme");
+    let until: jiff::Timestamp = last.until.as_deref().unwrap().parse().unwrap();
+    let fortnight = jiff::SignedDuration::from_hours(14 * 24);
+    assert!(
+        until >= before.checked_add(fortnight).unwrap() - jiff::SignedDuration::from_secs(1)
+            && until <= jiff::Timestamp::now().checked_add(fortnight).unwrap(),
+        "{until}"
+    );
+    // The date Cloud SQL got is the date in the receipt.
+    let taken = d.final_backups();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].0, "dt-acme");
+    assert_eq!(taken[0].1.parse::<jiff::Timestamp>().unwrap(), until);
+    assert_eq!(
+        erased.restorable[1].to_string(),
+        "backups of instance dt-acme retained after its deletion, restorable until deleted"
+    );
+    assert!(d.instance_names().is_empty());
+
+    // Without either: an erasure, no final backup.
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    converge(&p, &t, &mut None, 5).await;
+    let erased = p.delete(&t).await.unwrap();
+    assert!(erased.restorable.is_empty(), "{:?}", erased.restorable);
+    assert!(d.final_backups().is_empty());
+
+    // The instance's own final-backup setting (made in the console) counts as well, also
+    // on a pass that finds the delete already accepted.
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    converge(&p, &t, &mut None, 5).await;
+    d.edit_instance("dt-acme", |i| {
+        i["settings"]["finalBackupConfig"] = json!({"enabled": true, "retentionDays": 7})
+    });
+    d.set_op_polls(2);
+    let e = p.delete(&t).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    let erased = p.delete(&t).await.unwrap();
+    assert_eq!(d.instance("dt-acme").unwrap()["state"], "PENDING_DELETE");
+    assert_eq!(erased.restorable.len(), 1, "{:?}", erased.restorable);
+    let again = p.delete(&t).await.unwrap();
+    assert_eq!(again.restorable.len(), 1, "{:?}", again.restorable);
+    let sent: jiff::Timestamp = d.final_backups()[0].1.parse().unwrap();
+    let said: jiff::Timestamp = again.restorable[0]
+        .until
+        .as_deref()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // Found pending, the receipt may only err on the late side.
+    assert!(
+        said >= sent && said <= sent + jiff::SignedDuration::from_secs(5),
+        "{said} {sent}"
+    );
+    assert_clean(&d);
+}
+
 #[tokio::test]
 async fn delete_does_not_wait_for_the_protection_patch() {
     let d = CloudSqlDouble::start(PROJECT).await;

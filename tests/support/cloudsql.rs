@@ -548,6 +548,8 @@ struct St {
     op_polls: u32,
     reported_region: Option<String>,
     failing: Vec<FailSpec>,
+    /// Final backups taken on delete: (instance, expiry time).
+    final_backups: Vec<(String, String)>,
     seq: u64,
     conflicts: u64,
     faults_fired: u64,
@@ -817,6 +819,11 @@ impl CloudSqlDouble {
     pub fn edit_instance(&self, name: &str, f: impl FnOnce(&mut Value)) {
         let mut st = self.st();
         f(st.instances.get_mut(name).expect("instance exists"));
+    }
+
+    /// Final backups taken on delete: (instance, expiry as RFC 3339).
+    pub fn final_backups(&self) -> Vec<(String, String)> {
+        self.st().final_backups.clone()
     }
 
     pub fn databases(&self) -> Vec<(String, String)> {
@@ -1325,6 +1332,48 @@ fn serve(
                 st.conflicts += 1;
                 return Err(in_progress());
             }
+            // The final backup (query parameters of `instances.delete`): `enableFinalBackup`
+            // opts in; `finalBackupTtlDays` and `finalBackupExpiryTime` are a union (at
+            // most one), 1-365 days (`gcloud sql instances delete`), 30 days by default.
+            let final_backup = if q("enableFinalBackup") == "true" {
+                let ttl = q("finalBackupTtlDays");
+                let expiry = q("finalBackupExpiryTime");
+                let now = jiff::Timestamp::now();
+                let until = match (ttl.is_empty(), expiry.is_empty()) {
+                    (false, false) => {
+                        return Err(invalid(
+                            "Invalid request: only one of finalBackupTtlDays and \
+                             finalBackupExpiryTime may be set.",
+                        ));
+                    }
+                    (false, true) => {
+                        let days: i64 = ttl.parse().unwrap_or(0);
+                        if !(1..=365).contains(&days) {
+                            return Err(invalid(
+                                "Invalid request: finalBackupTtlDays must be 1-365.",
+                            ));
+                        }
+                        now + jiff::SignedDuration::from_hours(24 * days)
+                    }
+                    (true, false) => match expiry.parse::<jiff::Timestamp>() {
+                        Ok(ts)
+                            if ts > now
+                                && ts <= now + jiff::SignedDuration::from_hours(24 * 365) =>
+                        {
+                            ts
+                        }
+                        _ => {
+                            return Err(invalid(
+                                "Invalid request: finalBackupExpiryTime must be in the next 365 days.",
+                            ));
+                        }
+                    },
+                    (true, true) => now + jiff::SignedDuration::from_hours(24 * 30),
+                };
+                Some(until.to_string())
+            } else {
+                None
+            };
             if let Some(e) = st.failure("DELETE") {
                 return Ok(st.operation_ending(
                     project,
@@ -1334,6 +1383,9 @@ fn serve(
                     Effect::None,
                     Some(e),
                 ));
+            }
+            if let Some(until) = final_backup {
+                st.final_backups.push((inst.clone(), until));
             }
             st.instances.get_mut(&inst).unwrap()["state"] = json!("PENDING_DELETE");
             Ok(st.operation(project, &inst, "DELETE", polls, Effect::Remove))

@@ -284,4 +284,30 @@ impl CloudSqlProvider {
             .await
             .map_err(|e| classify(what, &e, None))
     }
+
+    /// `instances.delete` of `inst`, with a final backup kept until `final_expiry` when
+    /// given. `None`: the instance is gone already.
+    pub(super) async fn delete_instance(
+        &self,
+        inst: &str,
+        final_expiry: Option<jiff::Timestamp>,
+        what: &str,
+    ) -> Result<Option<Operation>, ProviderError> {
+        let mut call = self
+            .instances
+            .delete()
+            .set_project(self.project())
+            .set_instance(inst);
+        if let Some(until) = final_expiry {
+            let until = google_cloud_wkt::Timestamp::clamp(until.as_second(), 0);
+            call = call
+                .set_enable_final_backup(true)
+                .set_final_backup_expiry_time(until);
+        }
+        match call.send().paced(&self.pacer).await {
+            Ok(op) => Ok(Some(op)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(classify(what, &e, None)),
+        }
+    }
 }

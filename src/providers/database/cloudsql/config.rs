@@ -71,6 +71,16 @@ pub struct CloudSqlConfig {
     /// Deadline of one API request.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
+    /// Days Cloud SQL keeps a final backup it takes when the instance is deleted (1-365);
+    /// `0`: none (unless the instance's own final-backup setting asks for one). The erasure
+    /// receipt then says the data stays restorable, and until when.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub final_backup_days: u32,
+    /// Keep the instance's backups after it is deleted (`settings.retainBackupsOnDelete`;
+    /// automated ones per the backup retention setting, on-demand ones until deleted). The
+    /// erasure receipt then says they stay restorable until deleted.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain_backups_on_delete: bool,
 }
 
 fn default_prefix() -> String {
@@ -100,6 +110,9 @@ fn default_credentials_env() -> String {
 fn default_timeout() -> u64 {
     30
 }
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
 fn yes() -> bool {
     true
 }
@@ -126,6 +139,8 @@ impl Default for CloudSqlConfig {
             credentials_env: default_credentials_env(),
             anonymous_credentials: false,
             timeout_seconds: default_timeout(),
+            final_backup_days: 0,
+            retain_backups_on_delete: false,
         }
     }
 }
@@ -175,6 +190,12 @@ impl CloudSqlConfig {
                 "anonymousCredentials: only for an emulator or test double named in endpoint"
                     .into(),
             );
+        }
+        if self.final_backup_days > 365 {
+            return Err(format!(
+                "finalBackupDays: {} is above Cloud SQL's maximum of 365",
+                self.final_backup_days
+            ));
         }
         if self.timeout_seconds == 0 {
             return Err("timeoutSeconds: must be at least 1".into());
@@ -311,6 +332,10 @@ mod tests {
             },
             CloudSqlConfig {
                 timeout_seconds: 0,
+                ..CloudSqlConfig::default()
+            },
+            CloudSqlConfig {
+                final_backup_days: 366,
                 ..CloudSqlConfig::default()
             },
         ];

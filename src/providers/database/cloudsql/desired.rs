@@ -10,10 +10,10 @@ use google_cloud_sql_v1::model::{
 };
 
 use super::config::{CloudSqlConfig, SUFFIX_ANNOTATION};
-use super::errors::SERVICE;
+use super::errors::{SERVICE, rfc3339};
 use crate::desired::names::ADOPT_ANNOTATION;
 use crate::providers::storage::bucket::uid_label_value;
-use crate::providers::{ProviderError, SecretData, TenantInfo};
+use crate::providers::{ProviderError, Restorable, SecretData, TenantInfo};
 
 /// Label keys and value that mark an instance as this operator's.
 pub const LABEL_TENANT: &str = "tenant";
@@ -124,6 +124,7 @@ pub fn desired_settings(cfg: &CloudSqlConfig, tenant: &str, uid: &str) -> Settin
     s.user_labels = labels(tenant, uid);
     s.backup_configuration = Some(desired_backup_configuration(cfg));
     s.ip_configuration = Some(desired_ip_configuration(cfg));
+    s.retain_backups_on_delete = Some(cfg.retain_backups_on_delete);
     s
 }
 
@@ -193,6 +194,10 @@ pub fn settings_patch(
         }
         patch.backup_configuration = Some(b);
         drift.push("backupConfiguration");
+    }
+    if observed.retain_backups_on_delete.unwrap_or(false) != cfg.retain_backups_on_delete {
+        patch.retain_backups_on_delete = Some(cfg.retain_backups_on_delete);
+        drift.push("retainBackupsOnDelete");
     }
     let want_ip = desired_ip_configuration(cfg);
     let have_ip = observed.ip_configuration.clone().unwrap_or_default();
@@ -271,6 +276,53 @@ pub fn adopt_command(name: &str, tenant: &str) -> String {
         "gcloud sql instances patch {name} \
          --update-labels={LABEL_MANAGED_BY}={MANAGED_BY},{LABEL_TENANT}={tenant}"
     )
+}
+
+/// Cloud SQL's default retention of a final backup, in days (`gcloud sql instances delete
+/// --final-backup-retention-days`).
+const FINAL_BACKUP_DEFAULT_DAYS: u32 = 30;
+
+/// How many days the final backup a delete of `observed` takes is kept: the configured
+/// days, else what the instance's own `finalBackupConfig` says; `None`: no final backup.
+pub fn final_backup_days(cfg: &CloudSqlConfig, observed: &DatabaseInstance) -> Option<u32> {
+    if cfg.final_backup_days > 0 {
+        return Some(cfg.final_backup_days);
+    }
+    let own = observed.settings.as_ref()?.final_backup_config.as_ref()?;
+    own.enabled.unwrap_or(false).then(|| {
+        own.retention_days
+            .and_then(|d| u32::try_from(d).ok())
+            .filter(|d| *d > 0)
+            .unwrap_or(FINAL_BACKUP_DEFAULT_DAYS)
+    })
+}
+
+/// What stays restorable after `observed` (instance `name`) is deleted: its final backup,
+/// until `final_expiry`, when one is taken; its backups when it retains them on delete.
+pub fn restorable_after_delete(
+    name: &str,
+    observed: &DatabaseInstance,
+    final_expiry: Option<jiff::Timestamp>,
+) -> Vec<Restorable> {
+    let mut out = Vec::new();
+    if let Some(until) = final_expiry {
+        out.push(Restorable {
+            what: format!("final backup of instance {name}"),
+            until: Some(rfc3339(until)),
+        });
+    }
+    let retains = observed
+        .settings
+        .as_ref()
+        .and_then(|s| s.retain_backups_on_delete)
+        .unwrap_or(false);
+    if retains {
+        out.push(Restorable {
+            what: format!("backups of instance {name} retained after its deletion"),
+            until: None,
+        });
+    }
+    out
 }
 
 /// The address clients connect to: the private IP when a private network is configured,
@@ -360,6 +412,7 @@ mod tests {
                         "authorizedNetworks": [{"value": "203.0.113.0/24"}],
                         "sslMode": SslMode::EncryptedOnly.value().unwrap(),
                     },
+                    "retainBackupsOnDelete": false,
                 },
             })
         );

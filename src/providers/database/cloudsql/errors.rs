@@ -192,7 +192,8 @@ pub fn rfc3339(ts: jiff::Timestamp) -> String {
     ts.round(jiff::Unit::Second).unwrap_or(ts).to_string()
 }
 
-fn timestamp(ts: Option<&google_cloud_wkt::Timestamp>) -> Option<jiff::Timestamp> {
+/// A timestamp of the API as a `jiff` one.
+pub fn timestamp(ts: Option<&google_cloud_wkt::Timestamp>) -> Option<jiff::Timestamp> {
     ts.and_then(|t| jiff::Timestamp::new(t.seconds(), t.nanos()).ok())
 }
 

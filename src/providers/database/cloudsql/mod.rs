@@ -48,9 +48,10 @@ use crate::providers::{
     Component, Erased, ExternalResource, Provider, ProviderError, Reconciled, SecretData,
     TenantInfo, residency, secret,
 };
+use desired::{final_backup_days, restorable_after_delete};
 use errors::{
-    SERVICE, held_back, is_conflict, is_not_found, is_operation_in_progress, latest,
-    operation_done, operation_errors, running, status_name,
+    SERVICE, held_back, is_conflict, is_operation_in_progress, latest, operation_done,
+    operation_errors, running, status_name, timestamp,
 };
 
 /// What one pass learnt about the tenant's instance.
@@ -487,11 +488,24 @@ impl Provider for CloudSqlProvider {
             resources: self.resources(&name, &region, Some(&obs)),
             ..Erased::default()
         };
-        if obs.instance.state == SqlInstanceState::PendingDelete {
-            // Accepted on an earlier pass; Cloud SQL finishes on its own.
-            return Ok(erased);
-        }
+        // A final backup outlives the instance: the receipt must say until when.
+        let final_days = final_backup_days(&self.cfg, &obs.instance);
+        // Whole seconds: the expiry sent and the one in the receipt are the same.
+        let now = jiff::Timestamp::now();
+        let now = jiff::Timestamp::from_second(now.as_second()).unwrap_or(now);
         let ops = self.list_operations(&name).await?;
+        if obs.instance.state == SqlInstanceState::PendingDelete {
+            // Accepted on an earlier pass; Cloud SQL finishes on its own. The final backup
+            // expires at the latest its days after that delete was accepted.
+            let since = latest(&ops, &SqlOperationType::Delete)
+                .and_then(|op| timestamp(op.insert_time.as_ref()))
+                .unwrap_or(now);
+            let expiry = final_days.map(|d| days_after(since, d));
+            return Ok(Erased {
+                restorable: restorable_after_delete(&name, &obs.instance, expiry),
+                ..erased
+            });
+        }
         if let Some(op) = running(&ops) {
             return Err(ProviderError::Unavailable {
                 service: SERVICE,
@@ -532,24 +546,23 @@ impl Provider for CloudSqlProvider {
                 message: h.message(&what),
             });
         }
-        match self
-            .instances
-            .delete()
-            .set_project(self.project())
-            .set_instance(&name)
-            .send()
-            .paced(&self.pacer)
-            .await
-        {
-            Ok(op) => {
-                operation_done(&what, &op)?;
-                tracing::info!(instance = %name, operation = %op.name, "Cloud SQL instance delete accepted");
-                Ok(erased)
-            }
-            Err(e) if is_not_found(&e) => Ok(erased),
-            Err(e) => Err(classify(&what, &e, None)),
-        }
+        let expiry = final_days.map(|d| days_after(now, d));
+        let Some(op) = self.delete_instance(&name, expiry, &what).await? else {
+            return Ok(erased);
+        };
+        operation_done(&what, &op)?;
+        tracing::info!(instance = %name, operation = %op.name, "Cloud SQL instance delete accepted");
+        Ok(Erased {
+            restorable: restorable_after_delete(&name, &obs.instance, expiry),
+            ..erased
+        })
     }
+}
+
+/// `days` whole days after `ts`.
+fn days_after(ts: jiff::Timestamp, days: u32) -> jiff::Timestamp {
+    let span = jiff::SignedDuration::from_hours(24 * i64::from(days));
+    ts.checked_add(span).unwrap_or(ts)
 }
 
 /// The message of an operation error, without the service prefix (the pass reports it
