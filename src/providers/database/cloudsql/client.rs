@@ -7,10 +7,12 @@ use google_cloud_gax::retry_policy::NeverRetry;
 use google_cloud_sql_v1::client::{
     SqlDatabasesService, SqlInstancesService, SqlOperationsService, SqlUsersService,
 };
-use google_cloud_sql_v1::model::{Database, DatabaseInstance, Operation, Settings, User};
+use google_cloud_sql_v1::model::{
+    Database, DatabaseInstance, Operation, Settings, User, operation::SqlOperationType,
+};
 
 use super::config::CloudSqlConfig;
-use super::errors::{SERVICE, classify, is_not_found};
+use super::errors::{SERVICE, classify, is_not_found, latest, operation_errors};
 use crate::providers::ProviderError;
 use crate::providers::pace::Paced;
 
@@ -309,5 +311,29 @@ impl CloudSqlProvider {
             Err(e) if is_not_found(&e) => Ok(None),
             Err(e) => Err(classify(what, &e, None)),
         }
+    }
+
+    /// Why `inst` is `FAILED`: Cloud SQL's errors of its failed create when that is what
+    /// happened (`OperationFailed`), else a refusal that asks for a person.
+    pub(super) async fn why_failed(&self, inst: &str) -> Result<ProviderError, ProviderError> {
+        let ops = self.list_operations(inst).await?;
+        Ok(
+            match latest(&ops, &SqlOperationType::Create).and_then(operation_errors) {
+                Some(errors) => ProviderError::OperationFailed {
+                    service: SERVICE,
+                    message: format!(
+                        "instance {inst} could not be created: {errors}; it is FAILED and \
+                         needs a person: delete it (gcloud sql instances delete {inst}) and \
+                         the next pass creates it anew"
+                    ),
+                },
+                None => ProviderError::Refused {
+                    service: SERVICE,
+                    message: format!(
+                        "instance {inst} is FAILED; it needs a person (see the Cloud SQL console)"
+                    ),
+                },
+            },
+        )
     }
 }

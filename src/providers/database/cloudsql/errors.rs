@@ -248,6 +248,21 @@ pub fn status_name(state: &SqlInstanceState) -> String {
     state.name().unwrap_or("UNKNOWN").to_string()
 }
 
+/// `days` whole days after `ts`.
+pub fn days_after(ts: jiff::Timestamp, days: u32) -> jiff::Timestamp {
+    let span = jiff::SignedDuration::from_hours(24 * i64::from(days));
+    ts.checked_add(span).unwrap_or(ts)
+}
+
+/// The message of an operation error, without the service prefix (the pass reports it
+/// under its own).
+pub fn failure_text(e: ProviderError) -> String {
+    match e {
+        ProviderError::OperationFailed { message, .. } => message,
+        other => other.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,30 +1,32 @@
 //! `cloudsql` database provider: one Cloud SQL for PostgreSQL instance per tenant in the
 //! tenant's region, through the official `google-cloud-sql-v1` crate.
 //!
-//! Life cycle of one tenant, one reconcile pass at a time (nothing here ever waits for a
-//! long-running operation; the operator requeues and the next pass observes):
-//! 1. `instances.get` by the deterministic name. Missing: residency check, `instances.insert`,
-//!    report "being created (operation ...)", not ready.
-//! 2. Present: ownership labels and the reported region are checked; `PENDING_CREATE`,
-//!    maintenance and the like report not ready without writing. The label
-//!    `dealerdesk-tenant-uid` binds the instance to the UID of the tenant that made it: one
-//!    bound to another UID (retained from a deleted tenant whose name this one reuses) is
-//!    refused with `RetainedDataExists` before any write, unless the tenant adopts it with
-//!    `dealerdesk.de/adopt-retained: <that uid>`; then the label is rewritten with the other
-//!    drifted settings. Deleting a tenant never erases an instance bound to another UID.
+//! One reconcile pass at a time (nothing waits for a long-running operation; the operator
+//! requeues and the next pass observes):
+//! 1. `instances.get` by the deterministic name. Missing: residency check, `instances.insert`
+//!    (`sslMode: ENCRYPTED_ONLY`, our labels), report "being created", not ready.
+//! 2. Present: it is ours only with the labels `managed-by` and `tenant` (else refused,
+//!    nothing written, never deleted), and bound to the tenant's UID by
+//!    `dealerdesk-tenant-uid` (another UID: `RetainedDataExists` unless the tenant adopts it
+//!    with `dealerdesk.de/adopt-retained: <that uid>`); the reported region is checked;
+//!    `PENDING_CREATE`, maintenance and the like report not ready without writing.
 //! 3. `RUNNABLE`: work out the writes needed (database, user, password, drifted settings).
-//!    None: no write at all. Some: first make sure no operation runs on the instance (Cloud
-//!    SQL runs one at a time), then do them in order, stopping as soon as one returns an
-//!    operation that is not `DONE`.
+//!    None: no write at all. Some: read the instance's operations; wait while one runs (Cloud
+//!    SQL runs one at a time); a write whose last operation ended with an error less than 10
+//!    minutes ago is not sent again and its error shows (`OperationFailed`); the others go
+//!    in order, stopping at the first operation that is not `DONE`.
 //!
-//! A name Cloud SQL refuses because a deleted instance still reserves it (`409` on insert
-//! while `get` says `404`) is reported as a permanent error that tells the user to set the
-//! `dealerdesk.de/database-instance-suffix` annotation.
+//! Deletion lifts deletion protection, then deletes with the final backup the configuration
+//! (or the instance) asks for; the receipt lists what stays restorable and until when. A
+//! name a deleted instance still reserves (`409` on insert while `get` says `404`) is a
+//! permanent error that points to `dealerdesk.de/database-instance-suffix`.
 
 mod client;
 mod config;
 mod desired;
 mod errors;
+#[cfg(test)]
+mod tests;
 
 pub use client::{CloudSqlProvider, from_config};
 pub use config::{CloudSqlConfig, SUFFIX_ANNOTATION, instance_name, instance_name_for};
@@ -41,17 +43,16 @@ use google_cloud_sql_v1::model::{
     operation::SqlOperationType,
 };
 
-use crate::processors::ids;
 use crate::providers::pace::Paced;
 use crate::providers::storage::bucket::uid_label_value;
 use crate::providers::{
     Component, Erased, ExternalResource, Provider, ProviderError, Reconciled, SecretData,
     TenantInfo, residency, secret,
 };
-use desired::{final_backup_days, restorable_after_delete};
+use desired::{final_backup_days, resources, restorable_after_delete};
 use errors::{
-    SERVICE, held_back, is_conflict, is_operation_in_progress, latest, operation_done,
-    operation_errors, running, status_name, timestamp,
+    SERVICE, days_after, failure_text, held_back, is_conflict, is_operation_in_progress, latest,
+    operation_done, running, status_name, timestamp,
 };
 
 /// What one pass learnt about the tenant's instance.
@@ -68,37 +69,11 @@ impl CloudSqlProvider {
         location: &str,
         obs: Option<&Observed>,
     ) -> Vec<ExternalResource> {
-        let p = ids::GOOGLE_CLOUD;
-        let conn = connection_name(self.project(), location, inst);
-        let mut out = vec![
-            ExternalResource::new("CloudSqlInstance", inst, Some(location.to_string()), p)
-                .with_id(&conn),
-        ];
-        if let Some(o) = obs {
-            if let Some(d) = &o.database {
-                out.push(
-                    ExternalResource::new(
-                        "Database",
-                        format!("{inst}/{}", d.name),
-                        Some(location.to_string()),
-                        p,
-                    )
-                    .with_id(format!("{conn}/{}", d.name)),
-                );
-            }
-            if let Some(u) = &o.user {
-                out.push(
-                    ExternalResource::new(
-                        "DatabaseUser",
-                        format!("{inst}/{}", u.name),
-                        Some(location.to_string()),
-                        p,
-                    )
-                    .with_id(format!("{conn}/{}", u.name)),
-                );
-            }
-        }
-        out
+        let database = obs
+            .and_then(|o| o.database.as_ref())
+            .map(|d| d.name.as_str());
+        let user = obs.and_then(|o| o.user.as_ref()).map(|u| u.name.as_str());
+        resources(self.project(), inst, location, database, user)
     }
 
     /// Creates the instance (nothing exists under `name`).
@@ -205,26 +180,7 @@ impl Provider for CloudSqlProvider {
                 return Ok(not_ready(format!("instance {name} is being created")));
             }
             SqlInstanceState::Failed => {
-                // Cloud SQL's reason is in the failed create operation, if that is what it was.
-                let ops = self.list_operations(&name).await?;
-                if let Some(errors) =
-                    latest(&ops, &SqlOperationType::Create).and_then(operation_errors)
-                {
-                    return Err(ProviderError::OperationFailed {
-                        service: SERVICE,
-                        message: format!(
-                            "instance {name} could not be created: {errors}; it is FAILED and \
-                             needs a person: delete it (gcloud sql instances delete {name}) \
-                             and the next pass creates it anew"
-                        ),
-                    });
-                }
-                return Err(ProviderError::Refused {
-                    service: SERVICE,
-                    message: format!(
-                        "instance {name} is FAILED; it needs a person (see the Cloud SQL console)"
-                    ),
-                });
+                return Err(self.why_failed(&name).await?);
             }
             SqlInstanceState::Suspended => {
                 return Err(ProviderError::Refused {
@@ -523,9 +479,9 @@ impl Provider for CloudSqlProvider {
             .and_then(|s| s.deletion_protection_enabled)
             .unwrap_or(false);
         if protected {
+            let what = format!("lift deletion protection of instance {name}");
             let mut settings = Settings::new();
             settings.deletion_protection_enabled = Some(false);
-            let what = format!("lift deletion protection of instance {name}");
             let op = self.patch_settings(&name, settings, &what).await?;
             tracing::info!(instance = %name, operation = %op.name, "Cloud SQL deletion protection lifted");
             if !operation_done(&what, &op)? {
@@ -556,20 +512,5 @@ impl Provider for CloudSqlProvider {
             restorable: restorable_after_delete(&name, &obs.instance, expiry),
             ..erased
         })
-    }
-}
-
-/// `days` whole days after `ts`.
-fn days_after(ts: jiff::Timestamp, days: u32) -> jiff::Timestamp {
-    let span = jiff::SignedDuration::from_hours(24 * i64::from(days));
-    ts.checked_add(span).unwrap_or(ts)
-}
-
-/// The message of an operation error, without the service prefix (the pass reports it
-/// under its own).
-fn failure_text(e: ProviderError) -> String {
-    match e {
-        ProviderError::OperationFailed { message, .. } => message,
-        other => other.to_string(),
     }
 }
