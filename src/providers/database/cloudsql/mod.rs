@@ -308,8 +308,8 @@ impl Provider for CloudSqlProvider {
                 .await?;
             tracing::info!(instance = %name, user = %db, "Cloud SQL user credentials issued");
             match operation_done(&what, &op) {
-                // Failed: the password did not take; nothing to hand over.
-                Err(e) => failed.push(failure_text(e)),
+                // Failed: the password did not take; nothing to hand over (nor echoed).
+                Err(e) => failed.push(failure_text(e).replace(&pw, "[redacted]")),
                 Ok(done) => {
                     let mut u = User::new();
                     u.name = db.clone();

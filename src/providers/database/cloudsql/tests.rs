@@ -305,3 +305,32 @@ fn secret_points_at_the_configured_address() {
     assert_eq!(s.get("DATABASE_PORT"), Some("5432"));
     assert!(!format!("{s:?}").contains("pw-123"));
 }
+
+#[test]
+fn what_a_delete_leaves_restorable() {
+    let mut i = DatabaseInstance::new();
+    i.settings = Some(desired_settings(&CloudSqlConfig::default(), "acme", ""));
+    let cfg = CloudSqlConfig::default();
+    assert_eq!(final_backup_days(&cfg, &i), None);
+    assert!(restorable_after_delete("dt-acme", &i, None).is_empty());
+    let two_weeks = CloudSqlConfig {
+        final_backup_days: 14,
+        ..CloudSqlConfig::default()
+    };
+    assert_eq!(final_backup_days(&two_weeks, &i), Some(14));
+    // The instance's own setting, with Cloud SQL's default of 30 days when it names none.
+    let mut own = google_cloud_sql_v1::model::FinalBackupConfig::new();
+    own.enabled = Some(true);
+    i.settings.as_mut().unwrap().final_backup_config = Some(own);
+    assert_eq!(final_backup_days(&cfg, &i), Some(30));
+    i.settings.as_mut().unwrap().retain_backups_on_delete = Some(true);
+    let until: jiff::Timestamp = "2027-01-01T10:00:00.4Z".parse().unwrap();
+    let r = restorable_after_delete("dt-acme", &i, Some(until));
+    assert_eq!(
+        r.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [
+            "final backup of instance dt-acme, restorable until 2027-01-01T10:00:00Z",
+            "backups of instance dt-acme retained after its deletion, restorable until deleted",
+        ]
+    );
+}
