@@ -8,7 +8,8 @@
 //! ```sh
 //! DEALERTENANT_BENCH=100,1000 cargo test --test bench
 //! ```
-//! Without `DEALERTENANT_BENCH` it does nothing (it is a test target, so CI builds it).
+//! Without `DEALERTENANT_BENCH` it only checks itself: its arithmetic and the quota of the
+//! Cloud SQL double (it is a test target, so CI builds and runs it).
 //! `DEALERTENANT_BENCH_OPERATOR_BIN` measures another operator binary (a release build).
 //!
 //! `DEALERTENANT_BENCH_PROVIDERS=1` makes it the second run instead: database, search and
