@@ -34,8 +34,8 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::{
-    ETCD_PORT, PORT, RESYNC_SECONDS, cloudsql, cluster, cpu_seconds, elasticsearch,
-    postmark, reconciles, spawn, status_kib, wait_ready,
+    ETCD_PORT, PORT, RESYNC_SECONDS, cloudsql, cluster, cpu_seconds, elasticsearch, postmark,
+    reconciles, spawn, status_kib, wait_ready,
 };
 
 /// Set to run this benchmark instead of the components-off one.
@@ -287,9 +287,9 @@ async fn bench(n: usize, quota: u32) -> Row {
         postmark_calls_per_tenant: per(onboarded.postmark - before.postmark),
         sql_429: onboarded.sql_429 - before.sql_429,
         postmark_429: resynced.postmark_429 - before.postmark_429,
-        sql_calls_per_tenant_resync: per(
-            resynced.sql - onboarded.sql - (resynced.sql_429 - onboarded.sql_429),
-        ),
+        sql_calls_per_tenant_resync: per(resynced.sql
+            - onboarded.sql
+            - (resynced.sql_429 - onboarded.sql_429)),
         es_calls_per_tenant_resync: per(resynced.es - onboarded.es),
         postmark_calls_per_tenant_resync: per(resynced.postmark - onboarded.postmark),
         sql_429_resync: resynced.sql_429 - onboarded.sql_429,
