@@ -77,6 +77,46 @@ pub(super) fn now_ms() -> i64 {
         .unwrap_or_default()
 }
 
+/// What to do with the tenant's valid keys, given the ID of the one its Secret holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyJudgement {
+    /// The held key, when it may be kept (whether its secret authenticates is still to be
+    /// checked at the service).
+    pub candidate: Option<String>,
+    /// Keys that must stop working now: wider than the tenant's index, bound to another
+    /// tenant UID, or, on adoption, every key of the name (the retained tenant's too).
+    pub revoke_now: Vec<String>,
+    /// The other sound keys: the one a rotation replaced, which running Pods may still
+    /// use, or one a pass created and crashed before handing over. They are retired only
+    /// after the server has rolled out with the Secret's key.
+    pub retire_later: Vec<String>,
+}
+
+/// Sorts the valid keys of the tenant's name (`active`) into the one to keep, the ones to
+/// revoke at once and the ones to retire after the rollout. A key is sound when it is
+/// limited to `index` and not bound to a tenant UID other than `uid`; on adoption
+/// (`reissue`) none is.
+pub fn judge_keys(
+    active: &[KeyInfo],
+    held_id: Option<&str>,
+    index: &str,
+    uid: &str,
+    reissue: bool,
+) -> KeyJudgement {
+    let mut out = KeyJudgement::default();
+    for key in active {
+        let sound = !reissue && key.limited_to(index) && !key.bound_elsewhere(uid);
+        if !sound {
+            out.revoke_now.push(key.id.clone());
+        } else if Some(key.id.as_str()) == held_id {
+            out.candidate = Some(key.id.clone());
+        } else {
+            out.retire_later.push(key.id.clone());
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +164,42 @@ mod tests {
             !bound[1].bound_elsewhere("u2"),
             "no UID: an earlier version's key"
         );
+    }
+
+    fn key(id: &str, descriptors: Value, uid: &str) -> KeyInfo {
+        KeyInfo {
+            id: id.into(),
+            name: "dt-a".into(),
+            invalidated: false,
+            expiration: None,
+            role_descriptors: Some(descriptors),
+            metadata: Some(json!({ UID_META: uid })),
+        }
+    }
+
+    #[test]
+    fn a_rotation_keeps_the_replaced_key_for_later_and_revokes_only_unsafe_ones() {
+        let narrow = json!({"dt-a": reported(tenant_descriptor("dt-a"))});
+        let keys = [
+            key("old", narrow.clone(), "u1"),
+            key("held", narrow.clone(), "u1"),
+            key("wide", json!({}), "u1"),
+            key("foreign", narrow.clone(), "u2"),
+        ];
+        // The Secret holds `held`: kept; `old` (the key it replaced) only later.
+        let j = judge_keys(&keys, Some("held"), "dt-a", "u1", false);
+        assert_eq!(j.candidate.as_deref(), Some("held"));
+        assert_eq!(j.retire_later, ["old"]);
+        assert_eq!(j.revoke_now, ["wide", "foreign"]);
+        // No Secret (a deleted Secret asks for a rotation): nothing sound is revoked now.
+        let j = judge_keys(&keys, None, "dt-a", "u1", false);
+        assert_eq!(j.candidate, None);
+        assert_eq!(j.retire_later, ["old", "held"]);
+        assert_eq!(j.revoke_now, ["wide", "foreign"]);
+        // Adoption: the retained tenant's keys stop working at once.
+        let j = judge_keys(&keys, Some("held"), "dt-a", "u1", true);
+        assert_eq!(j.candidate, None);
+        assert!(j.retire_later.is_empty());
+        assert_eq!(j.revoke_now.len(), 4);
     }
 }

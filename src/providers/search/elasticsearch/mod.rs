@@ -11,9 +11,19 @@
 //! - API key: `POST /_security/api_key` with the same role descriptor. Elasticsearch shows a
 //!   key's secret once, at creation, so the tenant Secret is the only copy: with a Secret
 //!   the key is checked (listed by name, not invalidated, same ID, same descriptor, and it
-//!   authenticates) and nothing is written; without one (first pass, a crash after the key
-//!   was created, or a deliberate rotation) every key of that name is invalidated and one
-//!   new key is created. Either way exactly one valid key remains.
+//!   authenticates) and nothing is written; without one (first pass, or a deliberate
+//!   rotation by deleting the Secret) a new key is created first. Rotation has no outage:
+//!   the other valid keys of that name (the one replaced, or one a crashed pass created
+//!   and never handed over) are not invalidated in that pass but reported by
+//!   `reconcile_rotating` to retire; the reconciler lists their IDs on the Secret and
+//!   calls `retire` once the server Deployment, whose pod template carries a hash of the
+//!   Secrets, has rolled out. A crash anywhere leaves the key the Pods hold valid. Keys
+//!   wider than the tenant's index or bound to another tenant UID are invalidated at once.
+//!   `reconcile` alone (no rollout to wait for) retires right after the new key is issued.
+//!
+//! Files: `config.rs` (configuration, names), `desired.rs` (pure bodies and drift),
+//! `keys.rs` (which keys to keep, revoke or retire), `client.rs` (the wire and the
+//! operator's credential), `errors.rs` (classification of answers).
 //!
 //! Each index is bound to the UID of the tenant that created it: `mappings._meta` holds
 //! `{"dealerdesk.de/tenant-uid": "<uid>"}` (set at creation, read from `GET /{index}`,
@@ -51,13 +61,14 @@ pub use client::{ElasticsearchProvider, OperatorCredential};
 pub use config::*;
 pub use desired::*;
 pub use errors::{describe_error, error_type, scrub};
-pub use keys::{KeyInfo, parse_keys};
+pub use keys::{KeyInfo, KeyJudgement, judge_keys, parse_keys};
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::providers::{
-    Component, Erased, Provider, ProviderError, Reconciled, SecretData, TenantInfo, residency,
+    Component, Erased, Provider, ProviderError, Reconciled, Rotating, SecretData, TenantInfo,
+    residency,
 };
 use client::As;
 use keys::now_ms;
@@ -227,17 +238,20 @@ impl ElasticsearchProvider {
         Ok(())
     }
 
-    /// Keeps the key the Secret holds when it is sound (no write), else replaces every key
-    /// of that name by one new key. Returns the key ID and new Secret data, if any. A key
-    /// bound to another tenant UID is never sound, and on adoption (`reissue`) none is: the
-    /// retained tenant's keys stop working.
+    /// Keeps the key the Secret holds when it is sound (no write), else creates a new key
+    /// first. Returns the key ID, new Secret data if any, and the other sound keys of the
+    /// name, which are not revoked now but retired after the rollout (the key a rotation
+    /// replaced keeps the running Pods working until then; a crash anywhere leaves a valid
+    /// key). A key wider than the tenant's index or bound to another tenant UID is revoked
+    /// at once, and on adoption (`reissue`) every key is: the retained tenant's keys stop
+    /// working.
     async fn ensure_key(
         &self,
         name: &str,
         tenant: &TenantInfo,
         secret: Option<&SecretData>,
         reissue: bool,
-    ) -> Result<(String, Option<SecretData>), ProviderError> {
+    ) -> Result<(String, Option<SecretData>, Vec<String>), ProviderError> {
         let now = now_ms();
         let active: Vec<KeyInfo> = self
             .list_keys(name)
@@ -253,45 +267,35 @@ impl ElasticsearchProvider {
                 s,
             ))
         });
-        if let Some((id, encoded, s)) = held.filter(|_| !reissue)
-            && let Some(key) = active.iter().find(|k| k.id == id)
-            && key.limited_to(name)
-            && !key.bound_elsewhere(&tenant.uid)
-            && self.key_authenticates(encoded, id).await?
+        let judged = judge_keys(&active, held.map(|h| h.0), name, &tenant.uid, reissue);
+        self.invalidate(name, &judged.revoke_now).await?;
+        let mut retire = judged.retire_later;
+        if let Some((id, encoded, s)) = held
+            && judged.candidate.as_deref() == Some(id)
         {
-            // Sound. Other valid keys of this name are strays: invalidate them.
-            let strays: Vec<String> = active
-                .iter()
-                .filter(|k| k.id != id)
-                .map(|k| k.id.clone())
-                .collect();
-            self.invalidate(name, &strays).await?;
-            let want = secret_data(&self.cfg.endpoint, name, id, encoded);
-            let same = want.keys().all(|k| s.get(k) == want.get(k));
-            return Ok((id.to_string(), (!same).then_some(want)));
+            if self.key_authenticates(encoded, id).await? {
+                let want = secret_data(&self.cfg.endpoint, name, id, encoded);
+                let same = want.keys().all(|k| s.get(k) == want.get(k));
+                return Ok((id.to_string(), (!same).then_some(want), retire));
+            }
+            // Listed as valid, but the Secret's secret does not authenticate as it: a
+            // replacement is issued, and the key is retired with the others.
+            retire.push(id.to_string());
         }
 
-        // (Re)issue: first pass, missing Secret (rotation or crash after create), or a key
-        // that no longer works.
-        let old: Vec<String> = active.iter().map(|k| k.id.clone()).collect();
-        self.invalidate(name, &old).await?;
+        // Issue first: first pass, a missing Secret (a rotation, or a crash after a create),
+        // or a key that no longer works. The old keys keep working until retired.
         let (id, encoded) = self.create_key(name, tenant).await?;
         let data = secret_data(&self.cfg.endpoint, name, &id, &encoded);
-        Ok((id, Some(data)))
-    }
-}
-
-#[async_trait::async_trait]
-impl Provider for ElasticsearchProvider {
-    fn component(&self) -> Component {
-        Component::Search
+        Ok((id, Some(data), retire))
     }
 
-    async fn reconcile(
+    /// Reconciles and returns, besides the result, the keys to retire after the rollout.
+    async fn reconcile_keys(
         &self,
         tenant: &TenantInfo,
         secret: Option<&SecretData>,
-    ) -> Result<Reconciled, ProviderError> {
+    ) -> Result<Rotating, ProviderError> {
         let name = self.name(tenant);
         // The deployment's region is where the index lives; nothing is sent when it is not
         // in the EU (it was validated at load; this guards a config that slipped past).
@@ -300,7 +304,7 @@ impl Provider for ElasticsearchProvider {
         // An index bound to another tenant UID is refused here, before any write.
         let (mut index, adopted) = self.ensure_index(&name, tenant).await?;
         self.ensure_role(&name, tenant).await?;
-        let (key_id, new_secret) = self.ensure_key(&name, tenant, secret, adopted).await?;
+        let (key_id, new_secret, retire) = self.ensure_key(&name, tenant, secret, adopted).await?;
         // Binding comes last: on adoption it is the commit point, after the retained
         // tenant's keys were invalidated and the new key issued. A pass that stops before
         // it adopts again (issuing yet another key); one that stops after it finds the
@@ -316,17 +320,66 @@ impl Provider for ElasticsearchProvider {
         if adopted {
             message.push_str("; adopted from the retained tenant, whose API keys were invalidated");
         }
-        Ok(Reconciled {
-            ready: true,
-            reason: None,
-            message,
-            secret: new_secret,
-            resources: vec![
-                self.resource(KIND_INDEX, &name, index.uuid.as_deref()),
-                self.resource(KIND_ROLE, &name, None),
-                self.resource(KIND_KEY, &name, Some(&key_id)),
-            ],
+        Ok(Rotating {
+            reconciled: Reconciled {
+                ready: true,
+                reason: None,
+                message,
+                secret: new_secret,
+                resources: vec![
+                    self.resource(KIND_INDEX, &name, index.uuid.as_deref()),
+                    self.resource(KIND_ROLE, &name, None),
+                    self.resource(KIND_KEY, &name, Some(&key_id)),
+                ],
+            },
+            retire,
         })
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for ElasticsearchProvider {
+    fn component(&self) -> Component {
+        Component::Search
+    }
+
+    async fn reconcile(
+        &self,
+        tenant: &TenantInfo,
+        secret: Option<&SecretData>,
+    ) -> Result<Reconciled, ProviderError> {
+        // Without a rollout to wait for, the replaced keys are retired right away, after
+        // the new key was issued.
+        let done = self.reconcile_keys(tenant, secret).await?;
+        self.retire(tenant, &done.retire).await?;
+        Ok(done.reconciled)
+    }
+
+    async fn reconcile_rotating(
+        &self,
+        tenant: &TenantInfo,
+        secret: Option<&SecretData>,
+    ) -> Result<Rotating, ProviderError> {
+        self.reconcile_keys(tenant, secret).await
+    }
+
+    /// Invalidates those of `ids` that are valid keys of this tenant's name (the IDs come
+    /// from an annotation: an ID of any other key is ignored).
+    async fn retire(&self, tenant: &TenantInfo, ids: &[String]) -> Result<(), ProviderError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let name = self.name(tenant);
+        let now = now_ms();
+        let ours: Vec<String> = self
+            .list_keys(&name)
+            .await?
+            .into_iter()
+            .filter(|k| k.active(now) && ids.contains(&k.id))
+            .map(|k| k.id)
+            .collect();
+        self.invalidate(&name, &ours).await?;
+        Ok(())
     }
 
     async fn delete(&self, tenant: &TenantInfo) -> Result<Erased, ProviderError> {
