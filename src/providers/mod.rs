@@ -12,6 +12,11 @@
 //!   or bring drifted settings back, then report. Idempotent and crash-safe: a crash
 //!   after a create is healed by finding the resource by name on the next pass. Returns new
 //!   Secret data only when credentials had to be (re)issued.
+//! - [`Provider::reconcile_rotating`] and [`Provider::retire`]: what the reconciler calls.
+//!   A service that can hold several credentials at once (Elasticsearch API keys) issues
+//!   the new one first and reports the replaced ones; the reconciler retires them once the
+//!   server has rolled out with the new Secret. The defaults suit services with one
+//!   password per role (PostgreSQL, Cloud SQL), where rotation is a password change.
 //! - [`Provider::delete`]: erase everything of the tenant at this service; absent is success.
 //! - abandon: a component the user marks abandoned (annotation
 //!   `dealerdesk.de/abandon: email,search`) is not deleted; the reconciler records it as
