@@ -307,7 +307,7 @@ async fn a_rotation_retires_the_old_credential_only_after_the_rollout() {
             .values()
             .cloned()
             .collect::<Vec<_>>(),
-        [before.clone()],
+        std::slice::from_ref(&before),
         "the old credential keeps working while the Pods roll"
     );
     assert!(!listed.contains(&before), "only IDs, never a credential");
