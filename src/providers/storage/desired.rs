@@ -7,8 +7,13 @@ use google_cloud_storage::model::bucket::iam_config::UniformBucketLevelAccess;
 use google_cloud_storage::model::bucket::{IamConfig, SoftDeletePolicy, Versioning};
 use google_cloud_storage::model::{Bucket, CreateBucketRequest, UpdateBucketRequest};
 
-use super::{StorageConfig, bucket_name};
+use super::StorageConfig;
 use crate::providers::{SecretData, TenantInfo};
+
+/// `<prefix>-<tenant>`: at most 22 + 1 + 40 = 63 characters, GCS's limit.
+pub fn bucket_name(prefix: &str, tenant: &str) -> String {
+    format!("{prefix}-{tenant}")
+}
 
 /// Label with the tenant's name.
 pub const LABEL_TENANT: &str = "tenant";
