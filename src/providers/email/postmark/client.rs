@@ -227,11 +227,26 @@ impl PostmarkProvider {
         id: u64,
         body: &EditServer,
     ) -> Result<Server, ProviderError> {
+        self.edit_server_raw(id, body)
+            .await?
+            .map_err(|raw| raw.into_error(Operation::Edit, &self.token))
+    }
+
+    /// Like [`Self::edit_server`], but hands a non-success answer back raw (an inbound
+    /// domain Postmark refuses is not an error of the whole pass).
+    pub(super) async fn edit_server_raw(
+        &self,
+        id: u64,
+        body: &EditServer,
+    ) -> Result<Result<Server, RawError>, ProviderError> {
         let url = self.url(&["servers", &id.to_string()]);
-        let b = self
-            .send(Operation::Edit, Method::PUT, url, Some(body))
-            .await?;
-        Self::decode("the server edit", &b)
+        match self
+            .send_raw(Operation::Edit, Method::PUT, url, Some(body))
+            .await?
+        {
+            Ok(b) => Ok(Ok(Self::decode("the server edit", &b)?)),
+            Err(raw) => Ok(Err(raw)),
+        }
     }
 
     /// Deletes the server; `false` when it was already gone.

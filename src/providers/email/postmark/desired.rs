@@ -30,6 +30,12 @@ pub struct DesiredServer {
 
 /// Body of `POST /servers` (`CreateServerPayload`, plus `DeliveryType`, which Postmark's
 /// servers API reference documents for create and the older Swagger file predates).
+///
+/// It never carries the `InboundDomain`: Postmark checks that domain (its MX record,
+/// ErrorCode 610; unique across Postmark, ErrorCode 602) and would refuse the whole server
+/// over it. The domain is set afterwards with an edit, whose refusal leaves a working server
+/// (<https://postmarkapp.com/developer/api/servers-api>,
+/// <https://postmarkapp.com/developer/api/overview#error-codes>).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct CreateServer {
@@ -40,8 +46,6 @@ pub struct CreateServer {
     pub track_links: TrackLinks,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub inbound_hook_url: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub inbound_domain: Option<String>,
 }
 
 /// Body of `PUT /servers/{serverid}` (`EditServerPayload`): only the fields to change. An
@@ -66,6 +70,19 @@ pub struct EditServer {
 impl EditServer {
     pub fn is_empty(&self) -> bool {
         *self == EditServer::default()
+    }
+
+    /// The inbound domain this edit sets (not one it clears), if any.
+    pub fn sets_inbound_domain(&self) -> Option<&str> {
+        self.inbound_domain.as_deref().filter(|d| !d.is_empty())
+    }
+
+    /// The same edit without its inbound domain.
+    pub fn without_inbound_domain(&self) -> EditServer {
+        EditServer {
+            inbound_domain: None,
+            ..self.clone()
+        }
     }
 
     /// The names of the fields that change, for messages.
@@ -146,7 +163,6 @@ impl DesiredServer {
             track_opens: self.track_opens,
             track_links: self.track_links,
             inbound_hook_url: self.inbound_hook_url.clone(),
-            inbound_domain: self.inbound_domain.clone(),
         }
     }
 
@@ -246,9 +262,26 @@ mod tests {
                 "TrackOpens": false,
                 "TrackLinks": "None",
                 "InboundHookUrl": "https://hooks.example/inbound",
-                "InboundDomain": "acme.inbound.example",
             })
         );
+        // Set by an edit after the create (see `CreateServer`).
+        let fresh = Server {
+            id: 1,
+            name: "dealerdesk-acme".into(),
+            color: Some("blue".into()),
+            delivery_type: Some("Live".into()),
+            track_opens: Some(false),
+            track_links: Some("None".into()),
+            inbound_hook_url: Some("https://hooks.example/inbound".into()),
+            ..Server::default()
+        };
+        let edit = cfg().desired("acme").edit_for(&fresh);
+        assert_eq!(
+            serde_json::to_value(&edit).unwrap(),
+            serde_json::json!({"InboundDomain": "acme.inbound.example"})
+        );
+        assert_eq!(edit.sets_inbound_domain(), Some("acme.inbound.example"));
+        assert!(edit.without_inbound_domain().is_empty());
         let sandbox = PostmarkConfig {
             delivery_type: DeliveryType::Sandbox,
             ..PostmarkConfig::default()

@@ -14,11 +14,17 @@ pub mod error_codes {
     pub const BAD_TOKEN: i64 = 10;
     /// Server does not exist.
     pub const SERVER_NOT_FOUND: i64 = 601;
+    /// Duplicate Inbound Domain: the inbound domain is already in use on Postmark (inbound
+    /// domains are unique across all Postmark accounts).
+    pub const DUPLICATE_INBOUND_DOMAIN: i64 = 602;
     /// Server name already exists.
     pub const DUPLICATE_NAME: i64 = 603;
     /// You don't have delete access: server deletion through the API is off for the
     /// account until Postmark support enables it.
     pub const NO_DELETE_ACCESS: i64 = 604;
+    /// Invalid MX record for Inbound Domain: the domain has no MX record pointing to
+    /// `inbound.postmarkapp.com`.
+    pub const INBOUND_DOMAIN_MX: i64 = 610;
 }
 
 /// `StandardPostmarkResponse`: Postmark's error body.
@@ -91,6 +97,40 @@ pub fn is_duplicate_name(status: u16, body: &[u8]) -> bool {
     status == 422 && describe(status, body).0 == Some(error_codes::DUPLICATE_NAME)
 }
 
+/// Whether an answer is Postmark refusing an inbound domain (422 with ErrorCode 602 or
+/// 610): the error code and Postmark's text.
+pub fn inbound_domain_refusal(status: u16, body: &[u8]) -> Option<(i64, String)> {
+    if status != 422 {
+        return None;
+    }
+    match describe(status, body) {
+        (Some(code), text)
+            if code == error_codes::DUPLICATE_INBOUND_DOMAIN
+                || code == error_codes::INBOUND_DOMAIN_MX =>
+        {
+            Some((code, text))
+        }
+        _ => None,
+    }
+}
+
+/// Pure: the condition message for an inbound domain Postmark refused (`code`, `text` from
+/// [`inbound_domain_refusal`]): what is wrong and what a person does about it.
+pub fn inbound_domain_problem(domain: &str, code: i64, text: &str) -> String {
+    let todo = if code == error_codes::INBOUND_DOMAIN_MX {
+        format!("add an MX record for {domain} pointing to inbound.postmarkapp.com (priority 10)")
+    } else {
+        format!(
+            "{domain} is the inbound domain of another Postmark server (inbound domains are \
+             unique across Postmark): remove it there, or change email.postmark.inboundDomain"
+        )
+    };
+    format!(
+        "inbound domain {domain} not set, Postmark refused it ({text}): {todo}; the operator \
+         sets it on a later pass once Postmark accepts it"
+    )
+}
+
 /// Pure: the error for a non-success answer. Messages carry the status and Postmark's own
 /// error code and text, never a request's headers, body or URL.
 pub fn classify(op: Operation, status: u16, body: &[u8]) -> ProviderError {
@@ -125,7 +165,7 @@ pub fn classify(op: Operation, status: u16, body: &[u8]) -> ProviderError {
 
 /// Replaces every occurrence of `secret` in the error's message (defence in depth: no
 /// Postmark answer is known to echo a token).
-fn scrub(err: ProviderError, secret: &str) -> ProviderError {
+pub(super) fn scrub(err: ProviderError, secret: &str) -> ProviderError {
     if secret.is_empty() {
         return err;
     }
@@ -235,6 +275,23 @@ mod tests {
         assert!(!html.to_string().contains('\n'));
         let long = classify(Operation::List, 500, "x".repeat(5000).as_bytes());
         assert!(long.to_string().len() < 400);
+    }
+
+    #[test]
+    fn inbound_domain_refusals_are_recognised() {
+        let e422 = |code: i64| {
+            serde_json::to_vec(&serde_json::json!({"ErrorCode": code, "Message": "no"})).unwrap()
+        };
+        assert_eq!(inbound_domain_refusal(422, &e422(610)).unwrap().0, 610);
+        assert_eq!(inbound_domain_refusal(422, &e422(602)).unwrap().0, 602);
+        assert!(inbound_domain_refusal(422, &e422(603)).is_none());
+        assert!(inbound_domain_refusal(500, &e422(610)).is_none());
+        let mx = inbound_domain_problem("a.in.example", 610, "ErrorCode 610: x");
+        assert!(
+            mx.contains("MX record for a.in.example") && mx.contains("inbound.postmarkapp.com")
+        );
+        let dup = inbound_domain_problem("a.in.example", 602, "ErrorCode 602: x");
+        assert!(dup.contains("another Postmark server") && dup.contains("inboundDomain"));
     }
 
     #[test]

@@ -9,9 +9,10 @@
 //! | step       | request                                              |
 //! |------------|------------------------------------------------------|
 //! | observe    | `GET /servers?count=500&offset=N&name=<name>`        |
-//! | create     | `POST /servers`                                      |
+//! | create     | `POST /servers` (without `InboundDomain`)            |
 //! | read token | `GET /servers/{serverid}` (only if a listing lacks it)|
 //! | repair     | `PUT /servers/{serverid}` (only the drifted fields)  |
+//! | inbound    | the same `PUT`, which also sets `InboundDomain`      |
 //! | erase      | `DELETE /servers/{serverid}`                         |
 //!
 //! The `name` filter of the listing is a substring match, so the answer is filtered for the
@@ -36,6 +37,13 @@
 //! 422 with `{"ErrorCode", "Message"}` is permanent and shows both (603 "Server name already
 //! exists", 601 "Server does not exist", 604 "You don't have delete access", ...); 429, 5xx,
 //! timeouts and refused connections are transient.
+//!
+//! Inbound domain: Postmark refuses a domain without an MX record for
+//! `inbound.postmarkapp.com` (ErrorCode 610) or one in use by another server anywhere on
+//! Postmark (602). The create therefore leaves the domain out and the edit after it sets it;
+//! when that edit is refused for the domain, the rest of it is sent again without the domain,
+//! the server and its token are issued as usual, and the pass reports `ready: false` with
+//! reason [`INBOUND_DOMAIN_REJECTED`] and what to fix. Every later pass tries the domain again.
 
 mod client;
 mod config;
@@ -53,7 +61,10 @@ pub use config::{DeliveryType, PostmarkConfig, TrackLinks, read_account_token};
 pub use desired::{
     CreateServer, DesiredServer, EditServer, Server, exact_matches, inbound_domain, server_name,
 };
-pub use errors::{Operation, classify, error_codes, is_duplicate_name, is_not_found};
+pub use errors::{
+    Operation, classify, error_codes, inbound_domain_problem, inbound_domain_refusal,
+    is_duplicate_name, is_not_found,
+};
 
 use errors::refused;
 
@@ -67,6 +78,10 @@ pub const SERVICE: &str = "Postmark";
 pub const SECRET_SERVER_TOKEN: &str = "POSTMARK_SERVER_TOKEN";
 /// Secret key: Postmark's numeric server ID.
 pub const SECRET_SERVER_ID: &str = "POSTMARK_SERVER_ID";
+
+/// Condition reason while Postmark refuses the tenant's inbound domain (ErrorCode 602 or
+/// 610); the server and its token work meanwhile.
+pub const INBOUND_DOMAIN_REJECTED: &str = "InboundDomainRejected";
 
 /// The kind of the one external resource, as planned and reported.
 pub const RESOURCE_KIND: &str = "PostmarkServer";
@@ -133,15 +148,42 @@ impl Provider for PostmarkProvider {
             return Err(refused(conflict));
         }
 
-        // Bring drifted settings back (also checks what a create returned).
+        // Bring drifted settings back (also checks what a create returned, and sets the
+        // inbound domain, which the create leaves out). A refused inbound domain (602, 610)
+        // does not fail the pass: the rest of the edit is made, the server and its token
+        // are reported, and the condition says what is wrong with the domain.
         let edit = desired.edit_for(&server);
-        let repaired = edit.fields();
+        let mut repaired = edit.fields();
+        let mut inbound_problem = None;
         let server = if edit.is_empty() {
             server
         } else {
             tracing::info!(service = SERVICE, server = %desired.name, id = server.id,
                 fields = ?repaired, "repairing drifted server settings");
-            let mut edited = self.edit_server(server.id, &edit).await?;
+            let edited = match self.edit_server_raw(server.id, &edit).await? {
+                Ok(s) => s,
+                Err(raw) => {
+                    let refusal = edit
+                        .sets_inbound_domain()
+                        .zip(inbound_domain_refusal(raw.status, &raw.body));
+                    let Some((domain, (code, text))) = refusal else {
+                        return Err(raw.into_error(Operation::Edit, &self.token));
+                    };
+                    let problem = inbound_domain_problem(domain, code, &text)
+                        .replace(self.token.as_str(), "<redacted>");
+                    tracing::warn!(service = SERVICE, server = %desired.name, id = server.id,
+                        code, "Postmark refused the inbound domain; the server works without it");
+                    inbound_problem = Some(problem);
+                    repaired.retain(|f| *f != "InboundDomain");
+                    let rest = edit.without_inbound_domain();
+                    if rest.is_empty() {
+                        server.clone()
+                    } else {
+                        self.edit_server(server.id, &rest).await?
+                    }
+                }
+            };
+            let mut edited = edited;
             if edited.api_tokens.is_empty() {
                 edited.api_tokens = server.api_tokens;
             }
@@ -177,14 +219,19 @@ impl Provider for PostmarkProvider {
             (Some(_), Some(_)) => "; credentials reissued",
             (None, _) => "",
         };
+        let mut message = format!(
+            "Postmark server {} (ID {id}, {}) {what}{issued}",
+            desired.name,
+            desired.delivery_type.as_str()
+        );
+        if let Some(problem) = &inbound_problem {
+            message.push_str("; ");
+            message.push_str(problem);
+        }
         Ok(Reconciled {
-            ready: true,
-            reason: None,
-            message: format!(
-                "Postmark server {} (ID {id}, {}) {what}{issued}",
-                desired.name,
-                desired.delivery_type.as_str()
-            ),
+            ready: inbound_problem.is_none(),
+            reason: inbound_problem.as_ref().map(|_| INBOUND_DOMAIN_REJECTED),
+            message,
             secret: new_secret,
             resources: vec![
                 ExternalResource::new(
