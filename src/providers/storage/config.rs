@@ -17,7 +17,8 @@ pub struct StorageConfig {
     /// API endpoint; the SDK's default (Google) when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-    /// Soft-delete retention in days (0 turns soft delete off).
+    /// Soft-delete retention in days: 0 turns soft delete off, otherwise 7 to 90 (what
+    /// Cloud Storage accepts). A deleted bucket stays restorable this long.
     #[serde(default = "default_soft_delete")]
     pub soft_delete_days: u32,
     /// Keep noncurrent object versions.
@@ -35,6 +36,17 @@ pub struct StorageConfig {
     /// Name of an environment variable that holds such a credentials JSON.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_env: Option<String>,
+}
+
+/// Least soft-delete retention when soft delete is on, and the most, in days
+/// (<https://cloud.google.com/storage/docs/soft-delete>: the retention can be raised to
+/// 90 days, or set to 0 to turn soft delete off; the minimum with soft delete on is 7 days).
+pub const MIN_SOFT_DELETE_DAYS: u32 = 7;
+pub const MAX_SOFT_DELETE_DAYS: u32 = 90;
+
+/// Whether Cloud Storage accepts a soft-delete retention of `days`.
+pub fn soft_delete_days_allowed(days: u32) -> bool {
+    days == 0 || (MIN_SOFT_DELETE_DAYS..=MAX_SOFT_DELETE_DAYS).contains(&days)
 }
 
 fn default_soft_delete() -> u32 {
@@ -77,6 +89,13 @@ impl StorageConfig {
                 "storage.bucketPrefix: \"{p}\" must be 1-22 lowercase letters, digits or '-', not start with '-' or \"goog\", and not contain \"google\""
             ));
         }
+        if !soft_delete_days_allowed(self.soft_delete_days) {
+            return Err(format!(
+                "storage.softDeleteDays: {} is not a retention Cloud Storage accepts: 0 (soft \
+                 delete off) or from {MIN_SOFT_DELETE_DAYS} to {MAX_SOFT_DELETE_DAYS} days",
+                self.soft_delete_days
+            ));
+        }
         Ok(())
     }
 
@@ -87,5 +106,40 @@ impl StorageConfig {
             Some(t.region.clone()),
             processor,
         )]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn soft_delete_days_are_0_or_7_to_90() {
+        for ok in [0, 7, 30, 90] {
+            let cfg = StorageConfig {
+                soft_delete_days: ok,
+                ..StorageConfig::default()
+            };
+            assert!(cfg.validate().is_ok(), "{ok}");
+        }
+        for bad in [1, 6, 91, 365] {
+            let cfg = StorageConfig {
+                soft_delete_days: bad,
+                ..StorageConfig::default()
+            };
+            let e = cfg.validate().unwrap_err();
+            assert!(e.starts_with("storage.softDeleteDays:"), "{e}");
+            assert!(e.contains(&bad.to_string()) && e.contains("7 to 90"), "{e}");
+        }
+        // At configuration load.
+        let e = crate::config::OperatorConfig::from_yaml(
+            "storage:\n  project: dd-prod\n  bucketPrefix: dd-prod\n  softDeleteDays: 120\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("storage.softDeleteDays") && e.contains("7 to 90"),
+            "{e}"
+        );
     }
 }

@@ -30,7 +30,10 @@ pub struct PostmarkConfig {
     /// removed (inbound mail must not flow to an address nobody configured).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_hook_url: Option<String>,
-    /// Inbound domain suffix: a tenant's inbound domain is `<tenant>.<inboundDomain>`.
+    /// Inbound domain suffix: a tenant's inbound domain is `<tenant>.<inboundDomain>`. Each
+    /// needs an MX record for `inbound.postmarkapp.com` (a wildcard `*.<inboundDomain>`
+    /// covers all); while Postmark refuses a tenant's domain, the server works without it
+    /// and the email condition says `InboundDomainRejected`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inbound_domain: Option<String>,
     /// Colour of the servers in Postmark's server list. Postmark documents purple, blue,
