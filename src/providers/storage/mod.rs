@@ -22,9 +22,13 @@
 //! - Drift in the enforced settings is repaired with one update carrying a field mask; an
 //!   unchanged bucket costs reads only.
 //! - Delete: every object (all versions), then the bucket, which Cloud Storage refuses
-//!   while anything is left in it. With soft delete on, Cloud Storage keeps deleted objects
-//!   (and the deleted bucket) restorable for `softDeleteDays`; that is the configured safety
-//!   net, not a leftover.
+//!   while anything is left in it (FAILED_PRECONDITION "not empty": objects written
+//!   meanwhile, deleted in another round). Any other FAILED_PRECONDITION (a locked retention
+//!   policy, a hold) is `DeletionBlocked` with Cloud Storage's text. With soft delete on,
+//!   Cloud Storage keeps deleted objects (and the deleted bucket) restorable for the
+//!   bucket's retention; that is the configured safety net, not a leftover, and the receipt
+//!   records the soft-deleted bucket as restorable until the delete time plus that
+//!   retention.
 //!
 //! The Secret holds where the bucket is (`STORAGE_BUCKET`, `STORAGE_LOCATION`,
 //! `STORAGE_PROJECT`); the bucket has no credentials of its own.
@@ -51,7 +55,7 @@ pub use client::StorageProvider;
 use client::{Lookup, taken};
 pub use config::StorageConfig;
 pub use desired::bucket_name;
-use errors::{SERVICE, classify, code_of};
+use errors::{DeleteRefusal, SERVICE, classify, code_of};
 
 /// Rounds of "delete the objects, then the bucket" before giving up for this pass.
 const DELETE_ROUNDS: usize = 3;
@@ -173,9 +177,14 @@ impl Provider for StorageProvider {
             tracing::info!(bucket = %name, "bucket is bound to another tenant UID; not erased");
             return Ok(Erased::default());
         }
-        let erased = Erased {
-            resources: vec![self.resource(&b)],
-            ..Erased::default()
+        let resources = vec![self.resource(&b)];
+        // With soft delete on, the deleted bucket stays restorable for the retention the
+        // bucket had (read just now): the receipt says so, and until when.
+        let erased = || Erased {
+            resources: resources.clone(),
+            restorable: bucket::soft_deleted(&b, jiff::Timestamp::now())
+                .into_iter()
+                .collect(),
         };
         for _ in 0..DELETE_ROUNDS {
             let objects = self.delete_objects(&name).await?;
@@ -185,13 +194,31 @@ impl Provider for StorageProvider {
             match self.client.delete_bucket().with_request(req).send().await {
                 Ok(()) => {
                     tracing::info!(bucket = %name, "bucket deleted");
-                    return Ok(erased);
+                    return Ok(erased());
                 }
-                Err(e) if code_of(&e) == Some(Code::NotFound) => return Ok(erased),
-                Err(e) if not_empty(&e) => {
-                    tracing::info!(bucket = %name, "bucket not empty yet (objects written meanwhile)");
-                }
-                Err(e) => return Err(classify(&e)),
+                // Gone since the read: this pass's own delete whose answer was lost (the
+                // SDK's retry then finds nothing), or one by hand a moment ago.
+                Err(e) if code_of(&e) == Some(Code::NotFound) => return Ok(erased()),
+                Err(e) => match errors::delete_refusal(&e) {
+                    Some(DeleteRefusal::NotEmpty) => {
+                        tracing::info!(bucket = %name, "bucket not empty yet (objects written meanwhile)");
+                    }
+                    Some(DeleteRefusal::Blocked(why)) => {
+                        return Err(ProviderError::DeletionBlocked {
+                            service: SERVICE,
+                            message: format!(
+                                "bucket {name}: {why}. Cloud Storage refuses to delete it for a \
+                                 reason other than its contents (a locked retention policy, a \
+                                 hold, ...): resolve that in project {}, and deletion resumes by \
+                                 itself; or abandon the component with the annotation \
+                                 `dealerdesk.de/abandon: storage` on the DealerTenant (the bucket \
+                                 is then kept)",
+                                self.cfg.project
+                            ),
+                        });
+                    }
+                    None => return Err(classify(&e)),
+                },
             }
         }
         Err(ProviderError::Unavailable {
@@ -201,12 +228,6 @@ impl Provider for StorageProvider {
             ),
         })
     }
-}
-
-/// Cloud Storage's refusal to delete a bucket that still holds objects: FAILED_PRECONDITION
-/// over gRPC, 409 over JSON.
-fn not_empty(e: &google_cloud_storage::Error) -> bool {
-    code_of(e) == Some(Code::FailedPrecondition) || e.http_status_code() == Some(409)
 }
 
 fn not_configured(message: impl Into<String>) -> ProviderError {
