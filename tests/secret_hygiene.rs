@@ -266,6 +266,27 @@ async fn life_cycle(
 
 #[tokio::test(flavor = "current_thread")]
 async fn no_secret_of_a_real_provider_appears_in_traces_or_errors() {
+    // The test's own PostgreSQL admin login, made before the capture starts (the statement
+    // that creates it carries its password and is not the provider's).
+    let pg = match support::pg::server().await {
+        Some(srv) => {
+            let su = support::pg::connect(srv.port, "postgres", &srv.password, "postgres")
+                .await
+                .unwrap();
+            let s: String = (0..8)
+                .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
+                .collect();
+            let admin = format!("hygadm_{s}");
+            let admin_password = format!("hygpw{}", s.repeat(3));
+            su.batch_execute(&format!(
+                "CREATE ROLE {admin} LOGIN CREATEDB CREATEROLE PASSWORD '{admin_password}'"
+            ))
+            .await
+            .unwrap();
+            Some((srv, su, s, admin, admin_password))
+        }
+        None => None,
+    };
     let (captured, _guard) = capture_with_sdk_tracing();
     let mut scan = Scanner::default();
     let mut errors: Vec<String> = Vec::new();
@@ -425,20 +446,7 @@ async fn no_secret_of_a_real_provider_appears_in_traces_or_errors() {
 
     // PostgreSQL, the real test server: the admin password is configured, the tenant's
     // password issued.
-    if let Some(srv) = support::pg::server().await {
-        let su = support::pg::connect(srv.port, "postgres", &srv.password, "postgres")
-            .await
-            .unwrap();
-        let s: String = (0..8)
-            .map(|_| fastrand::alphanumeric().to_ascii_lowercase())
-            .collect();
-        let admin = format!("hygadm_{s}");
-        let admin_password = format!("hygpw{}", s.repeat(3));
-        su.batch_execute(&format!(
-            "CREATE ROLE {admin} LOGIN CREATEDB CREATEROLE PASSWORD '{admin_password}'"
-        ))
-        .await
-        .unwrap();
+    if let Some((srv, su, s, admin, admin_password)) = pg {
         scan.add("PostgreSQL admin password", &admin_password);
         scan.add("PostgreSQL superuser password", &srv.password);
         let pw_file = temp_file("pg", &admin_password);
@@ -552,6 +560,9 @@ fn capture_with_sdk_tracing() -> (Captured, tracing::subscriber::DefaultGuard) {
     // SAFETY: set before this test builds any client; no test in this binary reads or
     // writes the variable otherwise, and every test sets the same value.
     unsafe { std::env::set_var("GOOGLE_CLOUD_RUST_LOGGING", "true") };
+    // Libraries that log through the `log` crate (tokio-postgres logs the statements it
+    // runs at DEBUG) are captured too: their records go to this thread's subscriber.
+    let _ = tracing_log::LogTracer::init();
     let captured = Captured::default();
     let writer = captured.clone();
     let subscriber = tracing_subscriber::fmt()
