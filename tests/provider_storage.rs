@@ -390,6 +390,32 @@ async fn a_bucket_delete_refused_for_another_reason_is_blocked_not_retried() {
     assert!(fake.bucket_names().is_empty());
 }
 
+/// A retention Cloud Storage does not accept (configuration validation refuses it first;
+/// `StorageProvider::new` does not validate) is refused by the service, as the double
+/// does: INVALID_ARGUMENT, permanent, nothing created.
+#[tokio::test]
+async fn a_soft_delete_retention_out_of_range_is_refused_by_the_service() {
+    let bad = StorageConfig {
+        soft_delete_days: 3,
+        ..cfg()
+    };
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .contains("storage.softDeleteDays")
+    );
+    let fake = FakeGcs::new();
+    let err = provider(&fake, bad)
+        .reconcile(&tenant("acme"), None)
+        .await
+        .unwrap_err();
+    assert!(!err.is_transient());
+    let text = err.to_string();
+    assert!(text.contains("INVALID_ARGUMENT"), "{text}");
+    assert!(text.contains("between 7 and 90 days"), "{text}");
+    assert!(fake.bucket_names().is_empty());
+}
+
 #[tokio::test]
 async fn delete_of_an_absent_tenant_is_ok() {
     let fake = FakeGcs::new();
