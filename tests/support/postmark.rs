@@ -27,8 +27,10 @@
 //!   [`PostmarkDouble::set_delete_enabled`]`(false)` a delete answers 422, ErrorCode 604.
 //!
 //! Switches: delete disabled, 429 rate limiting, a forced status for every request,
-//! 404 instead of 422/601 for unknown servers, and one injected failure on the k-th request
-//! ([`Fault`]). Every request is recorded ([`Call`]).
+//! 404 instead of 422/601 for unknown servers, one injected failure on the k-th request
+//! ([`Fault`]), and a slow answer ([`PostmarkDouble::set_delay`], off by default). Every
+//! request is recorded ([`Call`]) once answered; [`PostmarkDouble::in_flight`] counts those
+//! received and not answered yet.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -547,6 +549,10 @@ struct Inner {
     missing_as_404: bool,
     /// Fail the k-th request from when it was armed.
     fault: Option<(usize, Fault)>,
+    /// Hold requests (of this method only, if given) this long before performing them.
+    delay: Option<(Option<String>, std::time::Duration)>,
+    /// Requests received, answered or not.
+    received: usize,
 }
 
 type Shared = Arc<(SpecValidator, Mutex<Inner>)>;
@@ -670,6 +676,17 @@ async fn handle(
         serde_json::from_slice(&raw)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&raw).into()))
     };
+    let delay = {
+        let mut g = inner.lock().unwrap();
+        g.received += 1;
+        g.delay
+            .clone()
+            .filter(|(only, _)| only.as_deref().is_none_or(|m| m == method.as_str()))
+            .map(|(_, d)| d)
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     let mut g = inner.lock().unwrap();
     let answer = 'answer: {
         let op = match validator.check_request(method.as_str(), &path, &query, &headers, &raw) {
@@ -784,6 +801,8 @@ impl PostmarkDouble {
                 forced: None,
                 missing_as_404: false,
                 fault: None,
+                delay: None,
+                received: 0,
             }),
         ));
         let app = Router::new().fallback(handle).with_state(shared.clone());
@@ -916,5 +935,17 @@ impl PostmarkDouble {
 
     pub fn clear_fault(&self) {
         self.inner().fault = None;
+    }
+
+    /// Holds every request (of `method` only, if given) for `delay` before it is performed
+    /// and answered: a slow Postmark. `None` ends it (requests already held stay held).
+    pub fn set_delay(&self, method: Option<&str>, delay: Option<std::time::Duration>) {
+        self.inner().delay = delay.map(|d| (method.map(ToString::to_string), d));
+    }
+
+    /// Requests received and not answered yet (held by [`Self::set_delay`]).
+    pub fn in_flight(&self) -> usize {
+        let g = self.inner();
+        g.received - g.calls.len()
     }
 }
