@@ -943,7 +943,8 @@ impl PostmarkDouble {
         self.inner().delay = delay.map(|d| (method.map(ToString::to_string), d));
     }
 
-    /// Requests received and not answered yet (held by [`Self::set_delay`]).
+    /// Requests received and not answered yet (held by [`Self::set_delay`]; one whose
+    /// client went away while it was held may stay counted).
     pub fn in_flight(&self) -> usize {
         let g = self.inner();
         g.received - g.calls.len()
