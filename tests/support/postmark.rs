@@ -39,8 +39,10 @@
 //!   by another Postmark account.
 //!
 //! Switches: delete disabled, 429 rate limiting, a forced status for every request,
-//! 404 instead of 422/601 for unknown servers, and one injected failure on the k-th request
-//! ([`Fault`]). Every request is recorded ([`Call`]).
+//! 404 instead of 422/601 for unknown servers, one injected failure on the k-th request
+//! ([`Fault`]), and a slow answer ([`PostmarkDouble::set_delay`], off by default). Every
+//! request is recorded ([`Call`]) once answered; [`PostmarkDouble::in_flight`] counts those
+//! received and not answered yet.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -563,6 +565,10 @@ struct Inner {
     claimed_elsewhere: BTreeSet<String>,
     /// Fail the k-th request from when it was armed.
     fault: Option<(usize, Fault)>,
+    /// Hold requests (of this method only, if given) this long before performing them.
+    delay: Option<(Option<String>, std::time::Duration)>,
+    /// Requests received, answered or not.
+    received: usize,
 }
 
 type Shared = Arc<(SpecValidator, Mutex<Inner>)>;
@@ -728,6 +734,17 @@ async fn handle(
         serde_json::from_slice(&raw)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&raw).into()))
     };
+    let delay = {
+        let mut g = inner.lock().unwrap();
+        g.received += 1;
+        g.delay
+            .clone()
+            .filter(|(only, _)| only.as_deref().is_none_or(|m| m == method.as_str()))
+            .map(|(_, d)| d)
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     let mut g = inner.lock().unwrap();
     let answer = 'answer: {
         let op = match validator.check_request(method.as_str(), &path, &query, &headers, &raw) {
@@ -844,6 +861,8 @@ impl PostmarkDouble {
                 mx: BTreeSet::new(),
                 claimed_elsewhere: BTreeSet::new(),
                 fault: None,
+                delay: None,
+                received: 0,
             }),
         ));
         let app = Router::new().fallback(handle).with_state(shared.clone());
@@ -999,5 +1018,18 @@ impl PostmarkDouble {
 
     pub fn clear_fault(&self) {
         self.inner().fault = None;
+    }
+
+    /// Holds every request (of `method` only, if given) for `delay` before it is performed
+    /// and answered: a slow Postmark. `None` ends it (requests already held stay held).
+    pub fn set_delay(&self, method: Option<&str>, delay: Option<std::time::Duration>) {
+        self.inner().delay = delay.map(|d| (method.map(ToString::to_string), d));
+    }
+
+    /// Requests received and not answered yet (held by [`Self::set_delay`]; one whose
+    /// client went away while it was held may stay counted).
+    pub fn in_flight(&self) -> usize {
+        let g = self.inner();
+        g.received - g.calls.len()
     }
 }
