@@ -8,15 +8,31 @@
 //! ```sh
 //! DEALERTENANT_BENCH=100,1000 cargo test --test bench
 //! ```
-//! Without `DEALERTENANT_BENCH` it does nothing (it is a test target, so CI builds it).
+//! Without `DEALERTENANT_BENCH` it only checks itself: its arithmetic and the quota of the
+//! Cloud SQL double (it is a test target, so CI builds and runs it).
 //! `DEALERTENANT_BENCH_OPERATOR_BIN` measures another operator binary (a release build).
+//!
+//! `DEALERTENANT_BENCH_PROVIDERS=1` makes it the second run instead: database, search and
+//! email on, served by the test doubles on 127.0.0.1, with the Cloud SQL Admin API quota
+//! imposed (see `tests/bench/providers.rs`).
 
 #[allow(dead_code, unused_imports)]
 #[path = "support/audit.rs"]
 mod audit;
 #[allow(dead_code)]
+#[path = "support/cloudsql.rs"]
+mod cloudsql;
+#[allow(dead_code)]
 #[path = "support/cluster.rs"]
 mod cluster;
+#[allow(dead_code)]
+#[path = "support/elasticsearch.rs"]
+mod elasticsearch;
+#[allow(dead_code)]
+#[path = "support/postmark.rs"]
+mod postmark;
+#[path = "bench/providers.rs"]
+mod providers;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -70,6 +86,8 @@ fn main() {
     // The last 10 samples alone: 9 under 2 ms, 1 under 4 ms.
     let first = buckets(&text.replace("99", "90").replace("100", "90"), "x");
     assert_eq!(quantile(&minus(&all, &first), 0.9), Some(0.002));
+    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    runtime.block_on(providers::self_check());
     let Ok(sizes) = std::env::var("DEALERTENANT_BENCH") else {
         eprintln!(
             "bench: set DEALERTENANT_BENCH=100,1000 to run the benchmark (see tests/bench.rs)"
@@ -84,23 +102,30 @@ fn main() {
                 .expect("DEALERTENANT_BENCH: sizes like 100,1000")
         })
         .collect();
-    let runtime = tokio::runtime::Runtime::new().expect("a runtime");
+    if std::env::var_os(providers::ENV).is_some() {
+        providers::main(&runtime, &sizes);
+        return;
+    }
     let mut rows = Vec::new();
     for n in sizes {
         rows.push(runtime.block_on(bench(n)));
     }
-    let md = markdown(&rows);
+    write_report("bench", &markdown(&rows), &rows);
+}
+
+/// Prints the table and writes it to `target/bench/<stem>.md`, the rows to `<stem>.json`.
+fn write_report(stem: &str, md: &str, rows: &impl Serialize) {
     println!("{md}");
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).expect("target/bench");
-    std::fs::write(dir.join("bench.md"), &md).expect("write bench.md");
+    std::fs::write(dir.join(format!("{stem}.md")), md).expect("write the table");
     std::fs::write(
-        dir.join("bench.json"),
-        serde_json::to_string_pretty(&rows).expect("rows serialize"),
+        dir.join(format!("{stem}.json")),
+        serde_json::to_string_pretty(rows).expect("rows serialize"),
     )
-    .expect("write bench.json");
+    .expect("write the JSON");
     eprintln!(
-        "bench: wrote {0}/bench.md and {0}/bench.json",
+        "bench: wrote {0}/{stem}.md and {0}/{stem}.json",
         dir.display()
     );
 }
@@ -139,7 +164,7 @@ async fn bench(n: usize) -> Row {
     cluster::prepare_for_operator(&admin).await;
     let config = plane.dir.join("bench-config.yaml");
     std::fs::write(&config, format!("resyncSeconds: {RESYNC_SECONDS}\n")).unwrap();
-    let mut operator = spawn(&plane.operator_kubeconfig(), &config, &plane.dir);
+    let mut operator = spawn(&plane.operator_kubeconfig(), &config, &plane.dir, &[]);
     wait_ready(operator.metrics).await;
     let idle_rss = status_kib(operator.child.id(), "VmRSS") as f64 / 1024.0;
     let start_offset = audit::end_of(&plane.audit_log()).unwrap();
@@ -256,7 +281,8 @@ struct Operator {
     metrics: SocketAddr,
 }
 
-fn spawn(kubeconfig: &Path, config: &Path, dir: &Path) -> Operator {
+/// Starts the operator binary with `config`, and `env` besides (credentials of doubles).
+fn spawn(kubeconfig: &Path, config: &Path, dir: &Path, env: &[(&str, &str)]) -> Operator {
     let binary = std::env::var_os("DEALERTENANT_BENCH_OPERATOR_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_dealertenant-operator")));
@@ -271,6 +297,7 @@ fn spawn(kubeconfig: &Path, config: &Path, dir: &Path) -> Operator {
         .env("KUBECONFIG", kubeconfig)
         .env("POD_NAME", "bench")
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)

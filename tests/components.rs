@@ -241,6 +241,103 @@ async fn deleting_a_secret_rotates_that_credential_only() {
     s.assert_one_resource_each_and_secrets_current();
 }
 
+/// The pod template's hash of the Secrets, and the Secret's list of IDs to retire.
+fn rotation_marks(s: &Stack, component: &str) -> (String, Option<String>) {
+    let w = s.world.lock().unwrap();
+    let d = w
+        .object("/apis/apps/v1/namespaces/tenant-acme/deployments/server")
+        .unwrap();
+    let hash = d["spec"]["template"]["metadata"]["annotations"]["dealerdesk.de/secrets-hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let secret = w
+        .object(&format!(
+            "/api/v1/namespaces/tenant-acme/secrets/{component}"
+        ))
+        .unwrap();
+    let listed = secret["metadata"]["annotations"]["dealerdesk.de/retire-after-rollout"]
+        .as_str()
+        .map(str::to_string);
+    (hash, listed)
+}
+
+/// Sets the server Deployment's status as the Deployment controller would while it has
+/// (`done`) or has not yet observed the current template.
+fn set_rollout(s: &Stack, done: bool) {
+    let mut w = s.world.lock().unwrap();
+    let d = w
+        .objects
+        .get_mut("/apis/apps/v1/namespaces/tenant-acme/deployments/server")
+        .unwrap();
+    let generation = d["metadata"]["generation"].as_i64().unwrap();
+    d["status"]["observedGeneration"] =
+        serde_json::json!(if done { generation } else { generation - 1 });
+}
+
+#[tokio::test]
+async fn a_rotation_retires_the_old_credential_only_after_the_rollout() {
+    let s = stack(SPEC);
+    s.fake(Component::Search)
+        .rotates
+        .store(true, Ordering::SeqCst);
+    s.converge(5).await;
+    let (hash_before, listed) = rotation_marks(&s, "search");
+    assert_eq!(listed, None);
+    let before = s.secret("search").unwrap();
+
+    // Deleting the Secret asks for a new credential: issued, the Secret written with the
+    // old one's ID to retire, and the pod template's hash changed so that Pods roll.
+    s.world
+        .lock()
+        .unwrap()
+        .objects
+        .remove("/api/v1/namespaces/tenant-acme/secrets/search");
+    s.passes(1).await;
+    let after = s.secret("search").unwrap();
+    assert_ne!(before, after);
+    let (hash_rotated, listed) = rotation_marks(&s, "search");
+    assert_ne!(hash_rotated, hash_before, "a new Secret must roll the Pods");
+    let listed = listed.expect("the replaced credential is listed on the Secret");
+    let fake = s.fake(Component::Search);
+    assert_eq!(
+        fake.still_valid
+            .lock()
+            .unwrap()
+            .values()
+            .cloned()
+            .collect::<Vec<_>>(),
+        std::slice::from_ref(&before),
+        "the old credential keeps working while the Pods roll"
+    );
+    assert!(!listed.contains(&before), "only IDs, never a credential");
+    assert!(fake.retired.lock().unwrap().is_empty());
+
+    // The Deployment controller has not observed the new template: nothing is retired,
+    // and the pass writes nothing.
+    set_rollout(&s, false);
+    s.passes(1).await;
+    assert!(fake.retired.lock().unwrap().is_empty());
+    assert_eq!(fake.still_valid.lock().unwrap().len(), 1);
+    assert_eq!(
+        rotation_marks(&s, "search").1.as_deref(),
+        Some(listed.as_str())
+    );
+
+    // Rolled out: the old credential is retired and the list goes from the Secret.
+    set_rollout(&s, true);
+    s.passes(1).await;
+    assert_eq!(*fake.retired.lock().unwrap(), [listed]);
+    assert!(fake.still_valid.lock().unwrap().is_empty());
+    assert_eq!(rotation_marks(&s, "search"), (hash_rotated, None));
+    assert_eq!(s.secret("search").unwrap(), after);
+
+    // Converged again: a pass costs nothing.
+    s.passes(1).await;
+    assert_eq!(s.world.lock().unwrap().writes, 0);
+    s.assert_one_resource_each_and_secrets_current();
+}
+
 #[tokio::test]
 async fn switched_off_components_are_neither_called_nor_required() {
     let s = stack(

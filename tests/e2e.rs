@@ -101,6 +101,8 @@ use cluster::{apply_manifest, install_crd};
 mod cloudsql;
 #[path = "e2e/platform.rs"]
 mod platform;
+#[path = "e2e/rotation.rs"]
+mod rotation;
 #[path = "e2e/security.rs"]
 mod security;
 
@@ -218,6 +220,8 @@ async fn dealertenant_operator_end_to_end() {
     match PgE2e::find(&e2e.run_id).await {
         Some(pg) => {
             e2e.database_credentials_are_written_once(&pg).await;
+            e2e.deleting_a_database_secret_rotates_with_one_rollout(&pg)
+                .await;
             e2e.the_dev_install_reaches_ready_and_trace_explains_it(&pg)
                 .await;
         }

@@ -20,6 +20,23 @@
 //!    deadline, having released the Lease, and `ha-c` holds it within a few seconds (well
 //!    before the released Lease would have run out).
 //! 5. The Lease is taken from `ha-c` behind its back: it stops at once and exits non-zero.
+//!
+//! A second test, on a control plane of its own (127.0.0.1:21443, etcd 17379/17380;
+//! `DEALERTENANT_DRAIN_KUBE_PORT` / `DEALERTENANT_DRAIN_ETCD_PORT` override), drains a pass
+//! that is in flight at SIGTERM: one operator process with email on, served by the Postmark
+//! double (`tests/support/postmark.rs`), which holds `POST /servers` back.
+//!
+//! 1. The create takes 4 s and SIGTERM comes while the double holds it: the process exits 0
+//!    before the drain deadline, the create was answered, the pass went on to write the
+//!    tenant's `email` Secret (with the new server's ID and token) and its server Deployment,
+//!    the Lease was released, and the audit log has no write of the process after its last
+//!    Lease write (the release).
+//! 2. The create takes longer than [`DRAIN_DEADLINE`]: the pass is cut at the deadline (no
+//!    Secret), and the process still releases the Lease and exits 0, no sooner than the
+//!    deadline and within 10 s after it.
+//!
+//! The two tests take turns ([`SERIAL`]): two control planes and three operators at once on
+//! a small CI machine would make the timings above a test of the machine.
 
 mod support;
 
@@ -34,11 +51,16 @@ use std::time::{Duration, Instant};
 use dealertenant_operator::api::{DealerTenant, Phase};
 use dealertenant_operator::controller::DRAIN_DEADLINE;
 use dealertenant_operator::controller::leader::LEASE_DURATION;
+use dealertenant_operator::desired::names;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 use support::cluster::{self, ControlPlane, OPERATOR_NAMESPACE, OPERATOR_USER};
+use support::postmark::PostmarkDouble;
 
 const LEASE: &str = "dealertenant-operator";
 /// Slack on top of the Lease duration for a takeover after `kill -9`: the follower's poll,
@@ -50,9 +72,18 @@ const HANDOVER_LIMIT: Duration = Duration::from_secs(6);
 /// A leader whose Lease was taken exits within this (it reads the Lease every 2 s).
 const LOSS_LIMIT: Duration = Duration::from_secs(6);
 const TEST_USER_AGENT: &str = "dealertenant-ha-test";
+/// How long the Postmark double holds `POST /servers` in the drain test's first case: well
+/// within [`DRAIN_DEADLINE`].
+const SLOW_CREATE: Duration = Duration::from_secs(4);
+/// The environment variable the drain test's operator reads the Postmark account token from.
+const POSTMARK_TOKEN_ENV: &str = "DEALERTENANT_HA_POSTMARK_TOKEN";
+
+/// The tests of this suite run one after the other (see the module documentation).
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_takes_over_and_hands_over() {
+    let _serial = SERIAL.lock().await;
     let port = env_port("DEALERTENANT_HA_KUBE_PORT", 17443);
     let etcd_port = env_port("DEALERTENANT_HA_ETCD_PORT", 13379);
     let Some(plane) = ControlPlane::start(port, etcd_port) else {
@@ -261,6 +292,260 @@ async fn one_leader_takes_over_and_hands_over() {
     // The control plane, with the tenants, goes when `plane` is dropped.
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_a_pass_in_flight_and_cuts_one_past_the_deadline() {
+    let _serial = SERIAL.lock().await;
+    let port = env_port("DEALERTENANT_DRAIN_KUBE_PORT", 21443);
+    let etcd_port = env_port("DEALERTENANT_DRAIN_ETCD_PORT", 17379);
+    let Some(plane) = ControlPlane::start(port, etcd_port) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n***  ha drain SKIPPED: {} does not exist; no drain check ran.  ***\n",
+            cluster::start_script().display()
+        );
+        return;
+    };
+    let admin = cluster::client(&plane.admin_kubeconfig(), TEST_USER_AGENT).await;
+    cluster::prepare_for_operator(&admin).await;
+    wait_until_rbac_is_active(&plane.operator_kubeconfig()).await;
+    let postmark = PostmarkDouble::start().await;
+    let config = plane.dir.join("drain-config.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "email:\n  postmark:\n    endpoint: {}\n    accountTokenEnv: {POSTMARK_TOKEN_ENV}\n",
+            postmark.url()
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{}: {e}", config.display()));
+    let env = [(POSTMARK_TOKEN_ENV, postmark.account_token())];
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), OPERATOR_NAMESPACE);
+    let tenants: Api<DealerTenant> = Api::all(admin.clone());
+    let limit = DRAIN_DEADLINE + Duration::from_secs(10);
+
+    // 1. SIGTERM while Postmark is creating the tenant's server: the pass is finished.
+    postmark.set_delay(Some("POST"), Some(SLOW_CREATE));
+    let mut a = Operator::spawn_with(
+        "drain-a",
+        &plane.operator_kubeconfig(),
+        &plane.dir,
+        Some(&config),
+        &env,
+    );
+    let (exited, log) =
+        terminate_in_flight(&mut a, "drain-1", &leases, &tenants, &postmark, limit).await;
+    assert!(
+        exited < DRAIN_DEADLINE,
+        "drain-a exited {:.1}s after SIGTERM: its pass was held to the deadline, not finished; \
+         log {}",
+        exited.as_secs_f64(),
+        a.log.display()
+    );
+    assert!(
+        !log.contains("did not finish within"),
+        "drain-a cut its pass; log {}",
+        a.log.display()
+    );
+    // The provider call completed: answered, and the server exists.
+    assert_eq!(postmark.in_flight(), 0, "a Postmark request is still held");
+    let creates: Vec<u16> = postmark
+        .calls()
+        .iter()
+        .filter(|c| c.method == "POST")
+        .map(|c| c.status)
+        .collect();
+    assert_eq!(creates, [200], "POST /servers answers");
+    let servers = postmark.servers();
+    assert_eq!(servers.len(), 1, "Postmark servers: {servers:?}");
+    // What the pass writes after the call landed: the Secret, then the server Deployment.
+    let namespace = names::namespace("drain-1");
+    let secret = Api::<Secret>::namespaced(admin.clone(), &namespace)
+        .get_opt("email")
+        .await
+        .expect("read the Secret")
+        .unwrap_or_else(|| {
+            panic!(
+                "no Secret {namespace}/email: the pass in flight at SIGTERM did not finish; \
+                 log {}",
+                a.log.display()
+            )
+        });
+    let data = secret.data.unwrap_or_default();
+    let value = |key: &str| {
+        data.get(key)
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+    };
+    assert_eq!(
+        value("POSTMARK_SERVER_ID"),
+        Some(servers[0].id.to_string()),
+        "the Secret names the server the held create made"
+    );
+    assert!(
+        value("POSTMARK_SERVER_TOKEN").is_some_and(|t| servers[0].api_tokens.contains(&t)),
+        "the Secret does not hold the server's token"
+    );
+    let deployment = Api::<Deployment>::namespaced(admin.clone(), &namespace)
+        .get_opt(names::SERVER)
+        .await
+        .expect("read the Deployment");
+    assert!(
+        deployment.is_some(),
+        "no Deployment {namespace}/{}: the pass stopped after the Secret",
+        names::SERVER
+    );
+    let requests = audit(&plane.audit_log());
+    let written = assert_nothing_written_after_release(&requests, &a, &leases).await;
+    for resource in ["secrets", "deployments"] {
+        assert!(
+            written.iter().any(|r| r == resource),
+            "the audit log has no write of {resource} by drain-a: {written:?}"
+        );
+    }
+    eprintln!(
+        "ha drain: SIGTERM while POST /servers was held {}s: drain-a finished the pass (Secret \
+         and Deployment written), released the Lease and exited 0 after {:.1}s",
+        SLOW_CREATE.as_secs(),
+        exited.as_secs_f64()
+    );
+
+    // 2. A pass longer than the deadline: cut at it; the Lease is still released, exit 0.
+    postmark.set_delay(Some("POST"), Some(DRAIN_DEADLINE + Duration::from_secs(15)));
+    let mut b = Operator::spawn_with(
+        "drain-b",
+        &plane.operator_kubeconfig(),
+        &plane.dir,
+        Some(&config),
+        &env,
+    );
+    let (exited, log) =
+        terminate_in_flight(&mut b, "drain-2", &leases, &tenants, &postmark, limit).await;
+    assert!(
+        exited >= DRAIN_DEADLINE,
+        "drain-b exited {:.1}s after SIGTERM, before the drain deadline ({}s) with a pass in \
+         flight; log {}",
+        exited.as_secs_f64(),
+        DRAIN_DEADLINE.as_secs(),
+        b.log.display()
+    );
+    assert!(
+        log.contains("did not finish within"),
+        "drain-b does not say that it cut its pass; log {}",
+        b.log.display()
+    );
+    let namespace = names::namespace("drain-2");
+    let secret = Api::<Secret>::namespaced(admin.clone(), &namespace)
+        .get_opt("email")
+        .await
+        .expect("read the Secret");
+    assert!(
+        secret.is_none(),
+        "Secret {namespace}/email written by a pass that was to be cut at the deadline"
+    );
+    assert_nothing_written_after_release(&audit(&plane.audit_log()), &b, &leases).await;
+    eprintln!(
+        "ha drain: SIGTERM with a pass held past the deadline: drain-b cut it after {}s, \
+         released the Lease and exited 0 after {:.1}s",
+        DRAIN_DEADLINE.as_secs(),
+        exited.as_secs_f64()
+    );
+    assert_no_forbidden(&audit(&plane.audit_log()));
+    let violations = postmark.violations();
+    assert!(violations.is_empty(), "Postmark requests: {violations:?}");
+}
+
+/// Waits until `op` leads, creates `tenant` with email on, sends SIGTERM while the double
+/// holds its `POST /servers`, and waits for the exit. The process must release the Lease and exit 0 within `limit`.
+/// Returns the time from the signal to the exit, and the log.
+async fn terminate_in_flight(
+    op: &mut Operator,
+    tenant: &str,
+    leases: &Api<Lease>,
+    tenants: &Api<DealerTenant>,
+    postmark: &PostmarkDouble,
+    limit: Duration,
+) -> (Duration, String) {
+    let identity = op.identity.clone();
+    poll(STEP_TIMEOUT, &format!("{identity} to lead"), async || {
+        holder(leases).await.filter(|h| *h == identity)
+    })
+    .await;
+    create_tenant_with(tenants, tenant, true).await;
+    poll(
+        STEP_TIMEOUT,
+        &format!("{identity}'s POST /servers for {tenant} to be held"),
+        async || (postmark.in_flight() > 0).then_some(()),
+    )
+    .await;
+    let signalled = Instant::now();
+    op.terminate();
+    let status = op.wait_exit(limit);
+    let exited = signalled.elapsed();
+    let status = status.unwrap_or_else(|| {
+        panic!(
+            "{identity} did not exit within {}s of SIGTERM; log {}",
+            limit.as_secs(),
+            op.log.display()
+        )
+    });
+    assert!(
+        status.success(),
+        "{identity} exited with {status} after SIGTERM; log {}",
+        op.log.display()
+    );
+    let log = std::fs::read_to_string(&op.log).unwrap_or_default();
+    assert!(
+        log.contains("released the Lease"),
+        "{identity} did not release the Lease on SIGTERM; log {}",
+        op.log.display()
+    );
+    (exited, log)
+}
+
+/// The Lease has no holder, and in the audit log no write of `op` ends after its last
+/// Lease write (the release) began. Returns the resources `op` wrote, Leases aside.
+async fn assert_nothing_written_after_release(
+    requests: &[Request],
+    op: &Operator,
+    leases: &Api<Lease>,
+) -> Vec<String> {
+    assert_eq!(
+        holder(leases).await,
+        None,
+        "{} exited and the Lease still names a holder",
+        op.identity
+    );
+    let agent = op.user_agent();
+    let writes: Vec<&Request> = requests
+        .iter()
+        .filter(|r| r.user_agent == agent && r.is_write())
+        .collect();
+    let release = writes
+        .iter()
+        .rev()
+        .find(|r| r.resource == "leases")
+        .unwrap_or_else(|| panic!("no Lease write by {agent} in the audit log"));
+    let late: Vec<String> = writes
+        .iter()
+        .filter(|r| r.resource != "leases" && r.completed > release.received)
+        .map(|r| format!("{} {} at {}", r.verb, r.uri, r.completed))
+        .collect();
+    assert!(
+        late.is_empty(),
+        "{} wrote after it released the Lease at {}:\n{}",
+        op.identity,
+        release.received,
+        late.join("\n")
+    );
+    let mut resources: Vec<String> = writes
+        .iter()
+        .filter(|r| r.resource != "leases")
+        .map(|r| r.resource.clone())
+        .collect();
+    resources.sort();
+    resources.dedup();
+    resources
+}
+
 fn env_port(var: &str, default: u16) -> u16 {
     std::env::var(var)
         .ok()
@@ -284,6 +569,10 @@ async fn wait_until_rbac_is_active(kubeconfig: &Path) {
 }
 
 async fn create_tenant(tenants: &Api<DealerTenant>, name: &str) {
+    create_tenant_with(tenants, name, false).await;
+}
+
+async fn create_tenant_with(tenants: &Api<DealerTenant>, name: &str, email: bool) {
     let t: DealerTenant = serde_json::from_value(json!({
         "apiVersion": "dealerdesk.de/v1alpha1",
         "kind": "DealerTenant",
@@ -295,7 +584,7 @@ async fn create_tenant(tenants: &Api<DealerTenant>, name: &str) {
             "database": {"enabled": false},
             "storage": {"enabled": false},
             "search": {"enabled": false},
-            "email": {"enabled": false},
+            "email": {"enabled": email},
         },
     }))
     .expect("a tenant");
@@ -355,14 +644,29 @@ struct Operator {
 
 impl Operator {
     fn spawn(identity: &str, kubeconfig: &Path, logs: &Path) -> Self {
+        Self::spawn_with(identity, kubeconfig, logs, None, &[])
+    }
+
+    /// With a configuration file and more environment variables.
+    fn spawn_with(
+        identity: &str,
+        kubeconfig: &Path,
+        logs: &Path,
+        config: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let log = logs.join(format!("operator-{identity}.log"));
         let out = File::create(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()));
         let err = out.try_clone().expect("a second handle");
         let metrics = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port");
-        let child = Command::new(env!("CARGO_BIN_EXE_dealertenant-operator"))
-            .arg("run")
+        let mut command = Command::new(env!("CARGO_BIN_EXE_dealertenant-operator"));
+        command.arg("run");
+        if let Some(config) = config {
+            command.arg("--config").arg(config);
+        }
+        let child = command
             .args(["--metrics-addr", &metrics.to_string()])
             .env("KUBECONFIG", kubeconfig)
             .env("POD_NAME", identity)
@@ -373,6 +677,7 @@ impl Operator {
             .env_remove("DEALERTENANT_METRICS_ADDR")
             .env_remove("DEALERTENANT_LEADER_ELECTION")
             .env_remove("DEALERTENANT_LEASE_NAME")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -441,6 +746,20 @@ struct Request {
     user_agent: String,
     code: u16,
     uri: String,
+    /// `requestReceivedTimestamp` and `stageTimestamp` (when the answer was complete).
+    received: Timestamp,
+    completed: Timestamp,
+}
+
+impl Request {
+    /// A SelfSubjectReview ("who am I", every process asks at start) or access review is
+    /// a question: the API server stores nothing.
+    fn is_write(&self) -> bool {
+        matches!(
+            self.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        ) && !self.resource.ends_with("reviews")
+    }
 }
 
 fn audit(path: &Path) -> Vec<Request> {
@@ -462,22 +781,23 @@ fn audit(path: &Path) -> Vec<Request> {
                 user_agent: e["userAgent"].as_str().unwrap_or_default().into(),
                 code: e["responseStatus"]["code"].as_u64().unwrap_or_default() as u16,
                 uri: e["requestURI"].as_str().unwrap_or_default().into(),
+                received: timestamp(&e["requestReceivedTimestamp"]),
+                completed: timestamp(&e["stageTimestamp"]),
             }
         })
         .collect()
 }
 
+fn timestamp(v: &Value) -> Timestamp {
+    v.as_str()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("an audit event without a valid timestamp: {v}"))
+}
+
 /// Writes per user agent and resource.
 fn writes_by_agent(requests: &[Request]) -> BTreeMap<String, BTreeMap<String, u64>> {
     let mut by: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    // A SelfSubjectReview ("who am I", every process asks at start) or access review is
-    // a question: the API server stores nothing.
-    for r in requests.iter().filter(|r| {
-        matches!(
-            r.verb.as_str(),
-            "create" | "update" | "patch" | "delete" | "deletecollection"
-        ) && !r.resource.ends_with("reviews")
-    }) {
+    for r in requests.iter().filter(|r| r.is_write()) {
         *by.entry(r.user_agent.clone())
             .or_default()
             .entry(r.resource.clone())

@@ -964,6 +964,95 @@ async fn a_failure_during_rotation_heals() {
 }
 
 #[tokio::test]
+async fn a_rotation_keeps_the_old_key_valid_until_it_is_retired() {
+    let es = EsDouble::start().await;
+    let p = provider(&config(&es));
+    let t = tenant("acme");
+    let first = p.reconcile(&t, None).await.unwrap().secret.unwrap();
+    let other = p
+        .reconcile(&tenant("beta"), None)
+        .await
+        .unwrap()
+        .secret
+        .unwrap();
+
+    // A deleted Secret asks for a new key: issued first, the old one still works (the
+    // running Pods use it until they roll) and is reported to retire.
+    let n = es.call_count();
+    let rotated = p.reconcile_rotating(&t, None).await.unwrap();
+    assert!(
+        !writes(&es.calls_since(n)).contains(&"DELETE /_security/api_key".to_string()),
+        "nothing is invalidated in the rotation pass: {:?}",
+        lines(&es.calls_since(n))
+    );
+    let second = rotated.reconciled.secret.expect("new credentials");
+    assert_ne!(id_of(&first), id_of(&second));
+    assert_eq!(rotated.retire, [id_of(&first).to_string()]);
+    assert_eq!(es.search_as(key_of(&first), "dt-acme").await, 200);
+    assert_eq!(es.search_as(key_of(&second), "dt-acme").await, 200);
+
+    // Later passes with the new Secret write nothing and still report the old key.
+    let n = es.call_count();
+    let again = p.reconcile_rotating(&t, Some(&second)).await.unwrap();
+    assert!(again.reconciled.secret.is_none());
+    assert_eq!(again.retire, rotated.retire);
+    assert!(writes(&es.calls_since(n)).is_empty());
+    assert_eq!(es.search_as(key_of(&first), "dt-acme").await, 200);
+
+    // Retiring takes only this tenant's keys: an ID of another tenant's key is ignored.
+    let mut ids = rotated.retire.clone();
+    ids.push(id_of(&other).to_string());
+    p.retire(&t, &ids).await.unwrap();
+    assert_eq!(es.search_as(key_of(&first), "dt-acme").await, 401);
+    assert_eq!(es.search_as(key_of(&other), "dt-beta").await, 200);
+    let valid = es.valid_keys("dt-acme");
+    assert_eq!(valid.len(), 1, "{valid:?}");
+    assert_eq!(valid[0].id, id_of(&second));
+    // Idempotent: retiring again is success and changes nothing.
+    p.retire(&t, &rotated.retire).await.unwrap();
+    let after = p.reconcile_rotating(&t, Some(&second)).await.unwrap();
+    assert!(after.retire.is_empty() && after.reconciled.secret.is_none());
+}
+
+#[tokio::test]
+async fn a_crash_between_the_new_key_and_the_secret_write_leaves_a_valid_key() {
+    let es = EsDouble::start().await;
+    let p = provider(&config(&es));
+    let t = tenant("acme");
+    let first = p.reconcile(&t, None).await.unwrap().secret.unwrap();
+    let n = es.call_count();
+    p.reconcile_rotating(&t, None).await.unwrap();
+    let total = es.call_count() - n;
+
+    for performed in [false, true] {
+        for k in 0..=total {
+            let es = EsDouble::start().await;
+            let p = provider(&config(&es));
+            let first = p.reconcile(&t, None).await.unwrap().secret.unwrap();
+            // The rotation pass, failing at request k (0: it succeeds, and the operator
+            // stops before it writes the Secret): the Secret still holds the old key.
+            if k > 0 {
+                es.fail_request(k, performed);
+            }
+            let _ = p.reconcile_rotating(&t, None).await;
+            es.clear_fault();
+            assert_eq!(
+                es.search_as(key_of(&first), "dt-acme").await,
+                200,
+                "k={k} performed={performed}: the key the Pods hold must keep working"
+            );
+            // The next pass keeps the Secret's key and reports the orphan to retire.
+            let next = p.reconcile_rotating(&t, Some(&first)).await.unwrap();
+            assert!(next.reconciled.secret.is_none(), "k={k}");
+            assert!(!next.retire.contains(&id_of(&first).to_string()), "k={k}");
+            p.retire(&t, &next.retire).await.unwrap();
+            assert_converged(&es, "dt-acme", &first).await;
+        }
+    }
+    assert_eq!(es.search_as(key_of(&first), "dt-acme").await, 200);
+}
+
+#[tokio::test]
 async fn a_failure_at_any_request_of_delete_heals() {
     let es = EsDouble::start().await;
     let p = provider(&config(&es));

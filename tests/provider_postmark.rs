@@ -70,6 +70,9 @@ fn config(endpoint: &str, token_file: &TokenFile) -> PostmarkConfig {
 
 async fn env_with(change: impl FnOnce(&mut PostmarkConfig)) -> Env {
     let double = PostmarkDouble::start().await;
+    // The inbound domains' DNS: a wildcard MX record for inbound.postmarkapp.com, so that
+    // Postmark accepts every tenant's `<tenant>.<INBOUND>`.
+    double.add_mx(&format!("*.{INBOUND}"));
     let token = TokenFile::new(double.account_token());
     let mut cfg = config(double.url(), &token);
     change(&mut cfg);
@@ -143,8 +146,18 @@ async fn first_reconcile_creates_the_server_and_issues_the_secret() {
 
     let calls = e.double.calls();
     let lines: Vec<String> = calls.iter().map(|c| c.line()).collect();
-    assert_eq!(lines, ["GET /servers", "POST /servers"]);
+    let id = secret.get(SECRET_SERVER_ID).unwrap();
+    assert_eq!(
+        lines,
+        [
+            "GET /servers".to_string(),
+            "POST /servers".to_string(),
+            format!("PUT /servers/{id}")
+        ]
+    );
     assert_eq!(calls[0].query, "count=500&offset=0&name=dealerdesk-acme");
+    // The create leaves the inbound domain out (Postmark would refuse the whole server over
+    // it); the edit right after sets it.
     assert_eq!(
         calls[1].body,
         json!({
@@ -154,9 +167,13 @@ async fn first_reconcile_creates_the_server_and_issues_the_secret() {
             "TrackOpens": false,
             "TrackLinks": "None",
             "InboundHookUrl": HOOK,
-            "InboundDomain": "acme.inbound.dealerdesk.example",
         })
     );
+    assert_eq!(
+        calls[2].body,
+        json!({"InboundDomain": "acme.inbound.dealerdesk.example"})
+    );
+    assert_eq!(r.reason, None);
 
     assert_eq!(r.resources.len(), 1);
     let res = &r.resources[0];
@@ -298,6 +315,97 @@ async fn an_inbound_hook_set_by_hand_is_removed_when_none_is_configured() {
     assert_eq!(writes.len(), 1);
     assert_eq!(writes[0].body, json!({"InboundHookUrl": ""}));
     assert_eq!(e.double.server(id).unwrap().inbound_hook_url, "");
+    assert_clean(&e.double);
+}
+
+/// Postmark refuses an inbound domain without an MX record for inbound.postmarkapp.com
+/// (ErrorCode 610): the server is created and its token issued all the same, and the
+/// condition says what to fix; once the record exists, the next pass sets the domain.
+#[tokio::test]
+async fn an_inbound_domain_without_its_mx_record_does_not_block_the_server() {
+    let e = env().await;
+    e.double.remove_mx(&format!("*.{INBOUND}"));
+    let t = tenant("acme");
+    let domain = "acme.inbound.dealerdesk.example";
+
+    let r = e.provider.reconcile(&t, None).await.expect("not an error");
+    assert!(!r.ready);
+    assert_eq!(r.reason, Some("InboundDomainRejected"));
+    assert!(r.message.contains(domain), "{}", r.message);
+    assert!(r.message.contains("ErrorCode 610"), "{}", r.message);
+    assert!(
+        r.message.contains("MX record") && r.message.contains("inbound.postmarkapp.com"),
+        "{}",
+        r.message
+    );
+    let secret = r
+        .secret
+        .expect("the Secret is issued although the domain was refused");
+    assert!(!r.message.contains(secret.get(SECRET_SERVER_TOKEN).unwrap()));
+    assert_secret_works(&e.double, &secret, "dealerdesk-acme");
+    assert_eq!(r.resources.len(), 1);
+    assert_eq!(r.resources[0].id.as_deref(), secret.get(SECRET_SERVER_ID));
+    // Everything but the domain is in place.
+    assert_settings(&e.double, "dealerdesk-acme", HOOK, "");
+
+    // Still no record: the domain is tried again, nothing else changes, no second server.
+    let r = e.provider.reconcile(&t, Some(&secret)).await.unwrap();
+    assert!(!r.ready);
+    assert_eq!(r.reason, Some("InboundDomainRejected"));
+    assert!(r.secret.is_none());
+    assert_eq!(e.double.servers().len(), 1);
+
+    // The record is added: the next pass sets the domain and the condition clears.
+    e.double.add_mx(domain);
+    let mark = e.double.mark();
+    let r = e.provider.reconcile(&t, Some(&secret)).await.unwrap();
+    assert!(r.ready, "{}", r.message);
+    assert_eq!(r.reason, None);
+    let writes = e.double.writes_since(mark);
+    assert_eq!(writes.len(), 1, "{writes:#?}");
+    assert_eq!(writes[0].body, json!({"InboundDomain": domain}));
+    assert_settings(&e.double, "dealerdesk-acme", HOOK, domain);
+    assert_clean(&e.double);
+}
+
+/// An inbound domain in use by another server anywhere on Postmark (ErrorCode 602): the
+/// other drifted settings are still repaired, the domain is reported, not fatal.
+#[tokio::test]
+async fn an_inbound_domain_in_use_elsewhere_is_reported_and_the_rest_repaired() {
+    let e = env().await;
+    let t = tenant("acme");
+    let domain = "acme.inbound.dealerdesk.example";
+    e.double.claim_domain(domain);
+
+    let r = e.provider.reconcile(&t, None).await.unwrap();
+    assert!(!r.ready);
+    assert_eq!(r.reason, Some("InboundDomainRejected"));
+    assert!(r.message.contains("ErrorCode 602"), "{}", r.message);
+    assert!(
+        r.message.contains("another Postmark server"),
+        "{}",
+        r.message
+    );
+    let secret = r.secret.expect("Secret issued");
+    assert_secret_works(&e.double, &secret, "dealerdesk-acme");
+
+    // Drift besides the domain: the edit is refused for the domain, and sent again without.
+    let id = e.double.servers_named("dealerdesk-acme")[0].id;
+    e.double.modify(id, |s| s.color = "red".into());
+    let mark = e.double.mark();
+    let r = e.provider.reconcile(&t, Some(&secret)).await.unwrap();
+    assert_eq!(r.reason, Some("InboundDomainRejected"));
+    let writes = e.double.writes_since(mark);
+    assert_eq!(writes.len(), 2, "{writes:#?}");
+    assert_eq!(writes[0].status, 422);
+    assert_eq!(writes[1].body, json!({"Color": "blue"}));
+    assert_eq!(writes[1].status, 200);
+    assert_settings(&e.double, "dealerdesk-acme", HOOK, "");
+
+    e.double.release_domain(domain);
+    let r = e.provider.reconcile(&t, Some(&secret)).await.unwrap();
+    assert!(r.ready);
+    assert_settings(&e.double, "dealerdesk-acme", HOOK, domain);
     assert_clean(&e.double);
 }
 

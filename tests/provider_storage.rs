@@ -297,6 +297,125 @@ async fn delete_removes_every_object_version_before_the_bucket() {
     );
 }
 
+/// A bucket deleted with soft delete on is not erased yet: the receipt names the
+/// soft-deleted bucket and until when it can be restored (delete time + its retention).
+#[tokio::test]
+async fn a_soft_deleted_bucket_is_reported_restorable_until_its_retention_ends() {
+    let fake = FakeGcs::new();
+    let p = provider(
+        &fake,
+        StorageConfig {
+            soft_delete_days: 30,
+            ..cfg()
+        },
+    );
+    p.reconcile(&tenant("acme"), None).await.unwrap();
+    let before = jiff::Timestamp::now();
+    let erased = p.delete(&tenant("acme")).await.unwrap();
+    let after = jiff::Timestamp::now();
+    assert!(fake.bucket_names().is_empty());
+    assert_eq!(erased.resources.len(), 1);
+    assert_eq!(erased.restorable.len(), 1, "{:?}", erased.restorable);
+    let r = &erased.restorable[0];
+    assert_eq!(r.what, "soft-deleted bucket dd-test-acme");
+    let until: jiff::Timestamp = r.until.as_deref().expect("until").parse().unwrap();
+    let window = jiff::SignedDuration::from_hours(30 * 24);
+    assert!(
+        until
+            >= before
+                .checked_add(window)
+                .unwrap()
+                .round(jiff::Unit::Second)
+                .unwrap()
+            && until <= after.checked_add(window).unwrap(),
+        "{until} not 30 days after the delete"
+    );
+
+    // The retention the bucket has counts, not the configuration's: soft delete turned off
+    // on the bucket (by hand, just before) means erased.
+    p.reconcile(&tenant("beta"), None).await.unwrap();
+    fake.mutate("dd-test-beta", |b| b.soft_delete_policy = None);
+    let erased = p.delete(&tenant("beta")).await.unwrap();
+    assert_eq!(erased.resources.len(), 1);
+    assert!(erased.restorable.is_empty(), "{:?}", erased.restorable);
+
+    // Soft delete off by configuration: erased.
+    let off = provider(
+        &fake,
+        StorageConfig {
+            soft_delete_days: 0,
+            ..cfg()
+        },
+    );
+    off.reconcile(&tenant("gamma"), None).await.unwrap();
+    assert!(
+        off.delete(&tenant("gamma"))
+            .await
+            .unwrap()
+            .restorable
+            .is_empty()
+    );
+}
+
+/// A FAILED_PRECONDITION that is not "not empty" is no reason to delete objects and try
+/// again: it needs a person, and says Cloud Storage's own words.
+#[tokio::test]
+async fn a_bucket_delete_refused_for_another_reason_is_blocked_not_retried() {
+    let fake = FakeGcs::new();
+    let p = provider(&fake, cfg());
+    p.reconcile(&tenant("acme"), None).await.unwrap();
+    // Wording illustrative: what matters is that it is not the not-empty refusal.
+    let why = "Precondition of bucket deletion failed: the bucket has an active hold.";
+    fake.block_delete("dd-test-acme", Some(why));
+    fake.clear_calls();
+    let err = p.delete(&tenant("acme")).await.unwrap_err();
+    assert_eq!(err.reason(), "DeletionBlocked", "{err}");
+    assert!(!err.is_transient());
+    let text = err.to_string();
+    assert!(text.contains(why), "{text}");
+    assert!(text.contains("FAILED_PRECONDITION"), "{text}");
+    assert!(text.contains("dealerdesk.de/abandon: storage"), "{text}");
+    assert_eq!(
+        fake.calls()
+            .iter()
+            .filter(|c| c.method == "delete_bucket")
+            .count(),
+        1,
+        "not retried as if objects were left"
+    );
+    assert_eq!(fake.bucket_names(), ["dd-test-acme"]);
+
+    fake.block_delete("dd-test-acme", None);
+    p.delete(&tenant("acme")).await.unwrap();
+    assert!(fake.bucket_names().is_empty());
+}
+
+/// A retention Cloud Storage does not accept (configuration validation refuses it first;
+/// `StorageProvider::new` does not validate) is refused by the service, as the double
+/// does: INVALID_ARGUMENT, permanent, nothing created.
+#[tokio::test]
+async fn a_soft_delete_retention_out_of_range_is_refused_by_the_service() {
+    let bad = StorageConfig {
+        soft_delete_days: 3,
+        ..cfg()
+    };
+    assert!(
+        bad.validate()
+            .unwrap_err()
+            .contains("storage.softDeleteDays")
+    );
+    let fake = FakeGcs::new();
+    let err = provider(&fake, bad)
+        .reconcile(&tenant("acme"), None)
+        .await
+        .unwrap_err();
+    assert!(!err.is_transient());
+    let text = err.to_string();
+    assert!(text.contains("INVALID_ARGUMENT"), "{text}");
+    assert!(text.contains("between 7 and 90 days"), "{text}");
+    assert!(fake.bucket_names().is_empty());
+}
+
 #[tokio::test]
 async fn delete_of_an_absent_tenant_is_ok() {
     let fake = FakeGcs::new();

@@ -868,7 +868,20 @@ async fn delete_and_check_erased(s: &Stack, secrets: &Secrets) {
     assert_eq!(r["deletionPolicy"], "Delete");
     for c in ["database", "storage", "search", "email", "namespace"] {
         let e = outcome(&r, c);
-        assert_eq!(e["outcome"], "Erased", "{c}: {e:#}");
+        if c == "storage" {
+            // Soft delete is on (7 days by default): the deleted bucket stays restorable.
+            assert_eq!(e["outcome"], "Restorable", "{c}: {e:#}");
+            let detail = e["detail"].as_str().unwrap();
+            assert!(
+                detail.starts_with(&format!(
+                    "soft-deleted bucket {}, restorable until ",
+                    s.bucket()
+                )),
+                "{detail}"
+            );
+        } else {
+            assert_eq!(e["outcome"], "Erased", "{c}: {e:#}");
+        }
         assert!(
             !e["resources"].as_array().unwrap().is_empty(),
             "{c} names what was erased"

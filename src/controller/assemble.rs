@@ -258,6 +258,21 @@ pub fn observe_server(t: &DealerTenant, d: &Deployment) -> Observation {
     }
 }
 
+/// Whether the server Deployment has rolled out its current template: the Deployment
+/// controller has observed it, every replica runs it and is available, and no Pod of an
+/// older template is left (what `kubectl rollout status` waits for). Only then may
+/// credentials the old Pods used stop working.
+pub fn rolled_out(t: &DealerTenant, d: &Deployment) -> bool {
+    let want = t.spec.server.replicas;
+    let generation = d.metadata.generation.unwrap_or(0);
+    let st = d.status.clone().unwrap_or_default();
+    let seen = st.observed_generation.unwrap_or(0) >= generation && generation > 0;
+    let updated = st.updated_replicas.unwrap_or(0);
+    seen && updated >= want
+        && st.available_replicas.unwrap_or(0) >= want
+        && st.replicas.unwrap_or(0) <= updated
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

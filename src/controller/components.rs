@@ -11,7 +11,7 @@ use super::error::Error;
 use super::holdings::{ComponentResult, Holdings, Outcome};
 use super::receipt::{Entry, Outcome as Receipt};
 use crate::api::DealerTenant;
-use crate::desired::secret::{component_secret, secret_data};
+use crate::desired::secret::{component_secret, retiring, secret_data, with_retiring};
 use crate::processors::{self, Processor};
 use crate::providers::{self, Component, TenantInfo};
 
@@ -22,8 +22,20 @@ pub const ABANDON_ANNOTATION: &str = "dealerdesk.de/abandon";
 /// What the component step did.
 pub struct Provisioned {
     pub results: Vec<ComponentResult>,
-    /// Component Secrets that exist, for the server to read.
-    pub secrets: Vec<String>,
+    /// Component Secrets that exist, for the server to read: name and data (the data only
+    /// for the pod template's hash).
+    pub secrets: Vec<(String, providers::SecretData)>,
+    /// Secrets that name credentials to retire once the server has rolled out with them.
+    pub retiring: Vec<Retiring>,
+}
+
+/// A component Secret whose [`crate::desired::secret::RETIRE_ANNOTATION`] lists credentials to retire.
+pub struct Retiring {
+    pub component: Component,
+    /// The IDs, as the Secret's annotation lists them.
+    pub ids: Vec<String>,
+    /// The Secret's data as written: the Secret is applied again without the annotation.
+    pub data: providers::SecretData,
 }
 
 /// Calls every enabled component's provider in the fixed order and writes the Secrets
@@ -34,6 +46,7 @@ pub async fn provision(t: &DealerTenant, ctx: &Context) -> Result<Provisioned, E
     let mut out = Provisioned {
         results: Vec::new(),
         secrets: Vec::new(),
+        retiring: Vec::new(),
     };
     for component in Component::ORDER {
         let result = |outcome, has_secret| ComponentResult {
@@ -59,16 +72,37 @@ pub async fn provision(t: &DealerTenant, ctx: &Context) -> Result<Provisioned, E
         let secret = get::<Secret>(ctx, Some(&info.namespace), component.key()).await?;
         let current = secret.as_ref().map(secret_data);
         let started = std::time::Instant::now();
-        let outcome = provider.reconcile(&info, current.as_ref()).await;
+        let outcome = provider.reconcile_rotating(&info, current.as_ref()).await;
         observe(ctx, component, "reconcile", started, outcome.as_ref().err());
+        // What earlier passes left to retire, still listed on the Secret.
+        let listed = secret.as_ref().map(retiring).unwrap_or_default();
         match outcome {
-            Ok(done) => {
+            Ok(providers::Rotating {
+                reconciled: done,
+                retire,
+            }) => {
                 // New credentials, or the current ones (labelled with this tenant's UID;
-                // no write when they already are).
+                // no write when they already are). The credentials they replaced are
+                // listed on the Secret in the same write, to be retired after the
+                // rollout: a crash after it still retires them.
                 if let Some(data) = done.secret.as_ref().or(current.as_ref()) {
-                    let desired = component_secret(&info.name, &info.uid, component.key(), data);
-                    ensure_uncached(ctx, secret.as_ref(), &desired).await?;
-                    out.secrets.push(component.key().to_string());
+                    let mut ids = listed.clone();
+                    ids.extend(retire);
+                    let desired = with_retiring(
+                        component_secret(&info.name, &info.uid, component.key(), data),
+                        &ids,
+                    );
+                    let written = ensure_uncached(ctx, secret.as_ref(), &desired).await?;
+                    let ids = retiring(&written.object);
+                    if !ids.is_empty() {
+                        out.retiring.push(Retiring {
+                            component,
+                            ids,
+                            data: data.clone(),
+                        });
+                    }
+                    out.secrets
+                        .push((component.key().to_string(), data.clone()));
                 }
                 let has_secret = done.secret.is_some() || current.is_some();
                 out.results.push(result(
@@ -83,8 +117,16 @@ pub async fn provision(t: &DealerTenant, ctx: &Context) -> Result<Provisioned, E
             }
             Err(e) => {
                 warn!(tenant = %info.name, %component, error = %e, "component not provisioned");
-                if current.is_some() {
-                    out.secrets.push(component.key().to_string());
+                if let Some(data) = &current {
+                    out.secrets
+                        .push((component.key().to_string(), data.clone()));
+                    if !listed.is_empty() {
+                        out.retiring.push(Retiring {
+                            component,
+                            ids: listed,
+                            data: data.clone(),
+                        });
+                    }
                 }
                 out.results
                     .push(result(Outcome::Failed(e), current.is_some()));
@@ -92,6 +134,38 @@ pub async fn provision(t: &DealerTenant, ctx: &Context) -> Result<Provisioned, E
         }
     }
     Ok(out)
+}
+
+/// Retires the credentials the component Secrets list, now that the server Deployment has
+/// rolled out with those Secrets, and drops the list from each Secret. Retiring is
+/// idempotent, and the list goes only after the provider retired them: a crash in
+/// between retires them again on a later pass. Returns whether any remain listed.
+pub async fn retire(t: &DealerTenant, ctx: &Context, pending: &[Retiring]) -> Result<bool, Error> {
+    let info = TenantInfo::of(t);
+    let mut remain = false;
+    for r in pending {
+        let Some(provider) = ctx.providers.get(r.component) else {
+            remain = true;
+            continue;
+        };
+        let started = std::time::Instant::now();
+        let outcome = provider.retire(&info, &r.ids).await;
+        observe(ctx, r.component, "retire", started, outcome.as_ref().err());
+        match outcome {
+            Ok(()) => {
+                info!(tenant = %info.name, component = %r.component, ids = %r.ids.join(","), "retired replaced credentials after the rollout");
+                let desired = component_secret(&info.name, &info.uid, r.component.key(), &r.data);
+                // Applied without a current object: the apply drops the annotation that a
+                // comparison with the current Secret would not see as a difference.
+                ensure_uncached(ctx, None, &desired).await?;
+            }
+            Err(e) => {
+                warn!(tenant = %info.name, component = %r.component, error = %e, "replaced credentials not retired yet");
+                remain = true;
+            }
+        }
+    }
+    Ok(remain)
 }
 
 /// Components the user abandoned with the `dealerdesk.de/abandon` annotation.

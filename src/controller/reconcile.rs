@@ -153,6 +153,19 @@ async fn apply(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
         Ok(d) => d,
         Err(err) => return record_apply_failure(t, ctx, err, namespace).await,
     };
+    // Credentials that a rotation replaced stop working only once every Pod runs with
+    // the new Secrets: the pod template carries their hash, so a Deployment not written
+    // in this pass and rolled out runs with the Secrets as they are now.
+    let retiring = if provisioned.retiring.is_empty() {
+        false
+    } else if !server_applied && assemble::rolled_out(t, &deployment) {
+        match components::retire(t, ctx, &provisioned.retiring).await {
+            Ok(remain) => remain,
+            Err(err) => return record_apply_failure(t, ctx, err, namespace).await,
+        }
+    } else {
+        true
+    };
 
     let previous = ctx.status_of(t);
     let held = holdings::next(
@@ -184,6 +197,9 @@ async fn apply(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
     }
     Ok(if assembled.pending {
         Action::requeue(PENDING_REQUEUE)
+    } else if retiring {
+        // The rollout's status changes start passes too; this bounds the wait.
+        Action::requeue(ROLLOUT_REQUEUE.min(ctx.resync_interval()))
     } else {
         Action::requeue(ctx.resync_interval())
     })

@@ -63,17 +63,20 @@ pub fn build(tenant: &DealerTenant, cfg: &OperatorConfig, component_secrets: &[S
 }
 
 impl Desired {
-    /// Rebuilds the server Deployment so that it receives `component_secrets`, once the
-    /// providers have said which Secrets exist.
+    /// Rebuilds the server Deployment so that it receives `component_secrets` (name and
+    /// data of each Secret that exists), once the providers have said which exist. Their
+    /// hash goes into the pod template, so that new credentials roll the Pods.
     pub fn with_component_secrets(
         mut self,
         tenant: &DealerTenant,
         cfg: &OperatorConfig,
-        component_secrets: &[String],
+        component_secrets: &[(String, crate::providers::SecretData)],
     ) -> Self {
         let ns = self.deployment.metadata.namespace.clone();
-        self.deployment =
-            server::deployment(tenant, &owner_reference(tenant), cfg, component_secrets);
+        let names: Vec<String> = component_secrets.iter().map(|(n, _)| n.clone()).collect();
+        self.deployment = server::deployment(tenant, &owner_reference(tenant), cfg, &names);
+        let hash = (!component_secrets.is_empty()).then(|| server::secrets_hash(component_secrets));
+        server::set_secrets_hash(&mut self.deployment, hash);
         self.deployment.metadata.namespace = ns;
         self
     }

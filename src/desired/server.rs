@@ -15,6 +15,59 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::{meta, names};
 use crate::api::DealerTenant;
 use crate::config::OperatorConfig;
+use crate::providers::SecretData;
+
+/// Pod template annotation holding [`secrets_hash`] of the component Secrets the server
+/// reads: a changed Secret changes the template, so the Deployment rolls out Pods with
+/// the new credentials.
+pub const SECRETS_HASH_ANNOTATION: &str = "dealerdesk.de/secrets-hash";
+
+/// SHA-256 (hex) over the names and data of the component Secrets the server reads,
+/// independent of their order. Only the hash leaves: no secret material does. Every name,
+/// key and value is length-prefixed, so that no two different sets encode alike.
+pub fn secrets_hash(secrets: &[(String, SecretData)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut sorted: Vec<&(String, SecretData)> = secrets.iter().collect();
+    sorted.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    for (name, data) in sorted {
+        field(name.as_bytes());
+        let map = data.clone().into_map();
+        field(&(map.len() as u64).to_be_bytes());
+        for (k, v) in &map {
+            field(k.as_bytes());
+            field(v.as_bytes());
+        }
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Sets the pod template's [`SECRETS_HASH_ANNOTATION`] (removes it when `hash` is `None`).
+pub fn set_secrets_hash(d: &mut Deployment, hash: Option<String>) {
+    let Some(spec) = d.spec.as_mut() else {
+        return;
+    };
+    let meta = spec.template.metadata.get_or_insert_default();
+    match hash {
+        Some(h) => {
+            meta.annotations
+                .get_or_insert_default()
+                .insert(SECRETS_HASH_ANNOTATION.into(), h);
+        }
+        None => {
+            if let Some(a) = meta.annotations.as_mut() {
+                a.remove(SECRETS_HASH_ANNOTATION);
+                if a.is_empty() {
+                    meta.annotations = None;
+                }
+            }
+        }
+    }
+}
 
 /// The server's identity; no API token is mounted into its Pods.
 pub fn service_account(tenant: &str, owner: &OwnerReference) -> ServiceAccount {
@@ -302,5 +355,54 @@ mod tests {
             );
             assert_eq!(pdb(&t, &owner_reference(&t)).is_some(), want, "{replicas}");
         }
+    }
+
+    #[test]
+    fn the_secrets_hash_follows_the_data_and_shows_none_of_it() {
+        let db = |pw: &str| SecretData::new().with("DATABASE_PASSWORD", pw);
+        let es = SecretData::new().with("ELASTICSEARCH_API_KEY", "ZW5j");
+        let a = secrets_hash(&[
+            ("database".into(), db("s3cr3t")),
+            ("search".into(), es.clone()),
+        ]);
+        // Deterministic and independent of order.
+        let b = secrets_hash(&[
+            ("search".into(), es.clone()),
+            ("database".into(), db("s3cr3t")),
+        ]);
+        assert_eq!(a, b);
+        assert_eq!(a.len(), 64);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert!(!a.contains("s3cr3t") && !a.contains("ZW5j"));
+        // A new password is a new hash, so the template changes and the Pods roll.
+        assert_ne!(
+            a,
+            secrets_hash(&[("database".into(), db("other")), ("search".into(), es)])
+        );
+        // Moving a byte between key and value is a different set.
+        assert_ne!(
+            secrets_hash(&[("x".into(), SecretData::new().with("AB", "C"))]),
+            secrets_hash(&[("x".into(), SecretData::new().with("A", "BC"))])
+        );
+
+        let mut d = build(
+            "{displayName: A, region: europe-west3}",
+            &["database".into()],
+        );
+        set_secrets_hash(&mut d, Some(a.clone()));
+        let annotations = |d: &Deployment| {
+            d.spec
+                .as_ref()
+                .unwrap()
+                .template
+                .metadata
+                .as_ref()
+                .unwrap()
+                .annotations
+                .clone()
+        };
+        assert_eq!(annotations(&d).unwrap()[SECRETS_HASH_ANNOTATION], a);
+        set_secrets_hash(&mut d, None);
+        assert_eq!(annotations(&d), None);
     }
 }

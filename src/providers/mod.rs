@@ -12,6 +12,11 @@
 //!   or bring drifted settings back, then report. Idempotent and crash-safe: a crash
 //!   after a create is healed by finding the resource by name on the next pass. Returns new
 //!   Secret data only when credentials had to be (re)issued.
+//! - [`Provider::reconcile_rotating`] and [`Provider::retire`]: what the reconciler calls.
+//!   A service that can hold several credentials at once (Elasticsearch API keys) issues
+//!   the new one first and reports the replaced ones; the reconciler retires them once the
+//!   server has rolled out with the new Secret. The defaults suit services with one
+//!   password per role (PostgreSQL, Cloud SQL), where rotation is a password change.
 //! - [`Provider::delete`]: erase everything of the tenant at this service; absent is success.
 //! - abandon: a component the user marks abandoned (annotation
 //!   `dealerdesk.de/abandon: email,search`) is not deleted; the reconciler records it as
@@ -191,6 +196,19 @@ pub struct Reconciled {
     pub resources: Vec<ExternalResource>,
 }
 
+/// The result of one [`Provider::reconcile_rotating`]: the reconcile's result and the
+/// credentials a rotation replaced. Those still work, so that Pods that run with the old
+/// Secret keep working; the reconciler records their IDs on the component Secret and has
+/// the provider [`Provider::retire`] them once the server Deployment has rolled out with
+/// the new Secret.
+#[derive(Debug, Default)]
+pub struct Rotating {
+    pub reconciled: Reconciled,
+    /// IDs of the credentials to retire after the rollout. IDs only, never a secret: they
+    /// are written into an annotation.
+    pub retire: Vec<String>,
+}
+
 /// The result of one [`Provider::delete`]: what was erased (for the erasure receipt).
 #[derive(Debug, Default)]
 pub struct Erased {
@@ -239,6 +257,29 @@ pub trait Provider: Send + Sync {
         tenant: &TenantInfo,
         secret: Option<&SecretData>,
     ) -> Result<Reconciled, ProviderError>;
+
+    /// [`Provider::reconcile`] for a reconciler that waits for the server's rollout before
+    /// old credentials stop working: a rotation issues the new credential first and
+    /// reports the old ones in [`Rotating::retire`] instead of revoking them. The default
+    /// is `reconcile` with nothing to retire (a service with one password per role, whose
+    /// rotation is a password change).
+    async fn reconcile_rotating(
+        &self,
+        tenant: &TenantInfo,
+        secret: Option<&SecretData>,
+    ) -> Result<Rotating, ProviderError> {
+        Ok(Rotating {
+            reconciled: self.reconcile(tenant, secret).await?,
+            retire: Vec::new(),
+        })
+    }
+
+    /// Revokes the credentials `ids` of `tenant` that [`Provider::reconcile_rotating`]
+    /// reported. Idempotent: an ID already revoked or gone is success. Default: nothing.
+    async fn retire(&self, tenant: &TenantInfo, ids: &[String]) -> Result<(), ProviderError> {
+        let _ = (tenant, ids);
+        Ok(())
+    }
 
     /// Erase every resource of `tenant` at this service. Idempotent.
     async fn delete(&self, tenant: &TenantInfo) -> Result<Erased, ProviderError>;

@@ -43,6 +43,9 @@
 //! [`CloudSqlDouble::fail_nth`] fails the k-th request from now, either
 //! before performing it or after performing it (the answer is lost and the client sees a
 //! `500`). [`CloudSqlDouble::queue_error`] answers the next request with a given error.
+//!
+//! Quota: [`CloudSqlDouble::set_requests_per_minute`] imposes the Admin API's rate quota
+//! (off by default), and [`CloudSqlDouble::rate_limited`] counts the `429`s it gave.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -553,6 +556,12 @@ struct St {
     seq: u64,
     conflicts: u64,
     faults_fired: u64,
+    /// The project's request quota per minute (`None`: unlimited).
+    quota: Option<u32>,
+    /// When each request the quota admitted in the last minute arrived.
+    admitted: VecDeque<std::time::Instant>,
+    /// `429 RESOURCE_EXHAUSTED` answers given.
+    rate_limited: u64,
 }
 
 struct Inner {
@@ -646,6 +655,43 @@ fn ssl_error(ip: &Value) -> Option<String> {
         _ => true,
     };
     (!ok).then(|| format!("Invalid request: sslMode {mode} conflicts with requireSsl={require}."))
+}
+
+/// Google's answer to a request over the project's quota, as the Admin API gives it
+/// (`429`, `RESOURCE_EXHAUSTED`, legacy reason `rateLimitExceeded`, an `ErrorInfo` with
+/// `RATE_LIMIT_EXCEEDED`; see <https://cloud.google.com/sql/docs/quotas> and
+/// <https://cloud.google.com/apis/design/errors#handling_errors>).
+fn quota_exceeded(project: &str, limit: u32) -> Response {
+    let message = format!(
+        "Quota exceeded for quota metric 'Queries' and limit 'Queries per minute per user' of \
+         service 'sqladmin.googleapis.com' for consumer 'project:{project}'."
+    );
+    let body = json!({
+        "error": {
+            "code": 429,
+            "message": message,
+            "errors": [{ "message": message, "domain": "global", "reason": "rateLimitExceeded" }],
+            "status": "RESOURCE_EXHAUSTED",
+            "details": [{
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "RATE_LIMIT_EXCEEDED",
+                "domain": "googleapis.com",
+                "metadata": {
+                    "service": "sqladmin.googleapis.com",
+                    "quota_metric": "sqladmin.googleapis.com/default",
+                    "quota_limit": "defaultPerMinutePerUser",
+                    "quota_limit_value": limit.to_string(),
+                    "consumer": format!("projects/{project}"),
+                },
+            }],
+        }
+    });
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [("content-type", "application/json; charset=UTF-8")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn invalid(message: &str) -> Response {
@@ -753,6 +799,24 @@ impl CloudSqlDouble {
     /// Cancels a failure that has not struck yet.
     pub fn disarm(&self) {
         self.st().fault = None;
+    }
+
+    /// Imposes the Admin API's rate quota: at most `n` requests in any 60 seconds, the
+    /// rest answered `429 RESOURCE_EXHAUSTED` (not performed, and not counted against the
+    /// quota). The documented default is 180 requests per minute per project and user
+    /// (<https://cloud.google.com/sql/docs/quotas#fixed-limits>); Google does not say over
+    /// which window it counts, so the double takes the strictest reading, a sliding minute:
+    /// a client that bursts is refused even when its average is under the quota. `None`
+    /// (the default) lifts it.
+    pub fn set_requests_per_minute(&self, n: Option<u32>) {
+        let mut st = self.st();
+        st.quota = n;
+        st.admitted.clear();
+    }
+
+    /// How many requests the quota refused with `429`.
+    pub fn rate_limited(&self) -> u64 {
+        self.st().rate_limited
     }
 
     /// How many injected failures struck.
@@ -1036,6 +1100,23 @@ async fn handle(
         path: format!("/{path}"),
         body: body_json.clone(),
     });
+
+    // 0. The project's rate quota, checked before anything else, as Google's front end does.
+    if let Some(limit) = st.quota {
+        let now = std::time::Instant::now();
+        while st
+            .admitted
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= std::time::Duration::from_secs(60))
+        {
+            st.admitted.pop_front();
+        }
+        if st.admitted.len() >= limit as usize {
+            st.rate_limited += 1;
+            return quota_exceeded(&inner.project, limit);
+        }
+        st.admitted.push_back(now);
+    }
 
     // 1. The discovery document.
     let Some((sm, vars)) = found else {

@@ -4,11 +4,11 @@
 //! contract of `dealertenant_operator::providers::Provider`, not any one service.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use dealertenant_operator::providers::{
-    Component, Erased, ExternalResource, Provider, ProviderError, Reconciled, Restorable,
+    Component, Erased, ExternalResource, Provider, ProviderError, Reconciled, Restorable, Rotating,
     SecretData, TenantInfo,
 };
 
@@ -68,6 +68,14 @@ pub struct FakeProvider {
     /// When set, a delete reports the resource as kept restorable until this time (as GCS
     /// soft delete does).
     pub restorable_until: Mutex<Option<String>>,
+    /// When set, the fake rotates as a service with several credentials per name does
+    /// (Elasticsearch API keys): a reissue keeps the replaced credential working, listed
+    /// in `still_valid` by ID and reported to retire, until `retire` revokes it.
+    pub rotates: AtomicBool,
+    /// Replaced credentials that still work: ID -> credential.
+    pub still_valid: Mutex<BTreeMap<String, String>>,
+    /// IDs revoked by `retire`, in order.
+    pub retired: Mutex<Vec<String>>,
     injector: Arc<Injector>,
 }
 
@@ -80,6 +88,9 @@ impl FakeProvider {
             writes: AtomicUsize::new(0),
             creates: Mutex::new(Vec::new()),
             restorable_until: Mutex::new(None),
+            rotates: AtomicBool::new(false),
+            still_valid: Mutex::new(BTreeMap::new()),
+            retired: Mutex::new(Vec::new()),
             injector,
         })
     }
@@ -167,6 +178,47 @@ impl Provider for FakeProvider {
             message: format!("{name} is ready"),
             secret: credential.map(|c| SecretData::new().with(&key, c)),
             resources: vec![self.resource(&name)],
+        })
+    }
+
+    async fn reconcile_rotating(
+        &self,
+        t: &TenantInfo,
+        secret: Option<&SecretData>,
+    ) -> Result<Rotating, ProviderError> {
+        if !self.rotates.load(Ordering::SeqCst) {
+            return Ok(Rotating {
+                reconciled: self.reconcile(t, secret).await?,
+                retire: Vec::new(),
+            });
+        }
+        let name = self.name(t);
+        let before = self.resources.lock().unwrap().get(&name).cloned();
+        let reconciled = self.reconcile(t, secret).await?;
+        let mut still_valid = self.still_valid.lock().unwrap();
+        if reconciled.secret.is_some()
+            && let Some(old) = before
+        {
+            let id = format!(
+                "{name}-{}",
+                still_valid.len() + self.retired.lock().unwrap().len()
+            );
+            still_valid.insert(id, old);
+        }
+        Ok(Rotating {
+            reconciled,
+            retire: still_valid.keys().cloned().collect(),
+        })
+    }
+
+    async fn retire(&self, _t: &TenantInfo, ids: &[String]) -> Result<(), ProviderError> {
+        self.call(|| {
+            let mut still_valid = self.still_valid.lock().unwrap();
+            for id in ids {
+                if still_valid.remove(id).is_some() {
+                    self.retired.lock().unwrap().push(id.clone());
+                }
+            }
         })
     }
 

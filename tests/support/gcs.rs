@@ -25,7 +25,11 @@
 //!   not exist)."
 //! - Deleting buckets (<https://cloud.google.com/storage/docs/deleting-buckets>): a bucket
 //!   holding live or noncurrent objects is refused with FAILED_PRECONDITION (HTTP 409 "The
-//!   bucket you tried to delete is not empty.").
+//!   bucket you tried to delete is not empty."). Cloud Storage also refuses bucket deletes
+//!   with FAILED_PRECONDITION for reasons other than contents (the retry-strategy page,
+//!   <https://cloud.google.com/storage/docs/retry-strategy>, lists FAILED_PRECONDITION /
+//!   412 among the errors not to retry); [`FakeGcs::block_delete`] stands for any of those,
+//!   with the text a test gives.
 //! - Object versioning (<https://cloud.google.com/storage/docs/object-versioning>):
 //!   deleting the live version of an object in a versioned bucket keeps it as a noncurrent
 //!   version; deleting a given generation removes it.
@@ -118,6 +122,9 @@ struct State {
     count: usize,
     fault: Option<(usize, Fault)>,
     fail_all: Option<(Code, String)>,
+    /// Buckets whose delete is refused with FAILED_PRECONDITION and this text (not the
+    /// not-empty one).
+    delete_blocked: BTreeMap<String, String>,
     report_location: Option<String>,
     hide_next_get: BTreeSet<String>,
     late_objects: usize,
@@ -301,6 +308,16 @@ impl FakeGcs {
     /// writing while the bucket is deleted).
     pub fn late_objects(&self, n: usize) {
         self.lock().late_objects = n;
+    }
+
+    /// Refuses every delete of bucket `id` with FAILED_PRECONDITION and `message` (a
+    /// refusal that is not about the bucket's contents); `None` lifts it.
+    pub fn block_delete(&self, id: &str, message: Option<&str>) {
+        let mut s = self.lock();
+        match message {
+            Some(m) => s.delete_blocked.insert(id.to_string(), m.to_string()),
+            None => s.delete_blocked.remove(id),
+        };
     }
 
     /// Puts a bucket of another project under `id`. `readable` is whether the caller may
@@ -571,6 +588,9 @@ impl google_cloud_storage::stub::StorageControl for FakeGcs {
                             Code::FailedPrecondition,
                             "The bucket you tried to delete is not empty.",
                         ));
+                    }
+                    if let Some(why) = s.delete_blocked.get(&id) {
+                        return Err(err(Code::FailedPrecondition, why.clone()));
                     }
                 }
             }

@@ -26,9 +26,23 @@
 //!   account (Postmark's PHP client documentation, "Managing your servers"): with
 //!   [`PostmarkDouble::set_delete_enabled`]`(false)` a delete answers 422, ErrorCode 604.
 //!
+//! - Inbound domains (error codes page,
+//!   <https://postmarkapp.com/developer/api/overview#error-codes>, and "Inbound domain
+//!   forwarding", <https://postmarkapp.com/developer/user-guide/inbound/inbound-domain-forwarding>):
+//!   an `InboundDomain` given to create or edit must have an MX record pointing to
+//!   `inbound.postmarkapp.com`, else 422 with ErrorCode 610 "Invalid MX record for Inbound
+//!   Domain"; inbound domains are unique across Postmark, so one in use by another server
+//!   (of this account or any other) is 422 with ErrorCode 602 "Duplicate Inbound Domain".
+//!   A refused request changes nothing. DNS is the double's: no MX exists until
+//!   [`PostmarkDouble::add_mx`] adds one (a `*.suffix` wildcard record covers every
+//!   subdomain, as DNS wildcards do); [`PostmarkDouble::claim_domain`] marks a domain as used
+//!   by another Postmark account.
+//!
 //! Switches: delete disabled, 429 rate limiting, a forced status for every request,
-//! 404 instead of 422/601 for unknown servers, and one injected failure on the k-th request
-//! ([`Fault`]). Every request is recorded ([`Call`]).
+//! 404 instead of 422/601 for unknown servers, one injected failure on the k-th request
+//! ([`Fault`]), and a slow answer ([`PostmarkDouble::set_delay`], off by default). Every
+//! request is recorded ([`Call`]) once answered; [`PostmarkDouble::in_flight`] counts those
+//! received and not answered yet.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -545,8 +559,16 @@ struct Inner {
     /// (only for this method, status, body)
     forced: Option<(Option<String>, u16, Value)>,
     missing_as_404: bool,
+    /// Domains with an MX record for `inbound.postmarkapp.com` (`*.suffix` for a wildcard).
+    mx: BTreeSet<String>,
+    /// Inbound domains in use by other Postmark accounts.
+    claimed_elsewhere: BTreeSet<String>,
     /// Fail the k-th request from when it was armed.
     fault: Option<(usize, Fault)>,
+    /// Hold requests (of this method only, if given) this long before performing them.
+    delay: Option<(Option<String>, std::time::Duration)>,
+    /// Requests received, answered or not.
+    received: usize,
 }
 
 type Shared = Arc<(SpecValidator, Mutex<Inner>)>;
@@ -572,6 +594,42 @@ impl Inner {
         self.servers
             .values()
             .any(|s| Some(s.id) != except && s.name.eq_ignore_ascii_case(name))
+    }
+
+    fn has_mx(&self, domain: &str) -> bool {
+        let domain = domain.to_ascii_lowercase();
+        self.mx.iter().any(|r| match r.strip_prefix("*.") {
+            Some(suffix) => domain.ends_with(&format!(".{suffix}")),
+            None => *r == domain,
+        })
+    }
+
+    /// The error for an `InboundDomain` field Postmark would refuse, if any.
+    fn check_inbound_domain(&self, fields: &Map<String, Value>, id: Option<u64>) -> Option<Value> {
+        let domain = fields.get("InboundDomain").and_then(Value::as_str)?;
+        if domain.is_empty() {
+            return None;
+        }
+        let in_use = self
+            .claimed_elsewhere
+            .contains(&domain.to_ascii_lowercase())
+            || self
+                .servers
+                .values()
+                .any(|s| Some(s.id) != id && s.inbound_domain.eq_ignore_ascii_case(domain));
+        if in_use {
+            return Some(error(
+                602,
+                "Duplicate Inbound Domain. The Inbound Domain you specified is already in use on Postmark.",
+            ));
+        }
+        if !self.has_mx(domain) {
+            return Some(error(
+                610,
+                "Invalid MX record for Inbound Domain. The Inbound Domain provided doesn't have an MX record value of inbound.postmarkapp.com.",
+            ));
+        }
+        None
     }
 
     fn perform(&mut self, op: &str, path: &str, query: &str, body: &Value) -> (u16, Value) {
@@ -613,6 +671,9 @@ impl Inner {
                 if self.name_taken(name, None) {
                     return (422, error(603, "Server name already exists."));
                 }
+                if let Some(e) = self.check_inbound_domain(fields, None) {
+                    return (422, e);
+                }
                 self.next_id += 1;
                 let mut server = Server::new(self.next_id, name);
                 server.apply(fields);
@@ -635,6 +696,9 @@ impl Inner {
                     if self.name_taken(name, Some(id)) {
                         return (422, error(603, "Server name already exists."));
                     }
+                }
+                if let Some(e) = self.check_inbound_domain(fields, Some(id)) {
+                    return (422, e);
                 }
                 let server = self.servers.get_mut(&id).unwrap();
                 server.apply(fields);
@@ -670,6 +734,17 @@ async fn handle(
         serde_json::from_slice(&raw)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&raw).into()))
     };
+    let delay = {
+        let mut g = inner.lock().unwrap();
+        g.received += 1;
+        g.delay
+            .clone()
+            .filter(|(only, _)| only.as_deref().is_none_or(|m| m == method.as_str()))
+            .map(|(_, d)| d)
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     let mut g = inner.lock().unwrap();
     let answer = 'answer: {
         let op = match validator.check_request(method.as_str(), &path, &query, &headers, &raw) {
@@ -783,7 +858,11 @@ impl PostmarkDouble {
                 rate_limited: false,
                 forced: None,
                 missing_as_404: false,
+                mx: BTreeSet::new(),
+                claimed_elsewhere: BTreeSet::new(),
                 fault: None,
+                delay: None,
+                received: 0,
             }),
         ));
         let app = Router::new().fallback(handle).with_state(shared.clone());
@@ -899,6 +978,29 @@ impl PostmarkDouble {
         self.inner().forced = answer.map(|(s, b)| (method.map(ToString::to_string), s, b));
     }
 
+    /// Adds an MX record for `domain` pointing to `inbound.postmarkapp.com` (`*.suffix`
+    /// adds a wildcard record for every subdomain of `suffix`).
+    pub fn add_mx(&self, domain: &str) {
+        self.inner().mx.insert(domain.to_ascii_lowercase());
+    }
+
+    pub fn remove_mx(&self, domain: &str) {
+        self.inner().mx.remove(&domain.to_ascii_lowercase());
+    }
+
+    /// Marks `domain` as the inbound domain of a server in another Postmark account.
+    pub fn claim_domain(&self, domain: &str) {
+        self.inner()
+            .claimed_elsewhere
+            .insert(domain.to_ascii_lowercase());
+    }
+
+    pub fn release_domain(&self, domain: &str) {
+        self.inner()
+            .claimed_elsewhere
+            .remove(&domain.to_ascii_lowercase());
+    }
+
     pub fn set_missing_as_404(&self, on: bool) {
         self.inner().missing_as_404 = on;
     }
@@ -916,5 +1018,18 @@ impl PostmarkDouble {
 
     pub fn clear_fault(&self) {
         self.inner().fault = None;
+    }
+
+    /// Holds every request (of `method` only, if given) for `delay` before it is performed
+    /// and answered: a slow Postmark. `None` ends it (requests already held stay held).
+    pub fn set_delay(&self, method: Option<&str>, delay: Option<std::time::Duration>) {
+        self.inner().delay = delay.map(|d| (method.map(ToString::to_string), d));
+    }
+
+    /// Requests received and not answered yet (held by [`Self::set_delay`]; one whose
+    /// client went away while it was held may stay counted).
+    pub fn in_flight(&self) -> usize {
+        let g = self.inner();
+        g.received - g.calls.len()
     }
 }

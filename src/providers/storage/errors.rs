@@ -5,7 +5,7 @@
 //! Messages carry the code and the service's own text, never request data or URLs.
 
 use google_cloud_gax::error::CredentialsError;
-use google_cloud_gax::error::rpc::Code;
+use google_cloud_gax::error::rpc::{Code, StatusDetails};
 use google_cloud_storage::Error;
 
 use crate::providers::ProviderError;
@@ -80,6 +80,59 @@ pub fn classify(e: &Error) -> ProviderError {
     }
 }
 
+/// Why Cloud Storage refused a bucket delete with FAILED_PRECONDITION (gRPC) or 409 (JSON).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeleteRefusal {
+    /// "The bucket you tried to delete is not empty." (objects written meanwhile): delete
+    /// them and try again.
+    NotEmpty,
+    /// Anything else (a locked retention policy, a hold, ...): needs a person. Carries the
+    /// code and the service's own text.
+    Blocked(String),
+}
+
+/// The refusal a bucket delete met, when it is one; `None` for every other error. Told
+/// apart by the status's `google.rpc.ErrorInfo` reason when the service sends one, else by
+/// its message: only a refusal that says the bucket is not empty is retried.
+pub fn delete_refusal(e: &Error) -> Option<DeleteRefusal> {
+    let (code, text) = if let Some(status) = e.status() {
+        if status.code != Code::FailedPrecondition {
+            return None;
+        }
+        let reason_says = status.details.iter().any(|d| match d {
+            StatusDetails::ErrorInfo(info) => says_not_empty(&info.reason),
+            _ => false,
+        });
+        if reason_says || says_not_empty(&status.message) {
+            return Some(DeleteRefusal::NotEmpty);
+        }
+        (status.code.name().to_string(), status.message.clone())
+    } else if e.http_status_code() == Some(409) {
+        let text = e
+            .http_payload()
+            .and_then(|p| std::str::from_utf8(p).ok())
+            .unwrap_or_default()
+            .to_string();
+        if says_not_empty(&text) {
+            return Some(DeleteRefusal::NotEmpty);
+        }
+        ("HTTP 409".to_string(), text)
+    } else {
+        return None;
+    };
+    Some(DeleteRefusal::Blocked(format!("{code}: {}", short(&text))))
+}
+
+/// "not empty", "NOT_EMPTY", "notEmpty", "BUCKET_NOT_EMPTY", ...
+fn says_not_empty(text: &str) -> bool {
+    let folded: String = text
+        .chars()
+        .filter(char::is_ascii_alphabetic)
+        .map(|c| c.to_ascii_lowercase())
+        .collect();
+    folded.contains("notempty")
+}
+
 fn unavailable(message: &str) -> ProviderError {
     ProviderError::Unavailable {
         service: SERVICE,
@@ -134,6 +187,38 @@ mod tests {
             assert!(!e.is_transient(), "{code:?} -> {e}");
             assert_eq!(e.reason(), "ProviderRefused");
         }
+    }
+
+    #[test]
+    fn bucket_delete_refusals_are_told_apart() {
+        let not_empty = service(
+            Code::FailedPrecondition,
+            "The bucket you tried to delete is not empty.",
+        );
+        assert_eq!(delete_refusal(&not_empty), Some(DeleteRefusal::NotEmpty));
+        let by_reason = Error::service(
+            Status::default()
+                .set_code(Code::FailedPrecondition)
+                .set_message("Precondition failed.")
+                .set_details([serde_json::from_value::<StatusDetails>(serde_json::json!({
+                    "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                    "reason": "BUCKET_NOT_EMPTY",
+                    "domain": "storage.googleapis.com",
+                }))
+                .unwrap()]),
+        );
+        assert_eq!(delete_refusal(&by_reason), Some(DeleteRefusal::NotEmpty));
+        let locked = service(
+            Code::FailedPrecondition,
+            "The bucket's retention policy is locked.",
+        );
+        assert_eq!(
+            delete_refusal(&locked),
+            Some(DeleteRefusal::Blocked(
+                "FAILED_PRECONDITION: The bucket's retention policy is locked.".into()
+            ))
+        );
+        assert_eq!(delete_refusal(&service(Code::PermissionDenied, "no")), None);
     }
 
     #[test]

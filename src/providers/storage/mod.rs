@@ -22,185 +22,45 @@
 //! - Drift in the enforced settings is repaired with one update carrying a field mask; an
 //!   unchanged bucket costs reads only.
 //! - Delete: every object (all versions), then the bucket, which Cloud Storage refuses
-//!   while anything is left in it. With soft delete on, Cloud Storage keeps deleted objects
-//!   (and the deleted bucket) restorable for `softDeleteDays`; that is the configured safety
-//!   net, not a leftover.
+//!   while anything is left in it (FAILED_PRECONDITION "not empty": objects written
+//!   meanwhile, deleted in another round). Any other FAILED_PRECONDITION (a locked retention
+//!   policy, a hold) is `DeletionBlocked` with Cloud Storage's text. With soft delete on,
+//!   Cloud Storage keeps deleted objects (and the deleted bucket) restorable for the
+//!   bucket's retention; that is the configured safety net, not a leftover, and the receipt
+//!   records the soft-deleted bucket as restorable until the delete time plus that
+//!   retention.
 //!
 //! The Secret holds where the bucket is (`STORAGE_BUCKET`, `STORAGE_LOCATION`,
 //! `STORAGE_PROJECT`); the bucket has no credentials of its own.
 
-pub mod bucket;
+pub mod client;
+pub mod config;
+pub mod desired;
 pub mod errors;
 
-use std::sync::{Arc, Mutex};
+/// The pure parts under their former name (`storage::bucket::...`).
+pub use self::desired as bucket;
+
 use std::time::Duration;
 
 use google_cloud_gax::error::rpc::Code;
 use google_cloud_storage::client::StorageControl;
-use google_cloud_storage::model::{
-    Bucket, DeleteBucketRequest, DeleteObjectRequest, GetBucketRequest, ListBucketsRequest,
-    ListObjectsRequest,
-};
-use serde::{Deserialize, Serialize};
+use google_cloud_storage::model::DeleteBucketRequest;
 
 use super::{
-    Component, Erased, ExternalResource, Provider, ProviderError, Reconciled, SecretData,
-    TenantInfo, residency,
+    Component, Erased, Provider, ProviderError, Reconciled, SecretData, TenantInfo, residency,
 };
-use crate::processors::ids;
 pub use crate::providers::pace::Pacer as CreateDeleteLimiter;
-use errors::{SERVICE, classify, code_of};
+pub use client::StorageProvider;
+use client::{Lookup, taken};
+pub use config::StorageConfig;
+pub use desired::bucket_name;
+use errors::{DeleteRefusal, SERVICE, classify, code_of};
 
-/// `storage:` in the operator configuration.
-#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, schemars::JsonSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct StorageConfig {
-    /// Google Cloud project that owns the buckets.
-    pub project: String,
-    /// Bucket names are global across all of Google Cloud: `<bucketPrefix>-<tenant>`. Pick a
-    /// prefix your organisation owns (at most 22 characters, so every name fits 63).
-    pub bucket_prefix: String,
-    /// API endpoint; the SDK's default (Google) when absent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    /// Soft-delete retention in days (0 turns soft delete off).
-    #[serde(default = "default_soft_delete")]
-    pub soft_delete_days: u32,
-    /// Keep noncurrent object versions.
-    #[serde(default)]
-    pub versioning: bool,
-    /// Least time between two bucket creates or deletes in the project (GCS allows about
-    /// one every two seconds).
-    #[serde(default = "default_interval")]
-    pub min_create_delete_interval_ms: u64,
-    /// Path of a Google credentials JSON file (service account key or external account).
-    /// Wins over `credentialsEnv`. Without both, Application Default Credentials are used
-    /// (Workload Identity on GKE, the recommended way).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials_file: Option<String>,
-    /// Name of an environment variable that holds such a credentials JSON.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credentials_env: Option<String>,
-}
-
-fn default_soft_delete() -> u32 {
-    7
-}
-fn default_interval() -> u64 {
-    2000
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        Self {
-            project: "dealerdesk-prod".into(),
-            bucket_prefix: "dealerdesk-prod".into(),
-            endpoint: None,
-            soft_delete_days: default_soft_delete(),
-            versioning: false,
-            min_create_delete_interval_ms: default_interval(),
-            credentials_file: None,
-            credentials_env: None,
-        }
-    }
-}
-
-impl StorageConfig {
-    pub fn validate(&self) -> Result<(), String> {
-        if self.project.trim().is_empty() {
-            return Err("storage.project: must not be empty".into());
-        }
-        let p = &self.bucket_prefix;
-        let ok = !p.is_empty()
-            && p.len() <= 22
-            && p.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !p.starts_with('-')
-            && !p.starts_with("goog")
-            && !p.contains("google");
-        if !ok {
-            return Err(format!(
-                "storage.bucketPrefix: \"{p}\" must be 1-22 lowercase letters, digits or '-', not start with '-' or \"goog\", and not contain \"google\""
-            ));
-        }
-        Ok(())
-    }
-
-    pub fn plan(&self, t: &TenantInfo, processor: &str) -> Vec<ExternalResource> {
-        vec![ExternalResource::new(
-            "Bucket",
-            bucket_name(&self.bucket_prefix, &t.name),
-            Some(t.region.clone()),
-            processor,
-        )]
-    }
-}
-
-/// `<prefix>-<tenant>`: at most 22 + 1 + 40 = 63 characters, GCS's limit.
-pub fn bucket_name(prefix: &str, tenant: &str) -> String {
-    format!("{prefix}-{tenant}")
-}
-
-/// Where a lookup of a bucket by name ended.
-enum Lookup {
-    Found(Box<Bucket>),
-    Missing,
-    /// PERMISSION_DENIED: a bucket of that name exists in a project we may not read, or the
-    /// operator lacks `storage.buckets.get`. Carries the service's text.
-    Denied(String),
-}
-
-/// Objects deleted concurrently per listing page.
-const DELETE_CONCURRENCY: usize = 16;
 /// Rounds of "delete the objects, then the bucket" before giving up for this pass.
 const DELETE_ROUNDS: usize = 3;
 
-/// The storage provider: one bucket per tenant through the `StorageControl` client.
-pub struct StorageProvider {
-    cfg: StorageConfig,
-    client: StorageControl,
-    limiter: Arc<CreateDeleteLimiter>,
-    /// `projects/<number>` of `cfg.project`, learned from the service: buckets report their
-    /// project by number, the configuration names it by ID.
-    project_number: Mutex<Option<String>>,
-}
-
-impl std::fmt::Debug for StorageProvider {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StorageProvider")
-            .field("project", &self.cfg.project)
-            .field("bucket_prefix", &self.cfg.bucket_prefix)
-            .finish_non_exhaustive()
-    }
-}
-
 impl StorageProvider {
-    /// A provider on `client`: the real one from [`StorageProvider::from_config`], or one
-    /// made with `StorageControl::from_stub` in tests. Bucket creates and deletes share the
-    /// process-wide limiter of `cfg.project`.
-    pub fn new(cfg: StorageConfig, client: StorageControl) -> Self {
-        let limiter = CreateDeleteLimiter::shared(
-            &cfg.project,
-            Duration::from_millis(cfg.min_create_delete_interval_ms),
-        );
-        Self {
-            cfg,
-            client,
-            limiter,
-            project_number: Mutex::new(None),
-        }
-    }
-
-    /// Uses `limiter` for bucket creates and deletes instead of the process-wide one.
-    pub fn with_limiter(mut self, limiter: Arc<CreateDeleteLimiter>) -> Self {
-        self.limiter = limiter;
-        self
-    }
-
-    pub fn config(&self) -> &StorageConfig {
-        &self.cfg
-    }
-
     /// Builds the real gRPC client: endpoint from the configuration when set, credentials
     /// from `credentialsFile`, else `credentialsEnv`, else Application Default Credentials.
     /// The SDK retries idempotent calls for at most 30 seconds; the reconciler's backoff
@@ -224,222 +84,6 @@ impl StorageProvider {
             .await
             .map_err(|e| not_configured(format!("cannot build the client: {e}")))?;
         Ok(Self::new(cfg.clone(), client))
-    }
-
-    fn known_project_number(&self) -> Option<String> {
-        self.project_number
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
-    }
-
-    fn remember_project(&self, project: &str) {
-        if project.starts_with("projects/")
-            && project != bucket::project_resource(&self.cfg.project)
-        {
-            *self
-                .project_number
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()) = Some(project.to_string());
-        }
-    }
-
-    async fn get(&self, name: &str) -> Result<Lookup, ProviderError> {
-        let req = GetBucketRequest::new().set_name(bucket::resource_name(name));
-        match self.client.get_bucket().with_request(req).send().await {
-            Ok(b) => Ok(Lookup::Found(Box::new(b))),
-            Err(e) => match code_of(&e) {
-                Some(Code::NotFound) => Ok(Lookup::Missing),
-                Some(Code::PermissionDenied) => Ok(Lookup::Denied(
-                    e.status().map(|s| s.message.clone()).unwrap_or_default(),
-                )),
-                _ => Err(classify(&e)),
-            },
-        }
-    }
-
-    /// Whether `b` lives in our project. Compares with the project ID and the learned
-    /// number; otherwise looks the bucket up among our project's buckets (a read that also
-    /// teaches the number, so it happens once per process for our own buckets).
-    async fn in_our_project(&self, b: &Bucket) -> Result<bool, ProviderError> {
-        if b.project == bucket::project_resource(&self.cfg.project)
-            || self.known_project_number().as_deref() == Some(b.project.as_str())
-        {
-            return Ok(true);
-        }
-        let name = bucket::bucket_id(b).to_string();
-        let mut token = String::new();
-        loop {
-            let req = ListBucketsRequest::new()
-                .set_parent(bucket::project_resource(&self.cfg.project))
-                .set_prefix(name.clone())
-                .set_page_token(token);
-            let page = self
-                .client
-                .list_buckets()
-                .with_request(req)
-                .send()
-                .await
-                .map_err(|e| classify(&e))?;
-            if let Some(listed) = page.buckets.iter().find(|l| bucket::bucket_id(l) == name) {
-                // Names are global: listed in our project means it is this very bucket.
-                self.remember_project(&listed.project);
-                return Ok(true);
-            }
-            if page.next_page_token.is_empty() {
-                return Ok(false);
-            }
-            token = page.next_page_token;
-        }
-    }
-
-    /// `b` if it is the tenant's (our project, the tenant's label), else the name is taken.
-    async fn claim(
-        &self,
-        tenant: &TenantInfo,
-        name: &str,
-        b: Bucket,
-    ) -> Result<Bucket, ProviderError> {
-        if !bucket::labelled_for(&b, tenant) {
-            return Err(taken(
-                name,
-                &format!(
-                    "it is not labelled {}={}",
-                    bucket::LABEL_TENANT,
-                    tenant.name
-                ),
-            ));
-        }
-        if !self.in_our_project(&b).await? {
-            return Err(taken(
-                name,
-                &format!("it does not belong to project {}", self.cfg.project),
-            ));
-        }
-        // Whose is it? A bucket bound to another tenant UID (retained from a deleted tenant
-        // whose name this one reuses) is not touched unless this tenant adopts that UID.
-        if let Some(owner) = bucket::bound_elsewhere(&b, tenant)
-            && !tenant.adopts(owner)
-        {
-            return Err(ProviderError::Foreign {
-                service: SERVICE,
-                message: format!(
-                    "bucket {name} holds data retained from another tenant (UID {owner}); \
-                     nothing was changed. Annotate this tenant {}: {owner} to take it over, \
-                     or delete the bucket {name} first",
-                    crate::desired::names::ADOPT_ANNOTATION
-                ),
-            });
-        }
-        Ok(b)
-    }
-
-    /// Creates the tenant's bucket (or adopts it after a crash), and reads it back.
-    async fn create(&self, tenant: &TenantInfo, name: &str) -> Result<Bucket, ProviderError> {
-        residency::check_before_create(&format!("bucket {name}"), &tenant.region)?;
-        self.limiter.wait_turn().await;
-        let req = bucket::create_request(&self.cfg, tenant);
-        match self.client.create_bucket().with_request(req).send().await {
-            Ok(created) => {
-                tracing::info!(bucket = name, location = %created.location, "bucket created");
-                self.remember_project(&created.project);
-            }
-            Err(e) if code_of(&e) == Some(Code::AlreadyExists) => {
-                // Our own create whose answer was lost (a crash, a race with another pass),
-                // or somebody else's bucket.
-                return match self.get(name).await? {
-                    Lookup::Found(b) => {
-                        let b = self.claim(tenant, name, *b).await?;
-                        tracing::info!(bucket = name, "adopted existing bucket of this tenant");
-                        Ok(b)
-                    }
-                    Lookup::Denied(message) => {
-                        Err(taken(name, &format!("PERMISSION_DENIED: {message}")))
-                    }
-                    Lookup::Missing => Err(ProviderError::Unavailable {
-                        service: SERVICE,
-                        message: format!(
-                            "bucket {name}: create answered ALREADY_EXISTS but it cannot be found; retrying"
-                        ),
-                    }),
-                };
-            }
-            Err(e) => return Err(classify(&e)),
-        }
-        match self.get(name).await? {
-            Lookup::Found(b) => Ok(*b),
-            Lookup::Missing => Err(ProviderError::Unavailable {
-                service: SERVICE,
-                message: format!("bucket {name} was created but cannot be read back yet"),
-            }),
-            Lookup::Denied(message) => Err(ProviderError::Refused {
-                service: SERVICE,
-                message: format!(
-                    "bucket {name} was created but cannot be read back (PERMISSION_DENIED: {message}); grant storage.buckets.get"
-                ),
-            }),
-        }
-    }
-
-    /// Deletes every object of the bucket, all versions. Returns how many were deleted.
-    async fn delete_objects(&self, name: &str) -> Result<usize, ProviderError> {
-        use futures::stream::{self, StreamExt};
-        let parent = bucket::resource_name(name);
-        let mut total = 0;
-        loop {
-            let req = ListObjectsRequest::new()
-                .set_parent(parent.clone())
-                .set_versions(true)
-                .set_page_size(1000);
-            let page = match self.client.list_objects().with_request(req).send().await {
-                Ok(page) => page,
-                Err(e) if code_of(&e) == Some(Code::NotFound) => return Ok(total),
-                Err(e) => return Err(classify(&e)),
-            };
-            if page.objects.is_empty() {
-                return Ok(total);
-            }
-            let results: Vec<_> = stream::iter(page.objects)
-                .map(|o| {
-                    let req = DeleteObjectRequest::new()
-                        .set_bucket(parent.clone())
-                        .set_object(o.name)
-                        .set_generation(o.generation);
-                    async move { self.client.delete_object().with_request(req).send().await }
-                })
-                .buffer_unordered(DELETE_CONCURRENCY)
-                .collect()
-                .await;
-            let mut round = 0;
-            for r in results {
-                match r {
-                    Ok(()) => round += 1,
-                    Err(e) if code_of(&e) == Some(Code::NotFound) => {}
-                    Err(e) => return Err(classify(&e)),
-                }
-            }
-            if round == 0 {
-                // The listing shows only objects that are gone already; the bucket delete
-                // will tell whether anything is left.
-                return Ok(total);
-            }
-            total += round;
-        }
-    }
-
-    fn resource(&self, b: &Bucket) -> ExternalResource {
-        let id = bucket::bucket_id(b);
-        let r = ExternalResource::new(
-            "Bucket",
-            id,
-            Some(b.location.to_ascii_lowercase()),
-            ids::GOOGLE_CLOUD,
-        );
-        if b.project.is_empty() {
-            r
-        } else {
-            r.with_id(format!("{}/buckets/{id}", b.project))
-        }
     }
 }
 
@@ -533,9 +177,14 @@ impl Provider for StorageProvider {
             tracing::info!(bucket = %name, "bucket is bound to another tenant UID; not erased");
             return Ok(Erased::default());
         }
-        let erased = Erased {
-            resources: vec![self.resource(&b)],
-            ..Erased::default()
+        let resources = vec![self.resource(&b)];
+        // With soft delete on, the deleted bucket stays restorable for the retention the
+        // bucket had (read just now): the receipt says so, and until when.
+        let erased = || Erased {
+            resources: resources.clone(),
+            restorable: bucket::soft_deleted(&b, jiff::Timestamp::now())
+                .into_iter()
+                .collect(),
         };
         for _ in 0..DELETE_ROUNDS {
             let objects = self.delete_objects(&name).await?;
@@ -545,13 +194,31 @@ impl Provider for StorageProvider {
             match self.client.delete_bucket().with_request(req).send().await {
                 Ok(()) => {
                     tracing::info!(bucket = %name, "bucket deleted");
-                    return Ok(erased);
+                    return Ok(erased());
                 }
-                Err(e) if code_of(&e) == Some(Code::NotFound) => return Ok(erased),
-                Err(e) if not_empty(&e) => {
-                    tracing::info!(bucket = %name, "bucket not empty yet (objects written meanwhile)");
-                }
-                Err(e) => return Err(classify(&e)),
+                // Gone since the read: this pass's own delete whose answer was lost (the
+                // SDK's retry then finds nothing), or one by hand a moment ago.
+                Err(e) if code_of(&e) == Some(Code::NotFound) => return Ok(erased()),
+                Err(e) => match errors::delete_refusal(&e) {
+                    Some(DeleteRefusal::NotEmpty) => {
+                        tracing::info!(bucket = %name, "bucket not empty yet (objects written meanwhile)");
+                    }
+                    Some(DeleteRefusal::Blocked(why)) => {
+                        return Err(ProviderError::DeletionBlocked {
+                            service: SERVICE,
+                            message: format!(
+                                "bucket {name}: {why}. Cloud Storage refuses to delete it for a \
+                                 reason other than its contents (a locked retention policy, a \
+                                 hold, ...): resolve that in project {}, and deletion resumes by \
+                                 itself; or abandon the component with the annotation \
+                                 `dealerdesk.de/abandon: storage` on the DealerTenant (the bucket \
+                                 is then kept)",
+                                self.cfg.project
+                            ),
+                        });
+                    }
+                    None => return Err(classify(&e)),
+                },
             }
         }
         Err(ProviderError::Unavailable {
@@ -560,21 +227,6 @@ impl Provider for StorageProvider {
                 "bucket {name} is still not empty: objects are being written while it is deleted"
             ),
         })
-    }
-}
-
-/// Cloud Storage's refusal to delete a bucket that still holds objects: FAILED_PRECONDITION
-/// over gRPC, 409 over JSON.
-fn not_empty(e: &google_cloud_storage::Error) -> bool {
-    code_of(e) == Some(Code::FailedPrecondition) || e.http_status_code() == Some(409)
-}
-
-fn taken(name: &str, why: &str) -> ProviderError {
-    ProviderError::Refused {
-        service: SERVICE,
-        message: format!(
-            "bucket name {name} is taken by another project; choose another storage.bucketPrefix ({why})"
-        ),
     }
 }
 

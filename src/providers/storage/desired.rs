@@ -7,8 +7,13 @@ use google_cloud_storage::model::bucket::iam_config::UniformBucketLevelAccess;
 use google_cloud_storage::model::bucket::{IamConfig, SoftDeletePolicy, Versioning};
 use google_cloud_storage::model::{Bucket, CreateBucketRequest, UpdateBucketRequest};
 
-use super::{StorageConfig, bucket_name};
-use crate::providers::{SecretData, TenantInfo};
+use super::StorageConfig;
+use crate::providers::{Restorable, SecretData, TenantInfo};
+
+/// `<prefix>-<tenant>`: at most 22 + 1 + 40 = 63 characters, GCS's limit.
+pub fn bucket_name(prefix: &str, tenant: &str) -> String {
+    format!("{prefix}-{tenant}")
+}
 
 /// Label with the tenant's name.
 pub const LABEL_TENANT: &str = "tenant";
@@ -131,7 +136,7 @@ pub fn create_request(cfg: &StorageConfig, tenant: &TenantInfo) -> CreateBucketR
 }
 
 /// Soft-delete retention the bucket reports, in seconds (absent = off).
-fn soft_delete_seconds(b: &Bucket) -> i64 {
+pub fn soft_delete_seconds(b: &Bucket) -> i64 {
     b.soft_delete_policy
         .as_ref()
         .and_then(|p| p.retention_duration.as_ref())
@@ -196,6 +201,22 @@ pub fn update_request(
     UpdateBucketRequest::new()
         .set_bucket(bucket)
         .set_update_mask(google_cloud_wkt::FieldMask::default().set_paths(paths.iter().copied()))
+}
+
+/// Pure: what deleting `b` at `deleted_at` leaves restorable: with soft delete on, the
+/// soft-deleted bucket, until `deleted_at` plus the bucket's retention
+/// (<https://cloud.google.com/storage/docs/soft-delete>). `None` with soft delete off.
+pub fn soft_deleted(b: &Bucket, deleted_at: jiff::Timestamp) -> Option<Restorable> {
+    let seconds = soft_delete_seconds(b);
+    if seconds <= 0 {
+        return None;
+    }
+    let until =
+        jiff::Timestamp::from_second(deleted_at.as_second().saturating_add(seconds)).ok()?;
+    Some(Restorable {
+        what: format!("soft-deleted bucket {}", bucket_id(b)),
+        until: Some(until.to_string()),
+    })
 }
 
 /// The component Secret: where the tenant's bucket is. No credentials: the tenant server
@@ -412,5 +433,18 @@ mod tests {
             ..tenant()
         };
         assert!(!labelled_for(&b, &other));
+    }
+
+    #[test]
+    fn a_soft_deleted_bucket_is_restorable_for_its_retention() {
+        let req = create_request(&cfg(), &tenant());
+        let b = as_created(&req);
+        let at: jiff::Timestamp = "2026-12-02T10:00:00.5Z".parse().unwrap();
+        let r = soft_deleted(&b, at).unwrap();
+        assert_eq!(r.what, "soft-deleted bucket dd-test-acme");
+        assert_eq!(r.until.as_deref(), Some("2026-12-09T10:00:00Z"));
+        let mut off = b.clone();
+        off.soft_delete_policy = None;
+        assert_eq!(soft_deleted(&off, at), None);
     }
 }
