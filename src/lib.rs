@@ -7,6 +7,7 @@ pub mod config;
 pub mod config_reference;
 pub mod controller;
 pub mod desired;
+pub mod logging;
 pub mod plan;
 pub mod processors;
 pub mod providers;
