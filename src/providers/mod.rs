@@ -25,6 +25,7 @@
 pub mod database;
 pub mod email;
 pub mod error;
+pub mod google;
 pub mod pace;
 pub mod residency;
 pub mod search;

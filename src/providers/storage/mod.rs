@@ -76,7 +76,15 @@ impl StorageProvider {
         if let Some(endpoint) = &cfg.endpoint {
             builder = builder.with_endpoint(endpoint.clone());
         }
-        if let Some(credentials) = credentials(cfg)? {
+        let key = crate::providers::google::KeySource {
+            section: "storage",
+            file: cfg.credentials_file.as_deref(),
+            env: cfg.credentials_env.as_deref(),
+            env_required: true,
+        };
+        if let Some(credentials) =
+            crate::providers::google::credentials(&key).map_err(not_configured)?
+        {
             builder = builder.with_credentials(credentials);
         }
         let client = builder
@@ -235,57 +243,6 @@ fn not_configured(message: impl Into<String>) -> ProviderError {
         service: SERVICE,
         message: message.into(),
     }
-}
-
-/// Credentials from `credentialsFile` or `credentialsEnv`; `None` means Application Default
-/// Credentials. Errors never quote the file or variable contents.
-fn credentials(
-    cfg: &StorageConfig,
-) -> Result<Option<google_cloud_auth::credentials::Credentials>, ProviderError> {
-    use google_cloud_auth::credentials::{external_account, service_account, user_account};
-    let (text, origin) = if let Some(path) = &cfg.credentials_file {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            not_configured(format!(
-                "storage.credentialsFile {path}: cannot read it ({})",
-                e.kind()
-            ))
-        })?;
-        (text, format!("storage.credentialsFile {path}"))
-    } else if let Some(var) = &cfg.credentials_env {
-        let text = std::env::var(var).map_err(|_| {
-            not_configured(format!(
-                "environment variable {var} (storage.credentialsEnv) is not set"
-            ))
-        })?;
-        (text, format!("environment variable {var}"))
-    } else {
-        return Ok(None);
-    };
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-        not_configured(format!(
-            "{origin}: not valid JSON (line {}, column {})",
-            e.line(),
-            e.column()
-        ))
-    })?;
-    let kind = json
-        .get("type")
-        .and_then(|t| t.as_str())
-        .unwrap_or_default()
-        .to_string();
-    let built = match kind.as_str() {
-        "service_account" => service_account::Builder::new(json).build(),
-        "external_account" => external_account::Builder::new(json).build(),
-        "authorized_user" => user_account::Builder::new(json).build(),
-        _ => {
-            return Err(not_configured(format!(
-                "{origin}: \"type\" must be service_account, external_account or authorized_user"
-            )));
-        }
-    };
-    built
-        .map(Some)
-        .map_err(|_| not_configured(format!("{origin}: not a usable {kind} credential")))
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ impl std::fmt::Debug for CloudSqlProvider {
 fn credentials(
     cfg: &CloudSqlConfig,
 ) -> Result<google_cloud_auth::credentials::Credentials, ProviderError> {
-    use google_cloud_auth::credentials::{Builder, anonymous, service_account};
+    use google_cloud_auth::credentials::{Builder, anonymous};
     let not_configured = |message: String| ProviderError::NotConfigured {
         service: SERVICE,
         message,
@@ -52,25 +52,15 @@ fn credentials(
         }
         return Ok(anonymous::Builder::new().build());
     }
-    let (key, source) = if let Some(path) = &cfg.credentials_file {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| not_configured(format!("credentialsFile {path}: {}", e.kind())))?;
-        (Some(text), format!("credentialsFile {path}"))
-    } else {
-        match std::env::var(&cfg.credentials_env) {
-            Ok(v) if !v.trim().is_empty() => (Some(v), format!("${}", cfg.credentials_env)),
-            _ => (None, String::new()),
-        }
+    let key = crate::providers::google::KeySource {
+        section: "database.cloudsql",
+        file: cfg.credentials_file.as_deref(),
+        env: Some(&cfg.credentials_env),
+        // The variable's name has a default: unset means Application Default Credentials.
+        env_required: false,
     };
-    match key {
-        Some(text) => {
-            // Parse errors are reported without their text: it could quote the key.
-            let json: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|_| not_configured(format!("{source}: not valid JSON")))?;
-            service_account::Builder::new(json)
-                .build()
-                .map_err(|_| not_configured(format!("{source}: not a service-account key")))
-        }
+    match crate::providers::google::credentials(&key).map_err(not_configured)? {
+        Some(credentials) => Ok(credentials),
         None => Builder::default().build().map_err(|_| {
             not_configured(
                 "no credentials: set credentialsFile or the variable in credentialsEnv, \
