@@ -1,10 +1,11 @@
 //! The `postgres` database provider against a REAL PostgreSQL server on 127.0.0.1.
 //!
-//! Start one with `.ci/start-postgres` (port 55432, superuser `postgres`, password
-//! `operator-test-admin`; override with DEALERTENANT_TEST_PG_PORT and
-//! DEALERTENANT_TEST_PG_PASSWORD). Without a reachable server every test prints a SKIP
-//! notice and passes, unless the environment variable `CI` is set: then it fails, so CI
-//! cannot skip silently.
+//! Every test runs twice, against PostgreSQL 15 (`pg15::<test>`, `.ci/start-postgres`, port
+//! 55432) and PostgreSQL 17 (`pg17::<test>`, `.ci/start-postgres-17`, port 55433), whose
+//! role membership rules differ (16 changed them); superuser `postgres`, password
+//! `operator-test-admin` (overrides: see `support::pg`). Without a reachable server a test
+//! prints a SKIP notice and passes, unless the environment variable `CI` is set: then it
+//! fails, so CI cannot skip silently.
 //!
 //! Each test makes its own admin login (a superuser, or a CREATEDB CREATEROLE role as on
 //! Cloud SQL) and tenants with a random suffix, so tests run in parallel on one server.
@@ -31,22 +32,59 @@ use tokio_postgres::error::SqlState;
 // ---------------------------------------------------------------------------------------
 // The server and per-test fixtures.
 
-use support::pg::{PgServer as Server, connect};
+use support::pg::{PgServer as Server, Target, connect};
 
 /// The test server (see `support::pg`), with this binary's log captured first.
-async fn server() -> Option<Server> {
+async fn server(target: Target) -> Option<Server> {
     captured_log();
-    support::pg::server().await
+    support::pg::server_at(target).await
 }
 
-macro_rules! server_or_skip {
-    () => {
-        match server().await {
-            Some(s) => s,
-            None => return,
+/// Every test of this suite, once per server: `pg15::<test>` and `pg17::<test>`. A test is
+/// an `async fn <test>(srv: Server)`; it is skipped (or fails under `CI`) when its server
+/// is not running.
+macro_rules! on_every_server {
+    ($($test:ident),* $(,)?) => {
+        mod pg15 {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    if let Some(srv) = super::server(super::Target::Pg15).await {
+                        super::$test(srv).await;
+                    }
+                }
+            )*
+        }
+        mod pg17 {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    if let Some(srv) = super::server(super::Target::Pg17).await {
+                        super::$test(srv).await;
+                    }
+                }
+            )*
         }
     };
 }
+
+on_every_server!(
+    first_pass_creates_second_pass_writes_nothing_delete_erases,
+    non_superuser_admin_manages_tenants_like_cloud_sql,
+    tenants_are_isolated_from_each_other_and_from_the_admin,
+    a_missing_secret_rotates_the_password,
+    a_retained_database_is_bound_to_its_tenants_uid,
+    drift_is_repaired_and_then_nothing_is_written,
+    a_changed_password_is_set_back_from_the_secret,
+    crash_states_converge_to_one_database_and_one_role,
+    a_crash_before_any_statement_converges,
+    a_crash_after_any_statement_converges,
+    a_crash_before_any_statement_converges_with_a_non_superuser_admin,
+    a_crash_after_any_statement_converges_with_a_non_superuser_admin,
+    errors_are_classified_and_carry_no_credential,
+    a_region_outside_the_eu_sends_nothing,
+    passwords_reach_neither_the_server_log_nor_tracing,
+);
 
 fn suffix() -> String {
     (0..8)
@@ -325,9 +363,7 @@ async fn create(p: &PostgresProvider, t: &TenantInfo) -> SecretData {
 // ---------------------------------------------------------------------------------------
 // Life cycle.
 
-#[tokio::test]
-async fn first_pass_creates_second_pass_writes_nothing_delete_erases() {
-    let srv = server_or_skip!();
+async fn first_pass_creates_second_pass_writes_nothing_delete_erases(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let p = env.provider();
     let t = env.tenant("life");
@@ -407,9 +443,7 @@ async fn first_pass_creates_second_pass_writes_nothing_delete_erases() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn non_superuser_admin_manages_tenants_like_cloud_sql() {
-    let srv = server_or_skip!();
+async fn non_superuser_admin_manages_tenants_like_cloud_sql(srv: Server) {
     let env = Env::new(&srv, Admin::CreateRole).await;
     let p = env.provider();
     let t = env.tenant("nosu");
@@ -451,9 +485,7 @@ async fn non_superuser_admin_manages_tenants_like_cloud_sql() {
 // ---------------------------------------------------------------------------------------
 // Isolation.
 
-#[tokio::test]
-async fn tenants_are_isolated_from_each_other_and_from_the_admin() {
-    let srv = server_or_skip!();
+async fn tenants_are_isolated_from_each_other_and_from_the_admin(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let p = env.provider();
     let (ta, tb) = (env.tenant("iso-a"), env.tenant("iso-b"));
@@ -548,9 +580,7 @@ async fn tenants_are_isolated_from_each_other_and_from_the_admin() {
 // ---------------------------------------------------------------------------------------
 // Rotation and drift.
 
-#[tokio::test]
-async fn a_missing_secret_rotates_the_password() {
-    let srv = server_or_skip!();
+async fn a_missing_secret_rotates_the_password(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let p = env.provider();
     let t = env.tenant("rot");
@@ -586,9 +616,7 @@ async fn a_missing_secret_rotates_the_password() {
 /// Names are reused, UIDs are not: a database bound to a deleted (retained) tenant's UID
 /// is refused to a new tenant of the same name, credentials included, is not erased by
 /// it, and is handed over only to a tenant that adopts exactly that UID.
-#[tokio::test]
-async fn a_retained_database_is_bound_to_its_tenants_uid() {
-    let srv = server_or_skip!();
+async fn a_retained_database_is_bound_to_its_tenants_uid(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let p = env.provider();
     let old = env.tenant("uid");
@@ -645,9 +673,7 @@ async fn a_retained_database_is_bound_to_its_tenants_uid() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn drift_is_repaired_and_then_nothing_is_written() {
-    let srv = server_or_skip!();
+async fn drift_is_repaired_and_then_nothing_is_written(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let p = env.provider();
     let t = env.tenant("drift");
@@ -706,9 +732,7 @@ async fn drift_is_repaired_and_then_nothing_is_written() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_changed_password_is_set_back_from_the_secret() {
-    let srv = server_or_skip!();
+async fn a_changed_password_is_set_back_from_the_secret(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let p = env.provider();
     let t = env.tenant("pw");
@@ -762,9 +786,7 @@ async fn converge(
     secret
 }
 
-#[tokio::test]
-async fn crash_states_converge_to_one_database_and_one_role() {
-    let srv = server_or_skip!();
+async fn crash_states_converge_to_one_database_and_one_role(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let p = env.provider();
     let admin = env.admin.clone();
@@ -818,30 +840,22 @@ async fn crash_states_converge_to_one_database_and_one_role() {
 }
 
 /// (a) The request is not performed; the connection drops.
-#[tokio::test]
-async fn a_crash_before_any_statement_converges() {
-    let srv = server_or_skip!();
+async fn a_crash_before_any_statement_converges(srv: Server) {
     crash_at_every_request(&srv, Fault::DropBefore, Admin::Super).await;
 }
 
 /// (b) The request is performed (committed) but the answer is lost.
-#[tokio::test]
-async fn a_crash_after_any_statement_converges() {
-    let srv = server_or_skip!();
+async fn a_crash_after_any_statement_converges(srv: Server) {
     crash_at_every_request(&srv, Fault::DropAfter, Admin::Super).await;
 }
 
 /// The same with a non-superuser admin, whose passes have more steps (membership in the
 /// tenant role, holding the database while schema public changes hands).
-#[tokio::test]
-async fn a_crash_before_any_statement_converges_with_a_non_superuser_admin() {
-    let srv = server_or_skip!();
+async fn a_crash_before_any_statement_converges_with_a_non_superuser_admin(srv: Server) {
     crash_at_every_request(&srv, Fault::DropBefore, Admin::CreateRole).await;
 }
 
-#[tokio::test]
-async fn a_crash_after_any_statement_converges_with_a_non_superuser_admin() {
-    let srv = server_or_skip!();
+async fn a_crash_after_any_statement_converges_with_a_non_superuser_admin(srv: Server) {
     crash_at_every_request(&srv, Fault::DropAfter, Admin::CreateRole).await;
 }
 
@@ -949,9 +963,7 @@ async fn crash_at_every_request(srv: &Server, fault: Fault, admin: Admin) {
 // ---------------------------------------------------------------------------------------
 // Errors and residency.
 
-#[tokio::test]
-async fn errors_are_classified_and_carry_no_credential() {
-    let srv = server_or_skip!();
+async fn errors_are_classified_and_carry_no_credential(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let t = env.tenant("err");
 
@@ -1040,9 +1052,7 @@ async fn errors_are_classified_and_carry_no_credential() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_region_outside_the_eu_sends_nothing() {
-    let srv = server_or_skip!();
+async fn a_region_outside_the_eu_sends_nothing(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let proxy = PgProxy::start(srv.port).await;
     let t = env.tenant("us");
@@ -1099,9 +1109,7 @@ fn captured_log() -> &'static Captured {
     })
 }
 
-#[tokio::test]
-async fn passwords_reach_neither_the_server_log_nor_tracing() {
-    let srv = server_or_skip!();
+async fn passwords_reach_neither_the_server_log_nor_tracing(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
 
     let p = env.provider();
