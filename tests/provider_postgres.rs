@@ -71,6 +71,7 @@ macro_rules! on_every_server {
 on_every_server!(
     first_pass_creates_second_pass_writes_nothing_delete_erases,
     non_superuser_admin_manages_tenants_like_cloud_sql,
+    a_non_superuser_admin_takes_the_membership_it_needs,
     tenants_are_isolated_from_each_other_and_from_the_admin,
     a_missing_secret_rotates_the_password,
     a_retained_database_is_bound_to_its_tenants_uid,
@@ -479,6 +480,66 @@ async fn non_superuser_admin_manages_tenants_like_cloud_sql(srv: Server) {
     assert_eq!(erased.resources.len(), 2);
     env.assert_exists(&t, 0).await;
     assert!(p.delete(&t).await.unwrap().resources.is_empty());
+    env.cleanup().await;
+}
+
+/// A CREATEROLE admin gets from PostgreSQL 16 on only `ADMIN OPTION` (no `INHERIT`, no
+/// `SET`) in the roles it creates, so `pg_has_role(.., 'MEMBER')` says yes while `CREATE
+/// DATABASE .. OWNER` fails (42501 "must be able to SET ROLE"). The provider grants itself
+/// what it needs, checks it with `USAGE` and `SET`, re-grants it after drift, and with it
+/// ends the tenant's sessions on deletion.
+async fn a_non_superuser_admin_takes_the_membership_it_needs(srv: Server) {
+    let env = Env::new(&srv, Admin::CreateRole).await;
+    let p = env.provider();
+    let t = env.tenant("member");
+    let name = database_name(&t.name);
+    let admin = env.admin.clone();
+
+    let secret = create(&p, &t).await;
+    env.assert_healthy(&t, &secret).await;
+    env.assert_pass_writes_nothing(&p, &t, &secret).await;
+    let has = |mode: &'static str| {
+        let (su, name, admin) = (&env.su, name.clone(), admin.clone());
+        async move {
+            su.query_one(
+                "SELECT pg_has_role($1::text::name, $2::text::name, $3)",
+                &[&admin, &name, &mode],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+        }
+    };
+    assert!(has("USAGE").await, "the admin has the privileges of {name}");
+    let v16 = srv.target != Target::Pg15;
+    if v16 {
+        assert!(has("SET").await, "the admin may SET ROLE {name}");
+    }
+
+    // Someone takes the grant back: the next pass grants it again (with the options on 16+).
+    let revoke = if v16 {
+        format!("REVOKE {name} FROM {admin} GRANTED BY {admin}")
+    } else {
+        format!("REVOKE {name} FROM {admin}")
+    };
+    env.exec(&revoke).await;
+    assert!(!has("USAGE").await);
+    if v16 {
+        // What the server leaves: the ADMIN OPTION grant of role creation, which passes
+        // the old MEMBER check.
+        assert!(has("MEMBER").await);
+    }
+    p.reconcile(&t, Some(&secret)).await.unwrap();
+    assert!(has("USAGE").await);
+    env.assert_pass_writes_nothing(&p, &t, &secret).await;
+
+    // The tenant's open session does not stop the deletion: the admin may end it.
+    let session = env.login(&secret).await.unwrap();
+    session.batch_execute("SELECT 1").await.unwrap();
+    let erased = p.delete(&t).await.unwrap();
+    assert_eq!(erased.resources.len(), 2);
+    env.assert_exists(&t, 0).await;
+    assert!(session.batch_execute("SELECT 1").await.is_err());
     env.cleanup().await;
 }
 

@@ -7,7 +7,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, NoTls, Row};
 
-use super::desired::{DatabaseState, RoleState, SchemaState, Statement};
+use super::desired::{DatabaseState, RoleState, SchemaState, Statement, Version};
 use super::errors::{Failure, decode, refused};
 use super::{APPLICATION_NAME, PostgresProvider};
 use crate::processors::ids;
@@ -128,9 +128,15 @@ impl PostgresProvider {
         &self,
         client: &Client,
         name: &str,
+        version: Version,
     ) -> Result<Option<RoleState>, ProviderError> {
         let rows = self
-            .read(client, ROLE_QUERY, &[name], &format!("read role {name}"))
+            .read(
+                client,
+                &role_query(version),
+                &[name],
+                &format!("read role {name}"),
+            )
             .await?;
         rows.first()
             .map(|r| {
@@ -202,8 +208,8 @@ impl PostgresProvider {
             .transpose()
     }
 
-    /// `SHOW server_version_num` as a number (e.g. 150018).
-    pub(super) async fn server_version(&self, client: &Client) -> Result<i32, ProviderError> {
+    /// `server_version_num` (e.g. 150018).
+    pub(super) async fn server_version(&self, client: &Client) -> Result<Version, ProviderError> {
         let rows = self
             .read(
                 client,
@@ -215,6 +221,7 @@ impl PostgresProvider {
         rows.first()
             .ok_or_else(|| refused("read server version: no row"))?
             .try_get(0)
+            .map(Version)
             .map_err(decode)
     }
 
@@ -248,7 +255,11 @@ impl PostgresProvider {
     }
 }
 
-pub(super) const ROLE_QUERY: &str = "\
+/// The role query; what the admin needs of the role depends on the server's version (see
+/// [`Version::admin_membership_sql`]).
+fn role_query(version: Version) -> String {
+    format!(
+        "\
 SELECT r.oid, r.rolcanlogin, r.rolsuper, r.rolcreatedb, r.rolcreaterole, r.rolinherit,
        r.rolreplication, r.rolbypassrls,
        (r.rolvaliduntil IS NULL OR r.rolvaliduntil = 'infinity') AS valid_forever,
@@ -257,8 +268,11 @@ SELECT r.oid, r.rolcanlogin, r.rolsuper, r.rolcreatedb, r.rolcreaterole, r.rolin
        ARRAY(SELECT DISTINCT u.rolname::text FROM pg_auth_members m
              JOIN pg_roles u ON u.oid = m.member
              WHERE m.roleid = r.oid AND u.rolname <> current_user ORDER BY 1) AS members,
-       pg_has_role(current_user, r.oid, 'MEMBER') AS admin_is_member
-FROM pg_roles r WHERE r.rolname = $1";
+       {} AS admin_is_member
+FROM pg_roles r WHERE r.rolname = $1",
+        version.admin_membership_sql()
+    )
+}
 
 pub(super) const DATABASE_QUERY: &str = "\
 SELECT d.oid, o.rolname::text AS owner,

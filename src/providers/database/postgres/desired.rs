@@ -6,6 +6,33 @@ use std::fmt;
 use super::errors::refused;
 use crate::providers::ProviderError;
 
+/// The server's `server_version_num` (e.g. 170004), and what it changes for the operator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(super) struct Version(pub(super) i32);
+
+impl Version {
+    /// PostgreSQL 16 gave each membership grant its own `INHERIT` and `SET` options (GRANT
+    /// .. WITH INHERIT TRUE, SET TRUE) and a CREATEROLE admin only `ADMIN OPTION`, without
+    /// either, in the roles it creates (PostgreSQL 16 release notes; "Role Membership",
+    /// <https://www.postgresql.org/docs/16/role-membership.html>).
+    pub(super) fn has_membership_options(self) -> bool {
+        self.0 >= 160000
+    }
+
+    /// SQL over role `r`: whether the admin (`current_user`) holds the membership it needs.
+    /// 16+: the role's privileges (`USAGE`: drop what it owns, end its sessions) and `SET`
+    /// (make it a database's owner); `MEMBER` would already be true with the bare `ADMIN
+    /// OPTION` grant. Before 16: `MEMBER` (the `SET` mode does not exist; membership is
+    /// everything, inheritance the admin's own `INHERIT` attribute).
+    pub(super) fn admin_membership_sql(self) -> &'static str {
+        if self.has_membership_options() {
+            "(pg_has_role(current_user, r.oid, 'USAGE') AND pg_has_role(current_user, r.oid, 'SET'))"
+        } else {
+            "pg_has_role(current_user, r.oid, 'MEMBER')"
+        }
+    }
+}
+
 /// A tenant role as `pg_roles` and `pg_auth_members` show it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct RoleState {
@@ -129,9 +156,20 @@ impl Statement {
     }
 }
 
-pub(super) fn grant_role_to_admin(role_ident: &str, name: &str) -> Statement {
+/// The admin's membership in a tenant role: from PostgreSQL 16 on with `INHERIT` (to
+/// act with the role's privileges: drop what it owns, end its sessions) and `SET` (to make
+/// it a database's owner), which a CREATEROLE admin does not get with the `ADMIN OPTION`
+/// grant PostgreSQL 16+ gives it in the roles it creates. (A second grant, by the admin
+/// itself; the server keeps one per grantor.) Before 16 membership has no options: the
+/// admin's own `INHERIT` attribute makes it inherit.
+pub(super) fn grant_role_to_admin(role_ident: &str, name: &str, version: Version) -> Statement {
+    let options = if version.has_membership_options() {
+        " WITH INHERIT TRUE, SET TRUE"
+    } else {
+        ""
+    };
     Statement::plain(
-        format!("GRANT {role_ident} TO CURRENT_USER"),
+        format!("GRANT {role_ident} TO CURRENT_USER{options}"),
         format!("make the admin a member of role {name}"),
     )
 }
@@ -303,6 +341,23 @@ mod tests {
         assert!(ident(&"a".repeat(63)).is_ok());
         assert_eq!(quote_ident("we\"ird"), "\"we\"\"ird\"");
         assert_eq!(literal("it's"), "'it''s'");
+    }
+
+    #[test]
+    fn the_admin_membership_depends_on_the_version() {
+        let pg15 = Version(150018);
+        let pg16 = Version(160000);
+        assert_eq!(
+            grant_role_to_admin("\"dt_a\"", "dt_a", pg15).sql,
+            "GRANT \"dt_a\" TO CURRENT_USER"
+        );
+        assert_eq!(
+            grant_role_to_admin("\"dt_a\"", "dt_a", pg16).sql,
+            "GRANT \"dt_a\" TO CURRENT_USER WITH INHERIT TRUE, SET TRUE"
+        );
+        assert!(pg15.admin_membership_sql().contains("'MEMBER'"));
+        let sql = Version(170004).admin_membership_sql();
+        assert!(sql.contains("'USAGE'") && sql.contains("'SET'") && !sql.contains("MEMBER"));
     }
 
     #[test]

@@ -27,7 +27,10 @@
 //! CREATEROLE`. A non-superuser admin makes itself a member of each tenant role it manages
 //! (PostgreSQL requires that to create a database owned by it, to connect to it and to
 //! terminate its sessions); tenant roles are `NOINHERIT` and never members of the admin, so
-//! this grants nothing to tenants. From PostgreSQL 15 on, schema `public` of a new database
+//! this grants nothing to tenants. From PostgreSQL 16 on (Cloud SQL, AlloyDB, RDS) the
+//! membership PostgreSQL gives a CREATEROLE admin in a role it creates is `ADMIN OPTION`
+//! only: the admin grants itself `INHERIT` and `SET` in it explicitly and checks them, not
+//! bare membership (see [`desired::Version`]). From PostgreSQL 15 on, schema `public` of a new database
 //! belongs to `pg_database_owner`, whose rights a `NOINHERIT` owner passes on to nobody
 //! (not even to itself, which is why the tenant role is made the schema's owner): such an
 //! admin takes the database for the moment of the change (`ALTER DATABASE .. OWNER TO
@@ -63,8 +66,8 @@ use crate::providers::{
 use config::admin_password;
 use credentials::{create_role, credential_plan, set_password};
 use desired::{
-    Statement, comment_database, create_database, database_repairs, grant_role_to_admin, ident,
-    owner_of, role_repairs, schema_repairs, take_database,
+    Statement, Version, comment_database, create_database, database_repairs, grant_role_to_admin,
+    ident, owner_of, role_repairs, schema_repairs, take_database,
 };
 use errors::{Failure, SERVICE, not_configured, unavailable};
 
@@ -139,6 +142,7 @@ impl Provider for PostgresProvider {
         let mut repaired: Vec<String> = Vec::new();
 
         let admin = self.admin_session(&self.cfg.admin_database).await?;
+        let version = self.server_version(&admin).await?;
 
         // 0. Whose is it? A database bound to another tenant UID (one deleted under
         // Retain, whose name this tenant reuses) is not touched, credentials included,
@@ -159,7 +163,7 @@ impl Provider for PostgresProvider {
         }
 
         // 1. The role.
-        let role = match self.observe_role(&admin, &name).await? {
+        let role = match self.observe_role(&admin, &name, version).await? {
             Some(role) => {
                 if plan.rotate {
                     self.write(&admin, &set_password(&role_ident, &name, &password))
@@ -174,7 +178,7 @@ impl Provider for PostgresProvider {
                     .await?;
                 password_set = true;
                 role_created = true;
-                self.observe_role(&admin, &name)
+                self.observe_role(&admin, &name, version)
                     .await?
                     .ok_or_else(|| unavailable(&format!("role {name} vanished after create")))?
             }
@@ -185,7 +189,7 @@ impl Provider for PostgresProvider {
         }
         if !role.admin_is_member {
             // A non-superuser admin must be a member to own-create and manage the database.
-            self.write(&admin, &grant_role_to_admin(&role_ident, &name))
+            self.write(&admin, &grant_role_to_admin(&role_ident, &name, version))
                 .await?;
         }
 
@@ -271,7 +275,8 @@ impl Provider for PostgresProvider {
         let name = database_name(&tenant.name);
         let role_ident = ident(&name)?;
         let admin = self.admin_session(&self.cfg.admin_database).await?;
-        let role = self.observe_role(&admin, &name).await?;
+        let version = self.server_version(&admin).await?;
+        let role = self.observe_role(&admin, &name, version).await?;
         let database = self.observe_database(&admin, &name).await?;
         if role.is_none() && database.is_none() {
             return Ok(Erased::default());
@@ -286,7 +291,7 @@ impl Provider for PostgresProvider {
 
         if let Some(role) = &role {
             if !role.admin_is_member {
-                self.write(&admin, &grant_role_to_admin(&role_ident, &name))
+                self.write(&admin, &grant_role_to_admin(&role_ident, &name, version))
                     .await?;
             }
             // No new sessions from here on.
@@ -313,7 +318,7 @@ impl Provider for PostgresProvider {
 
         let mut erased = Erased::default();
         if let Some(db) = &database {
-            let force = if self.server_version(&admin).await? >= 130000 {
+            let force = if version >= Version(130000) {
                 " WITH (FORCE)"
             } else {
                 ""
