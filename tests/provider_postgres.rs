@@ -72,6 +72,7 @@ on_every_server!(
     first_pass_creates_second_pass_writes_nothing_delete_erases,
     non_superuser_admin_manages_tenants_like_cloud_sql,
     a_non_superuser_admin_takes_the_membership_it_needs,
+    a_foreign_session_in_the_database_delays_deletion_but_does_not_block_it,
     tenants_are_isolated_from_each_other_and_from_the_admin,
     a_missing_secret_rotates_the_password,
     a_retained_database_is_bound_to_its_tenants_uid,
@@ -540,6 +541,58 @@ async fn a_non_superuser_admin_takes_the_membership_it_needs(srv: Server) {
     assert_eq!(erased.resources.len(), 2);
     env.assert_exists(&t, 0).await;
     assert!(session.batch_execute("SELECT 1").await.is_err());
+    env.cleanup().await;
+}
+
+/// A session the admin may not end (here a superuser's) in the tenant's database: the
+/// deletion ends what it may (the tenant's own sessions), leaves that one alone, reports a
+/// transient error (55006, retry later) instead of failing for good, and completes once
+/// the session is gone. (Before: pg_terminate_backend and DROP DATABASE .. WITH (FORCE)
+/// failed with 42501, a permanent error.)
+async fn a_foreign_session_in_the_database_delays_deletion_but_does_not_block_it(srv: Server) {
+    let env = Env::new(&srv, Admin::CreateRole).await;
+    let p = env.provider();
+    let t = env.tenant("busy");
+    let name = database_name(&t.name);
+    let secret = create(&p, &t).await;
+
+    let foreign = connect(srv.port, "postgres", &srv.password, &name)
+        .await
+        .unwrap();
+    let foreign_pid: i32 = foreign
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let tenant_session = env.login(&secret).await.unwrap();
+
+    let e = p.delete(&t).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(e.to_string().contains("55006"), "{e}");
+    assert!(!e.to_string().contains(&env.admin_password));
+    // The foreign session lives on; the tenant's was ended and it cannot log in again.
+    foreign.batch_execute("SELECT 1").await.unwrap();
+    assert!(tenant_session.batch_execute("SELECT 1").await.is_err());
+    assert!(env.login(&secret).await.is_err());
+    env.assert_exists(&t, 1).await;
+
+    // Once the session is gone, the next pass erases both.
+    drop(foreign);
+    for _ in 0..50 {
+        let left = env
+            .count(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1::text::int4",
+                &foreign_pid.to_string(),
+            )
+            .await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let erased = p.delete(&t).await.unwrap();
+    assert_eq!(erased.resources.len(), 2);
+    env.assert_exists(&t, 0).await;
     env.cleanup().await;
 }
 

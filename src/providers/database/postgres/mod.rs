@@ -66,10 +66,24 @@ use crate::providers::{
 use config::admin_password;
 use credentials::{create_role, credential_plan, set_password};
 use desired::{
-    Statement, Version, comment_database, create_database, database_repairs, grant_role_to_admin,
-    ident, owner_of, role_repairs, schema_repairs, take_database,
+    Statement, comment_database, create_database, database_repairs, grant_role_to_admin, ident,
+    owner_of, role_repairs, schema_repairs, take_database,
 };
 use errors::{Failure, SERVICE, not_configured, unavailable};
+
+/// Ends the sessions of the tenant role (`$1`) anywhere and every session in its database,
+/// as far as the admin may signal them: PostgreSQL lets a non-superuser end a session only
+/// when the session's role is not a superuser (nor a background process without a role)
+/// and the admin has that role's privileges or those of `pg_signal_backend` ("Server
+/// Signaling Functions", <https://www.postgresql.org/docs/16/functions-admin.html>).
+const TERMINATE_QUERY: &str = "\
+SELECT count(pg_terminate_backend(a.pid))::int8 FROM pg_stat_activity a
+WHERE a.pid <> pg_backend_pid() AND (a.datname = $1 OR a.usename = $1)
+  AND ((SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+       OR (a.usesysid IS NOT NULL
+           AND NOT coalesce((SELECT rolsuper FROM pg_roles WHERE oid = a.usesysid), true)
+           AND (pg_has_role(current_user, a.usesysid, 'USAGE')
+                OR pg_has_role(current_user, 'pg_signal_backend', 'USAGE'))))";
 
 /// `application_name` of the operator's sessions (visible in `pg_stat_activity`).
 pub const APPLICATION_NAME: &str = "dealertenant-operator";
@@ -306,11 +320,13 @@ impl Provider for PostgresProvider {
                 .await?;
             }
         }
-        // Cut the tenant's sessions, in its database and anywhere else.
+        // Cut the tenant's sessions, in its database and anywhere else: those the admin may
+        // signal. A session it may not end (a superuser's, another role's) is left alone:
+        // pg_terminate_backend would fail the whole statement with 42501, and so would
+        // DROP DATABASE .. WITH (FORCE).
         self.read(
             &admin,
-            "SELECT count(pg_terminate_backend(pid))::int8 FROM pg_stat_activity \
-             WHERE pid <> pg_backend_pid() AND (datname = $1 OR usename = $1)",
+            TERMINATE_QUERY,
             &[name.as_str()],
             &format!("terminate sessions of {name}"),
         )
@@ -318,19 +334,25 @@ impl Provider for PostgresProvider {
 
         let mut erased = Erased::default();
         if let Some(db) = &database {
-            let force = if version >= Version(130000) {
-                " WITH (FORCE)"
-            } else {
-                ""
-            };
-            self.write(
-                &admin,
-                &Statement::plain(
-                    format!("DROP DATABASE IF EXISTS {role_ident}{force}"),
-                    format!("drop database {name}"),
-                ),
-            )
-            .await?;
+            // Without FORCE: the server waits up to 5 seconds for the sessions ended above
+            // to go, then refuses with 55006 while any other session remains; the deletion
+            // is then retried later (transient), not failed.
+            let drop_database = Statement::plain(
+                format!("DROP DATABASE IF EXISTS {role_ident}"),
+                format!("drop database {name}"),
+            );
+            if let Err(f) = self.try_write(&admin, &drop_database).await {
+                if let Failure::Pg(e) = &f
+                    && e.code() == Some(&SqlState::OBJECT_IN_USE)
+                {
+                    return Err(unavailable(&format!(
+                        "database {name} is still in use by sessions the admin may not end \
+                         (a superuser's or another role's); the deletion is retried until \
+                         they close (SQLSTATE 55006)"
+                    )));
+                }
+                return Err(f.classify(&drop_database.what, &[]));
+            }
             erased
                 .resources
                 .push(self.resource("Database", &name, db.oid));
