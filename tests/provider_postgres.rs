@@ -1003,7 +1003,14 @@ async fn crash_at_every_request(srv: &Server, fault: Fault, admin: Admin) {
         "REVOKE ALL ON DATABASE",
     ];
     if admin == Admin::CreateRole {
-        creating.extend(["TO CURRENT_USER", "OWNER TO CURRENT_USER", "GRANT CONNECT"]);
+        creating.push("TO CURRENT_USER");
+        if srv.target == Target::Pg15 {
+            // Before 16 the admin inherits nothing through schema public's owner,
+            // pg_database_owner, from a NOINHERIT database owner: it holds the database for
+            // the change (and then gives it back, with CONNECT). From 16 on its INHERIT
+            // grant in the tenant role suffices.
+            creating.extend(["OWNER TO CURRENT_USER", "GRANT CONNECT"]);
+        }
     }
     for what in creating {
         assert!(has(&create_log, what), "{what} in {create_log:#?}");
