@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use dealertenant_operator::providers::database::postgres::{
     self, KEY_HOST, KEY_NAME, KEY_PASSWORD, KEY_PORT, KEY_USER, PostgresConfig, PostgresProvider,
-    database_name,
+    SslMode, database_name,
 };
 use dealertenant_operator::providers::{Provider, ProviderError, SecretData, TenantInfo};
 use support::pgproxy::{Fault, PgProxy};
@@ -73,6 +73,7 @@ on_every_server!(
     non_superuser_admin_manages_tenants_like_cloud_sql,
     a_non_superuser_admin_takes_the_membership_it_needs,
     a_foreign_session_in_the_database_delays_deletion_but_does_not_block_it,
+    tls_is_on_by_default_and_verify_full_checks_the_certificate,
     tenants_are_isolated_from_each_other_and_from_the_admin,
     a_missing_secret_rotates_the_password,
     a_retained_database_is_bound_to_its_tenants_uid,
@@ -144,10 +145,18 @@ impl Env {
         }
     }
 
+    /// The provider's configuration for the test server: TLS without verification (the
+    /// default, `require`).
     fn config(&self) -> PostgresConfig {
-        self.config_on(self.srv.port)
+        PostgresConfig {
+            ssl_mode: SslMode::Require,
+            ..self.config_on(self.srv.port)
+        }
     }
 
+    /// The same for another port, without TLS: the fault-injecting proxy (`support::pgproxy`)
+    /// speaks plain PostgreSQL only, as do the Cloud SQL and AlloyDB Auth Proxies that
+    /// `sslMode: disable` is for.
     fn config_on(&self, port: u16) -> PostgresConfig {
         PostgresConfig {
             host: "127.0.0.1".into(),
@@ -159,6 +168,8 @@ impl Env {
             region: "europe-west3".into(),
             connect_timeout_seconds: 5,
             statement_timeout_seconds: 30,
+            ssl_mode: SslMode::Disable,
+            ca_file: None,
         }
     }
 
@@ -593,6 +604,95 @@ async fn a_foreign_session_in_the_database_delays_deletion_but_does_not_block_it
     let erased = p.delete(&t).await.unwrap();
     assert_eq!(erased.resources.len(), 2);
     env.assert_exists(&t, 0).await;
+    env.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS.
+
+/// Against a server with a self-signed certificate that refuses the admin's plain logins:
+/// `disable` is refused by the server (permanent), the default `require` works,
+/// `verify-full` works with the CA that signed the certificate and fails for good, with a
+/// clear message, with another CA; a server without TLS fails `require` for good.
+async fn tls_is_on_by_default_and_verify_full_checks_the_certificate(srv: Server) {
+    let env = Env::new(&srv, Admin::CreateRole).await;
+    support::pg::require_tls_for(&env.su, &env.admin).await;
+    let t = env.tenant("tls");
+
+    // The server refuses the admin without TLS.
+    let plain = postgres::from_config(&env.config_on(srv.port)).unwrap();
+    let e = plain.reconcile(&t, None).await.unwrap_err();
+    assert!(matches!(e, ProviderError::Refused { .. }), "{e:?}");
+    assert!(e.to_string().contains("no encryption"), "{e}");
+    env.assert_exists(&t, 0).await;
+
+    // require (the default): encrypted, so admitted.
+    assert_eq!(PostgresConfig::default().ssl_mode, SslMode::Require);
+    let p = env.provider();
+    let secret = create(&p, &t).await;
+    env.assert_healthy(&t, &secret).await;
+
+    // verify-full with the server's CA: the steady pass works and writes nothing.
+    let verified = postgres::from_config(&PostgresConfig {
+        ssl_mode: SslMode::VerifyFull,
+        ca_file: Some(srv.ca_file.to_string_lossy().into_owned()),
+        ..env.config()
+    })
+    .unwrap();
+    env.assert_pass_writes_nothing(&verified, &t, &secret).await;
+
+    // verify-full with a CA that did not sign the certificate: permanent, and says why.
+    let wrong_ca = support::pg::unrelated_ca();
+    let unverified = postgres::from_config(&PostgresConfig {
+        ssl_mode: SslMode::VerifyFull,
+        ca_file: Some(wrong_ca.to_string_lossy().into_owned()),
+        ..env.config()
+    })
+    .unwrap();
+    let e = unverified.reconcile(&t, Some(&secret)).await.unwrap_err();
+    assert!(matches!(e, ProviderError::Refused { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("invalid peer certificate"), "{text}");
+    assert!(text.contains("caFile"), "{text}");
+    assert!(!text.contains(&env.admin_password));
+    assert!(
+        unverified
+            .delete(&t)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("caFile")
+    );
+
+    // A CA file that is missing or holds no certificate: not configured, at start-up.
+    for bad in [
+        wrong_ca.with_extension("absent"),
+        wrong_ca.with_file_name("ca.key"),
+    ] {
+        let e = postgres::from_config(&PostgresConfig {
+            ssl_mode: SslMode::VerifyFull,
+            ca_file: Some(bad.to_string_lossy().into_owned()),
+            ..env.config()
+        })
+        .unwrap_err();
+        assert_eq!(e.reason(), "NotConfigured", "{e}");
+    }
+
+    // A server that offers no TLS (the proxy answers the TLS request with "no").
+    let proxy = PgProxy::start(srv.port).await;
+    let no_tls = postgres::from_config(&PostgresConfig {
+        ssl_mode: SslMode::Require,
+        ..env.config_on(proxy.port)
+    })
+    .unwrap();
+    let e = no_tls.reconcile(&t, Some(&secret)).await.unwrap_err();
+    assert!(matches!(e, ProviderError::Refused { .. }), "{e:?}");
+    assert!(e.to_string().contains("offers no TLS"), "{e}");
+    assert_eq!(proxy.requests(), 0);
+
+    verified.delete(&t).await.unwrap();
+    env.assert_exists(&t, 0).await;
+    let _ = std::fs::remove_dir_all(wrong_ca.parent().unwrap());
     env.cleanup().await;
 }
 

@@ -160,3 +160,39 @@ pub async fn set_read_only(superuser: &Client, role: &str, on: bool) {
     };
     superuser.batch_execute(&sql).await.unwrap();
 }
+
+/// Makes `role` log in only over TLS (a member of [`TLS_ONLY_ROLE`]; `.ci/pg-tls` creates
+/// that role, this does too when it is missing).
+pub async fn require_tls_for(superuser: &Client, role: &str) {
+    superuser
+        .batch_execute(&format!(
+            "DO $$BEGIN CREATE ROLE {TLS_ONLY_ROLE} NOLOGIN;
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END$$;
+             GRANT {TLS_ONLY_ROLE} TO {role}"
+        ))
+        .await
+        .unwrap();
+}
+
+/// A certificate authority of its own (openssl), which signed neither test server's
+/// certificate: its PEM file in a fresh directory.
+pub fn unrelated_ca() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "dealertenant-wrong-ca-{}",
+        (0..8).map(|_| fastrand::alphanumeric()).collect::<String>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=not the test servers' CA"])
+        .arg("-keyout")
+        .arg(dir.join("ca.key"))
+        .arg("-out")
+        .arg(dir.join("ca.crt"))
+        .output()
+        .expect("openssl runs");
+    assert!(out.status.success(), "openssl: {out:?}");
+    dir.join("ca.crt")
+}

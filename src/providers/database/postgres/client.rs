@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Row};
+use tokio_postgres::{Client, NoTls, Row, Socket};
 
 use super::desired::{DatabaseState, RoleState, SchemaState, Statement, Version};
 use super::errors::{Failure, decode, refused};
@@ -38,8 +39,10 @@ impl PostgresProvider {
             .password(password)
             .dbname(dbname)
             .application_name(APPLICATION_NAME)
-            // No TLS yet (see the module documentation).
-            .ssl_mode(SslMode::Disable)
+            .ssl_mode(match self.tls {
+                Some(_) => SslMode::Require,
+                None => SslMode::Disable,
+            })
             .connect_timeout(self.connect_timeout())
             .options(format!(
                 "-c statement_timeout={statement_ms} -c lock_timeout={lock_ms}"
@@ -56,19 +59,17 @@ impl PostgresProvider {
         password: &str,
     ) -> Result<Client, Failure> {
         let config = self.pg_config(dbname, user, password);
-        let (client, connection) =
-            match tokio::time::timeout(self.connect_timeout(), config.connect(NoTls)).await {
-                Ok(Ok(pair)) => pair,
-                Ok(Err(e)) => return Err(Failure::Pg(e)),
-                Err(_) => return Err(Failure::Timeout(self.connect_timeout())),
-            };
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                // The error's Display is its kind and the server's message; no statement.
-                tracing::debug!(error = %e, "PostgreSQL session ended with an error");
+        let connecting = async {
+            match &self.tls {
+                Some(tls) => connect(&config, tls.clone()).await,
+                None => connect(&config, NoTls).await,
             }
-        });
-        Ok(client)
+        };
+        match tokio::time::timeout(self.connect_timeout(), connecting).await {
+            Ok(Ok(client)) => Ok(client),
+            Ok(Err(e)) => Err(Failure::Pg(e)),
+            Err(_) => Err(Failure::Timeout(self.connect_timeout())),
+        }
     }
 
     pub(super) async fn admin_session(&self, dbname: &str) -> Result<Client, ProviderError> {
@@ -253,6 +254,25 @@ impl PostgresProvider {
         ExternalResource::new(kind, name, Some(self.cfg.region.clone()), ids::GOOGLE_CLOUD)
             .with_id(oid.to_string())
     }
+}
+
+/// Connects and runs the session's connection in the background.
+async fn connect<T>(
+    config: &tokio_postgres::Config,
+    tls: T,
+) -> Result<Client, tokio_postgres::Error>
+where
+    T: MakeTlsConnect<Socket>,
+    T::Stream: Send + 'static,
+{
+    let (client, connection) = config.connect(tls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            // The error's Display is its kind and the server's message; no statement.
+            tracing::debug!(error = %e, "PostgreSQL session ended with an error");
+        }
+    });
+    Ok(client)
 }
 
 /// The role query; what the admin needs of the role depends on the server's version (see

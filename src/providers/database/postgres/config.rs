@@ -35,6 +35,31 @@ pub struct PostgresConfig {
     /// up a few seconds later). Lock waits are limited to a quarter of it.
     #[serde(default = "default_statement_timeout")]
     pub statement_timeout_seconds: u64,
+    /// TLS for the operator's connections: `require` (encrypted, certificate not checked),
+    /// `verify-full` (the certificate must chain to `caFile` and name `host`) or `disable`
+    /// (plain; only for a local proxy that encrypts itself, such as the Cloud SQL Auth
+    /// Proxy or AlloyDB Auth Proxy, which clients reach in plain text on localhost).
+    #[serde(default)]
+    pub ssl_mode: SslMode,
+    /// PEM file (a mounted Secret or ConfigMap) with the CA certificate(s) that sign the
+    /// server's certificate; required for, and only used with, `sslMode: verify-full`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+}
+
+/// `sslMode`, as libpq's `sslmode` of the same names.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum SslMode {
+    /// Encrypted; the server's certificate is not verified.
+    #[default]
+    Require,
+    /// Encrypted; the certificate must chain to `caFile` and name `host`.
+    VerifyFull,
+    /// No TLS: only for a local proxy that encrypts the connection itself.
+    Disable,
 }
 
 pub(super) fn default_port() -> u16 {
@@ -68,6 +93,8 @@ impl Default for PostgresConfig {
             region: "europe-west3".into(),
             connect_timeout_seconds: default_connect_timeout(),
             statement_timeout_seconds: default_statement_timeout(),
+            ssl_mode: SslMode::default(),
+            ca_file: None,
         }
     }
 }
@@ -85,6 +112,15 @@ impl PostgresConfig {
         }
         if self.statement_timeout_seconds == 0 {
             return Err("statementTimeoutSeconds: must be at least 1".into());
+        }
+        match (self.ssl_mode, &self.ca_file) {
+            (SslMode::VerifyFull, None) => {
+                return Err("caFile: required with sslMode verify-full".into());
+            }
+            (SslMode::Require | SslMode::Disable, Some(_)) => {
+                return Err("caFile: only used with sslMode verify-full".into());
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -175,6 +211,34 @@ mod tests {
             "NotConfigured"
         );
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ssl_mode_and_ca_file_go_together() {
+        let c: PostgresConfig = serde_saphyr::from_str("host: db\nregion: europe-west3\n").unwrap();
+        assert_eq!((c.ssl_mode, c.ca_file.as_deref()), (SslMode::Require, None));
+        let full: PostgresConfig = serde_saphyr::from_str(
+            "host: db\nregion: europe-west3\nsslMode: verify-full\ncaFile: /etc/pg/ca.crt\n",
+        )
+        .unwrap();
+        assert_eq!(full.ssl_mode, SslMode::VerifyFull);
+        assert!(full.validate().is_ok());
+        let no_ca = PostgresConfig {
+            ca_file: None,
+            ..full.clone()
+        };
+        assert!(no_ca.validate().unwrap_err().contains("caFile"));
+        let unused_ca = PostgresConfig {
+            ssl_mode: SslMode::Disable,
+            ..full
+        };
+        assert!(unused_ca.validate().is_err());
+        assert!(
+            serde_saphyr::from_str::<PostgresConfig>(
+                "host: db\nregion: europe-west3\nsslMode: prefer\n"
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -48,10 +48,13 @@ impl Failure {
         if let Some(cause) = std::error::Error::source(e) {
             text.push_str(&format!(": {cause}"));
         }
-        let message = redact(format!("{what}: {text}"), secrets);
+        // TLS that cannot work as configured is permanent, with a hint at the setting.
+        let tls_hint = tls_hint(&text);
+        let message = redact(format!("{what}: {text}{}", tls_hint.unwrap_or("")), secrets);
         let permanent = text.starts_with("authentication error")
             || text.starts_with("invalid configuration")
-            || text.starts_with("invalid connection string");
+            || text.starts_with("invalid connection string")
+            || tls_hint.is_some();
         if permanent {
             ProviderError::Refused {
                 service: SERVICE,
@@ -63,6 +66,27 @@ impl Failure {
                 message,
             }
         }
+    }
+}
+
+/// For a TLS failure that retrying cannot fix (a certificate `verify-full` rejects, a
+/// server without TLS), what to check in the configuration.
+fn tls_hint(text: &str) -> Option<&'static str> {
+    if !text.starts_with("error performing TLS handshake") {
+        return None;
+    }
+    if text.contains("server does not support TLS") {
+        Some(
+            " (sslMode: the server offers no TLS; `disable` is meant only for a local proxy \
+             that encrypts, such as the Cloud SQL Auth Proxy)",
+        )
+    } else if text.contains("invalid peer certificate") {
+        Some(
+            " (sslMode verify-full: the server's certificate must chain to a CA in caFile and \
+             name the configured host)",
+        )
+    } else {
+        None
     }
 }
 
@@ -142,6 +166,25 @@ mod tests {
         ] {
             assert!(!sqlstate_is_transient(permanent), "{permanent}");
         }
+    }
+
+    #[test]
+    fn tls_failures_that_retrying_cannot_fix_are_named() {
+        assert!(
+            tls_hint("error performing TLS handshake: invalid peer certificate: UnknownIssuer")
+                .unwrap()
+                .contains("caFile")
+        );
+        assert!(
+            tls_hint("error performing TLS handshake: server does not support TLS")
+                .unwrap()
+                .contains("offers no TLS")
+        );
+        assert_eq!(
+            tls_hint("error performing TLS handshake: connection reset"),
+            None
+        );
+        assert_eq!(tls_hint("error connecting to server: refused"), None);
     }
 
     #[test]

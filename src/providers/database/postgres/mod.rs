@@ -40,23 +40,30 @@
 //! The name space `dt_*` on the server belongs to the operator: a role or
 //! database of that name is taken as the tenant's and brought to the state above.
 //!
-//! Limitations: connections use no TLS (`NoTls`, `sslmode=disable`); the server must be
-//! reached over a private network. Adding TLS means a TLS connector
-//! (`tokio-postgres-rustls`) and a CA setting in [`PostgresConfig`]. Sessions set
-//! `statement_timeout` and `lock_timeout` through the startup `options`, which PgBouncer
-//! rejects unless told to ignore it.
+//! TLS (`sslMode`, see [`config::SslMode`] and `tls.rs`): `require` by default (encrypted,
+//! certificate not checked), `verify-full` with `caFile`, or `disable` for a local proxy
+//! that encrypts itself (Cloud SQL / AlloyDB Auth Proxy). A certificate that `verify-full`
+//! rejects and a server without TLS under `require` are permanent errors.
+//!
+//! Deletion ends the tenant's sessions that the admin may signal and drops the database
+//! without `FORCE`; a session it may not end (a superuser's) makes the deletion wait
+//! (transient, 55006) instead of failing.
+//!
+//! Limitations: sessions set `statement_timeout` and `lock_timeout` through the startup
+//! `options`, which PgBouncer rejects unless told to ignore it.
 
 mod client;
 mod config;
 mod credentials;
 mod desired;
 mod errors;
+mod tls;
 
 use std::fmt;
 
 use tokio_postgres::error::SqlState;
 
-pub use config::{PostgresConfig, database_name};
+pub use config::{PostgresConfig, SslMode, database_name};
 pub use credentials::{KEY_HOST, KEY_NAME, KEY_PASSWORD, KEY_PORT, KEY_USER, secret_data};
 pub use errors::sqlstate_is_transient;
 
@@ -92,6 +99,8 @@ pub const APPLICATION_NAME: &str = "dealertenant-operator";
 pub struct PostgresProvider {
     cfg: PostgresConfig,
     admin_password: String,
+    /// `None` with `sslMode: disable`.
+    tls: Option<tls::RustlsConnect>,
 }
 
 impl fmt::Debug for PostgresProvider {
@@ -100,6 +109,7 @@ impl fmt::Debug for PostgresProvider {
             .field("host", &self.cfg.host)
             .field("port", &self.cfg.port)
             .field("admin_user", &self.cfg.admin_user)
+            .field("ssl_mode", &self.cfg.ssl_mode)
             .field("admin_password", &"<redacted>")
             .finish()
     }
@@ -117,9 +127,24 @@ impl PostgresProvider {
             return Err(not_configured("host must not be empty"));
         }
         let admin_password = admin_password(cfg, |name| std::env::var(name).ok())?;
+        let tls = match (cfg.ssl_mode, &cfg.ca_file) {
+            (SslMode::Disable, _) => None,
+            (SslMode::Require, _) => {
+                Some(tls::RustlsConnect::encrypt_only().map_err(|e| not_configured(&e))?)
+            }
+            (SslMode::VerifyFull, Some(ca_file)) => {
+                Some(tls::RustlsConnect::verify_full(ca_file).map_err(|e| not_configured(&e))?)
+            }
+            (SslMode::VerifyFull, None) => {
+                return Err(not_configured(
+                    "caFile is required with sslMode verify-full",
+                ));
+            }
+        };
         Ok(Self {
             cfg: cfg.clone(),
             admin_password,
+            tls,
         })
     }
 
@@ -412,6 +437,7 @@ mod tests {
         let p = PostgresProvider {
             cfg: cfg(),
             admin_password: "admin-secret-123".into(),
+            tls: None,
         };
         let shown = format!("{p:?}");
         assert!(shown.contains("db.internal"));
