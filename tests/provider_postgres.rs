@@ -1,10 +1,11 @@
 //! The `postgres` database provider against a REAL PostgreSQL server on 127.0.0.1.
 //!
-//! Start one with `.ci/start-postgres` (port 55432, superuser `postgres`, password
-//! `operator-test-admin`; override with DEALERTENANT_TEST_PG_PORT and
-//! DEALERTENANT_TEST_PG_PASSWORD). Without a reachable server every test prints a SKIP
-//! notice and passes, unless the environment variable `CI` is set: then it fails, so CI
-//! cannot skip silently.
+//! Every test runs twice, against PostgreSQL 15 (`pg15::<test>`, `.ci/start-postgres`, port
+//! 55432) and PostgreSQL 17 (`pg17::<test>`, `.ci/start-postgres-17`, port 55433), whose
+//! role membership rules differ (16 changed them); superuser `postgres`, password
+//! `operator-test-admin` (overrides: see `support::pg`). Without a reachable server a test
+//! prints a SKIP notice and passes, unless the environment variable `CI` is set: then it
+//! fails, so CI cannot skip silently.
 //!
 //! Each test makes its own admin login (a superuser, or a CREATEDB CREATEROLE role as on
 //! Cloud SQL) and tenants with a random suffix, so tests run in parallel on one server.
@@ -21,7 +22,7 @@ use std::time::Duration;
 
 use dealertenant_operator::providers::database::postgres::{
     self, KEY_HOST, KEY_NAME, KEY_PASSWORD, KEY_PORT, KEY_USER, PostgresConfig, PostgresProvider,
-    database_name,
+    SslMode, database_name,
 };
 use dealertenant_operator::providers::{Provider, ProviderError, SecretData, TenantInfo};
 use support::pgproxy::{Fault, PgProxy};
@@ -31,22 +32,62 @@ use tokio_postgres::error::SqlState;
 // ---------------------------------------------------------------------------------------
 // The server and per-test fixtures.
 
-use support::pg::{PgServer as Server, connect};
+use support::pg::{PgServer as Server, Target, connect};
 
 /// The test server (see `support::pg`), with this binary's log captured first.
-async fn server() -> Option<Server> {
+async fn server(target: Target) -> Option<Server> {
     captured_log();
-    support::pg::server().await
+    support::pg::server_at(target).await
 }
 
-macro_rules! server_or_skip {
-    () => {
-        match server().await {
-            Some(s) => s,
-            None => return,
+/// Every test of this suite, once per server: `pg15::<test>` and `pg17::<test>`. A test is
+/// an `async fn <test>(srv: Server)`; it is skipped (or fails under `CI`) when its server
+/// is not running.
+macro_rules! on_every_server {
+    ($($test:ident),* $(,)?) => {
+        mod pg15 {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    if let Some(srv) = super::server(super::Target::Pg15).await {
+                        super::$test(srv).await;
+                    }
+                }
+            )*
+        }
+        mod pg17 {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    if let Some(srv) = super::server(super::Target::Pg17).await {
+                        super::$test(srv).await;
+                    }
+                }
+            )*
         }
     };
 }
+
+on_every_server!(
+    first_pass_creates_second_pass_writes_nothing_delete_erases,
+    non_superuser_admin_manages_tenants_like_cloud_sql,
+    a_non_superuser_admin_takes_the_membership_it_needs,
+    a_foreign_session_in_the_database_delays_deletion_but_does_not_block_it,
+    tls_is_on_by_default_and_verify_full_checks_the_certificate,
+    tenants_are_isolated_from_each_other_and_from_the_admin,
+    a_missing_secret_rotates_the_password,
+    a_retained_database_is_bound_to_its_tenants_uid,
+    drift_is_repaired_and_then_nothing_is_written,
+    a_changed_password_is_set_back_from_the_secret,
+    crash_states_converge_to_one_database_and_one_role,
+    a_crash_before_any_statement_converges,
+    a_crash_after_any_statement_converges,
+    a_crash_before_any_statement_converges_with_a_non_superuser_admin,
+    a_crash_after_any_statement_converges_with_a_non_superuser_admin,
+    errors_are_classified_and_carry_no_credential,
+    a_region_outside_the_eu_sends_nothing,
+    passwords_reach_neither_the_server_log_nor_tracing,
+);
 
 fn suffix() -> String {
     (0..8)
@@ -104,10 +145,18 @@ impl Env {
         }
     }
 
+    /// The provider's configuration for the test server: TLS without verification (the
+    /// default, `require`).
     fn config(&self) -> PostgresConfig {
-        self.config_on(self.srv.port)
+        PostgresConfig {
+            ssl_mode: SslMode::Require,
+            ..self.config_on(self.srv.port)
+        }
     }
 
+    /// The same for another port, without TLS: the fault-injecting proxy (`support::pgproxy`)
+    /// speaks plain PostgreSQL only, as do the Cloud SQL and AlloyDB Auth Proxies that
+    /// `sslMode: disable` is for.
     fn config_on(&self, port: u16) -> PostgresConfig {
         PostgresConfig {
             host: "127.0.0.1".into(),
@@ -119,6 +168,8 @@ impl Env {
             region: "europe-west3".into(),
             connect_timeout_seconds: 5,
             statement_timeout_seconds: 30,
+            ssl_mode: SslMode::Disable,
+            ca_file: None,
         }
     }
 
@@ -325,9 +376,7 @@ async fn create(p: &PostgresProvider, t: &TenantInfo) -> SecretData {
 // ---------------------------------------------------------------------------------------
 // Life cycle.
 
-#[tokio::test]
-async fn first_pass_creates_second_pass_writes_nothing_delete_erases() {
-    let srv = server_or_skip!();
+async fn first_pass_creates_second_pass_writes_nothing_delete_erases(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let p = env.provider();
     let t = env.tenant("life");
@@ -407,9 +456,7 @@ async fn first_pass_creates_second_pass_writes_nothing_delete_erases() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn non_superuser_admin_manages_tenants_like_cloud_sql() {
-    let srv = server_or_skip!();
+async fn non_superuser_admin_manages_tenants_like_cloud_sql(srv: Server) {
     let env = Env::new(&srv, Admin::CreateRole).await;
     let p = env.provider();
     let t = env.tenant("nosu");
@@ -448,12 +495,211 @@ async fn non_superuser_admin_manages_tenants_like_cloud_sql() {
     env.cleanup().await;
 }
 
+/// A CREATEROLE admin gets from PostgreSQL 16 on only `ADMIN OPTION` (no `INHERIT`, no
+/// `SET`) in the roles it creates, so `pg_has_role(.., 'MEMBER')` says yes while `CREATE
+/// DATABASE .. OWNER` fails (42501 "must be able to SET ROLE"). The provider grants itself
+/// what it needs, checks it with `USAGE` and `SET`, re-grants it after drift, and with it
+/// ends the tenant's sessions on deletion.
+async fn a_non_superuser_admin_takes_the_membership_it_needs(srv: Server) {
+    let env = Env::new(&srv, Admin::CreateRole).await;
+    let p = env.provider();
+    let t = env.tenant("member");
+    let name = database_name(&t.name);
+    let admin = env.admin.clone();
+
+    let secret = create(&p, &t).await;
+    env.assert_healthy(&t, &secret).await;
+    env.assert_pass_writes_nothing(&p, &t, &secret).await;
+    let has = |mode: &'static str| {
+        let (su, name, admin) = (&env.su, name.clone(), admin.clone());
+        async move {
+            su.query_one(
+                "SELECT pg_has_role($1::text::name, $2::text::name, $3)",
+                &[&admin, &name, &mode],
+            )
+            .await
+            .unwrap()
+            .get::<_, bool>(0)
+        }
+    };
+    assert!(has("USAGE").await, "the admin has the privileges of {name}");
+    let v16 = srv.target != Target::Pg15;
+    if v16 {
+        assert!(has("SET").await, "the admin may SET ROLE {name}");
+    }
+
+    // Someone takes the grant back: the next pass grants it again (with the options on 16+).
+    let revoke = if v16 {
+        format!("REVOKE {name} FROM {admin} GRANTED BY {admin}")
+    } else {
+        format!("REVOKE {name} FROM {admin}")
+    };
+    env.exec(&revoke).await;
+    assert!(!has("USAGE").await);
+    if v16 {
+        // What the server leaves: the ADMIN OPTION grant of role creation, which passes
+        // the old MEMBER check.
+        assert!(has("MEMBER").await);
+    }
+    p.reconcile(&t, Some(&secret)).await.unwrap();
+    assert!(has("USAGE").await);
+    env.assert_pass_writes_nothing(&p, &t, &secret).await;
+
+    // The tenant's open session does not stop the deletion: the admin may end it.
+    let session = env.login(&secret).await.unwrap();
+    session.batch_execute("SELECT 1").await.unwrap();
+    let erased = p.delete(&t).await.unwrap();
+    assert_eq!(erased.resources.len(), 2);
+    env.assert_exists(&t, 0).await;
+    assert!(session.batch_execute("SELECT 1").await.is_err());
+    env.cleanup().await;
+}
+
+/// A session the admin may not end (here a superuser's) in the tenant's database: the
+/// deletion ends what it may (the tenant's own sessions), leaves that one alone, reports a
+/// transient error (55006, retry later) instead of failing for good, and completes once
+/// the session is gone. (Before: pg_terminate_backend and DROP DATABASE .. WITH (FORCE)
+/// failed with 42501, a permanent error.)
+async fn a_foreign_session_in_the_database_delays_deletion_but_does_not_block_it(srv: Server) {
+    let env = Env::new(&srv, Admin::CreateRole).await;
+    let p = env.provider();
+    let t = env.tenant("busy");
+    let name = database_name(&t.name);
+    let secret = create(&p, &t).await;
+
+    let foreign = connect(srv.port, "postgres", &srv.password, &name)
+        .await
+        .unwrap();
+    let foreign_pid: i32 = foreign
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let tenant_session = env.login(&secret).await.unwrap();
+
+    let e = p.delete(&t).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(e.to_string().contains("55006"), "{e}");
+    assert!(!e.to_string().contains(&env.admin_password));
+    // The foreign session lives on; the tenant's was ended and it cannot log in again.
+    foreign.batch_execute("SELECT 1").await.unwrap();
+    assert!(tenant_session.batch_execute("SELECT 1").await.is_err());
+    assert!(env.login(&secret).await.is_err());
+    env.assert_exists(&t, 1).await;
+
+    // Once the session is gone, the next pass erases both.
+    drop(foreign);
+    for _ in 0..50 {
+        let left = env
+            .count(
+                "SELECT count(*) FROM pg_stat_activity WHERE pid = $1::text::int4",
+                &foreign_pid.to_string(),
+            )
+            .await;
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let erased = p.delete(&t).await.unwrap();
+    assert_eq!(erased.resources.len(), 2);
+    env.assert_exists(&t, 0).await;
+    env.cleanup().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// TLS.
+
+/// Against a server with a self-signed certificate that refuses the admin's plain logins:
+/// `disable` is refused by the server (permanent), the default `require` works,
+/// `verify-full` works with the CA that signed the certificate and fails for good, with a
+/// clear message, with another CA; a server without TLS fails `require` for good.
+async fn tls_is_on_by_default_and_verify_full_checks_the_certificate(srv: Server) {
+    let env = Env::new(&srv, Admin::CreateRole).await;
+    support::pg::require_tls_for(&env.su, &env.admin).await;
+    let t = env.tenant("tls");
+
+    // The server refuses the admin without TLS.
+    let plain = postgres::from_config(&env.config_on(srv.port)).unwrap();
+    let e = plain.reconcile(&t, None).await.unwrap_err();
+    assert!(matches!(e, ProviderError::Refused { .. }), "{e:?}");
+    assert!(e.to_string().contains("no encryption"), "{e}");
+    env.assert_exists(&t, 0).await;
+
+    // require (the default): encrypted, so admitted.
+    assert_eq!(PostgresConfig::default().ssl_mode, SslMode::Require);
+    let p = env.provider();
+    let secret = create(&p, &t).await;
+    env.assert_healthy(&t, &secret).await;
+
+    // verify-full with the server's CA: the steady pass works and writes nothing.
+    let verified = postgres::from_config(&PostgresConfig {
+        ssl_mode: SslMode::VerifyFull,
+        ca_file: Some(srv.ca_file.to_string_lossy().into_owned()),
+        ..env.config()
+    })
+    .unwrap();
+    env.assert_pass_writes_nothing(&verified, &t, &secret).await;
+
+    // verify-full with a CA that did not sign the certificate: permanent, and says why.
+    let wrong_ca = support::pg::unrelated_ca();
+    let unverified = postgres::from_config(&PostgresConfig {
+        ssl_mode: SslMode::VerifyFull,
+        ca_file: Some(wrong_ca.to_string_lossy().into_owned()),
+        ..env.config()
+    })
+    .unwrap();
+    let e = unverified.reconcile(&t, Some(&secret)).await.unwrap_err();
+    assert!(matches!(e, ProviderError::Refused { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(text.contains("invalid peer certificate"), "{text}");
+    assert!(text.contains("caFile"), "{text}");
+    assert!(!text.contains(&env.admin_password));
+    assert!(
+        unverified
+            .delete(&t)
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("caFile")
+    );
+
+    // A CA file that is missing or holds no certificate: not configured, at start-up.
+    for bad in [
+        wrong_ca.with_extension("absent"),
+        wrong_ca.with_file_name("ca.key"),
+    ] {
+        let e = postgres::from_config(&PostgresConfig {
+            ssl_mode: SslMode::VerifyFull,
+            ca_file: Some(bad.to_string_lossy().into_owned()),
+            ..env.config()
+        })
+        .unwrap_err();
+        assert_eq!(e.reason(), "NotConfigured", "{e}");
+    }
+
+    // A server that offers no TLS (the proxy answers the TLS request with "no").
+    let proxy = PgProxy::start(srv.port).await;
+    let no_tls = postgres::from_config(&PostgresConfig {
+        ssl_mode: SslMode::Require,
+        ..env.config_on(proxy.port)
+    })
+    .unwrap();
+    let e = no_tls.reconcile(&t, Some(&secret)).await.unwrap_err();
+    assert!(matches!(e, ProviderError::Refused { .. }), "{e:?}");
+    assert!(e.to_string().contains("offers no TLS"), "{e}");
+    assert_eq!(proxy.requests(), 0);
+
+    verified.delete(&t).await.unwrap();
+    env.assert_exists(&t, 0).await;
+    let _ = std::fs::remove_dir_all(wrong_ca.parent().unwrap());
+    env.cleanup().await;
+}
+
 // ---------------------------------------------------------------------------------------
 // Isolation.
 
-#[tokio::test]
-async fn tenants_are_isolated_from_each_other_and_from_the_admin() {
-    let srv = server_or_skip!();
+async fn tenants_are_isolated_from_each_other_and_from_the_admin(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let p = env.provider();
     let (ta, tb) = (env.tenant("iso-a"), env.tenant("iso-b"));
@@ -548,9 +794,7 @@ async fn tenants_are_isolated_from_each_other_and_from_the_admin() {
 // ---------------------------------------------------------------------------------------
 // Rotation and drift.
 
-#[tokio::test]
-async fn a_missing_secret_rotates_the_password() {
-    let srv = server_or_skip!();
+async fn a_missing_secret_rotates_the_password(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let p = env.provider();
     let t = env.tenant("rot");
@@ -586,9 +830,7 @@ async fn a_missing_secret_rotates_the_password() {
 /// Names are reused, UIDs are not: a database bound to a deleted (retained) tenant's UID
 /// is refused to a new tenant of the same name, credentials included, is not erased by
 /// it, and is handed over only to a tenant that adopts exactly that UID.
-#[tokio::test]
-async fn a_retained_database_is_bound_to_its_tenants_uid() {
-    let srv = server_or_skip!();
+async fn a_retained_database_is_bound_to_its_tenants_uid(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let p = env.provider();
     let old = env.tenant("uid");
@@ -645,9 +887,7 @@ async fn a_retained_database_is_bound_to_its_tenants_uid() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn drift_is_repaired_and_then_nothing_is_written() {
-    let srv = server_or_skip!();
+async fn drift_is_repaired_and_then_nothing_is_written(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let p = env.provider();
     let t = env.tenant("drift");
@@ -706,9 +946,7 @@ async fn drift_is_repaired_and_then_nothing_is_written() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_changed_password_is_set_back_from_the_secret() {
-    let srv = server_or_skip!();
+async fn a_changed_password_is_set_back_from_the_secret(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let p = env.provider();
     let t = env.tenant("pw");
@@ -762,9 +1000,7 @@ async fn converge(
     secret
 }
 
-#[tokio::test]
-async fn crash_states_converge_to_one_database_and_one_role() {
-    let srv = server_or_skip!();
+async fn crash_states_converge_to_one_database_and_one_role(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let p = env.provider();
     let admin = env.admin.clone();
@@ -818,30 +1054,22 @@ async fn crash_states_converge_to_one_database_and_one_role() {
 }
 
 /// (a) The request is not performed; the connection drops.
-#[tokio::test]
-async fn a_crash_before_any_statement_converges() {
-    let srv = server_or_skip!();
+async fn a_crash_before_any_statement_converges(srv: Server) {
     crash_at_every_request(&srv, Fault::DropBefore, Admin::Super).await;
 }
 
 /// (b) The request is performed (committed) but the answer is lost.
-#[tokio::test]
-async fn a_crash_after_any_statement_converges() {
-    let srv = server_or_skip!();
+async fn a_crash_after_any_statement_converges(srv: Server) {
     crash_at_every_request(&srv, Fault::DropAfter, Admin::Super).await;
 }
 
 /// The same with a non-superuser admin, whose passes have more steps (membership in the
 /// tenant role, holding the database while schema public changes hands).
-#[tokio::test]
-async fn a_crash_before_any_statement_converges_with_a_non_superuser_admin() {
-    let srv = server_or_skip!();
+async fn a_crash_before_any_statement_converges_with_a_non_superuser_admin(srv: Server) {
     crash_at_every_request(&srv, Fault::DropBefore, Admin::CreateRole).await;
 }
 
-#[tokio::test]
-async fn a_crash_after_any_statement_converges_with_a_non_superuser_admin() {
-    let srv = server_or_skip!();
+async fn a_crash_after_any_statement_converges_with_a_non_superuser_admin(srv: Server) {
     crash_at_every_request(&srv, Fault::DropAfter, Admin::CreateRole).await;
 }
 
@@ -875,7 +1103,14 @@ async fn crash_at_every_request(srv: &Server, fault: Fault, admin: Admin) {
         "REVOKE ALL ON DATABASE",
     ];
     if admin == Admin::CreateRole {
-        creating.extend(["TO CURRENT_USER", "OWNER TO CURRENT_USER", "GRANT CONNECT"]);
+        creating.push("TO CURRENT_USER");
+        if srv.target == Target::Pg15 {
+            // Before 16 the admin inherits nothing through schema public's owner,
+            // pg_database_owner, from a NOINHERIT database owner: it holds the database for
+            // the change (and then gives it back, with CONNECT). From 16 on its INHERIT
+            // grant in the tenant role suffices.
+            creating.extend(["OWNER TO CURRENT_USER", "GRANT CONNECT"]);
+        }
     }
     for what in creating {
         assert!(has(&create_log, what), "{what} in {create_log:#?}");
@@ -949,9 +1184,7 @@ async fn crash_at_every_request(srv: &Server, fault: Fault, admin: Admin) {
 // ---------------------------------------------------------------------------------------
 // Errors and residency.
 
-#[tokio::test]
-async fn errors_are_classified_and_carry_no_credential() {
-    let srv = server_or_skip!();
+async fn errors_are_classified_and_carry_no_credential(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let t = env.tenant("err");
 
@@ -1040,9 +1273,7 @@ async fn errors_are_classified_and_carry_no_credential() {
     env.cleanup().await;
 }
 
-#[tokio::test]
-async fn a_region_outside_the_eu_sends_nothing() {
-    let srv = server_or_skip!();
+async fn a_region_outside_the_eu_sends_nothing(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
     let proxy = PgProxy::start(srv.port).await;
     let t = env.tenant("us");
@@ -1099,9 +1330,7 @@ fn captured_log() -> &'static Captured {
     })
 }
 
-#[tokio::test]
-async fn passwords_reach_neither_the_server_log_nor_tracing() {
-    let srv = server_or_skip!();
+async fn passwords_reach_neither_the_server_log_nor_tracing(srv: Server) {
     let env = Env::new(&srv, Admin::Super).await;
 
     let p = env.provider();

@@ -29,7 +29,8 @@ use dealertenant_operator::api::{DealerTenant, DealerTenantSpec};
 use dealertenant_operator::config::OperatorConfig;
 use dealertenant_operator::providers::database::cloudsql::{self, CloudSqlConfig};
 use dealertenant_operator::providers::database::postgres::{
-    self, KEY_HOST, KEY_NAME, KEY_PASSWORD, KEY_PORT, KEY_USER, PostgresConfig, database_name,
+    self, KEY_HOST, KEY_NAME, KEY_PASSWORD, KEY_PORT, KEY_USER, PostgresConfig, SslMode,
+    database_name,
 };
 use dealertenant_operator::providers::database::{DatabaseConfig, DatabaseProviderKind};
 use dealertenant_operator::providers::email::postmark::{
@@ -113,6 +114,8 @@ impl PgEnv {
             region: REGION.into(),
             connect_timeout_seconds: 5,
             statement_timeout_seconds: 30,
+            ssl_mode: SslMode::Require,
+            ca_file: None,
         }
     }
 
