@@ -139,7 +139,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use dealertenant_operator::providers::database::cloudsql::{self, CloudSqlConfig};
-use dealertenant_operator::providers::database::postgres::{self, PostgresConfig};
+use dealertenant_operator::providers::database::postgres::{self, PostgresConfig, SslMode};
 use dealertenant_operator::providers::email::postmark::{PostmarkConfig, PostmarkProvider};
 use dealertenant_operator::providers::search::SearchConfig;
 use dealertenant_operator::providers::search::elasticsearch::ElasticsearchProvider;
@@ -460,6 +460,9 @@ async fn no_secret_of_a_real_provider_appears_in_traces_or_errors() {
             region: "europe-west3".into(),
             connect_timeout_seconds: 5,
             statement_timeout_seconds: 30,
+            // TLS as in production: the handshake and its traces are captured too.
+            ssl_mode: SslMode::Require,
+            ca_file: None,
         };
         let pg_provider = postgres::from_config(&pg_cfg).unwrap();
         let tenant = format!("hyg-pg-{s}");
