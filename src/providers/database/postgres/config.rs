@@ -166,17 +166,21 @@ pub(super) fn admin_password(
     Ok(password)
 }
 
+/// The configuration the unit tests of this provider's modules share.
+#[cfg(test)]
+pub(super) fn test_config() -> PostgresConfig {
+    PostgresConfig {
+        host: "db.internal".into(),
+        port: 6543,
+        ..PostgresConfig::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_config as cfg;
     use super::*;
     use crate::providers::secret::random_password;
-    fn cfg() -> PostgresConfig {
-        PostgresConfig {
-            host: "db.internal".into(),
-            port: 6543,
-            ..PostgresConfig::default()
-        }
-    }
 
     #[test]
     fn admin_password_file_wins_over_the_variable() {

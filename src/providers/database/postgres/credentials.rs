@@ -104,13 +104,7 @@ pub(super) fn set_password(role_ident: &str, name: &str, password: &str) -> Stat
 #[cfg(test)]
 mod tests {
     use super::*;
-    fn cfg() -> PostgresConfig {
-        PostgresConfig {
-            host: "db.internal".into(),
-            port: 6543,
-            ..PostgresConfig::default()
-        }
-    }
+    use crate::providers::database::postgres::config::test_config as cfg;
 
     #[test]
     fn create_role_sends_a_verifier_not_the_password() {

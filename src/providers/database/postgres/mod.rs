@@ -424,13 +424,7 @@ impl Provider for PostgresProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
-    fn cfg() -> PostgresConfig {
-        PostgresConfig {
-            host: "db.internal".into(),
-            port: 6543,
-            ..PostgresConfig::default()
-        }
-    }
+    use config::test_config as cfg;
 
     #[test]
     fn debug_output_hides_the_admin_password() {
