@@ -100,7 +100,7 @@ pub struct PostgresProvider {
     cfg: PostgresConfig,
     admin_password: String,
     /// `None` with `sslMode: disable`.
-    tls: Option<tls::RustlsConnect>,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
 }
 
 impl fmt::Debug for PostgresProvider {
@@ -129,11 +129,9 @@ impl PostgresProvider {
         let admin_password = admin_password(cfg, |name| std::env::var(name).ok())?;
         let tls = match (cfg.ssl_mode, &cfg.ca_file) {
             (SslMode::Disable, _) => None,
-            (SslMode::Require, _) => {
-                Some(tls::RustlsConnect::encrypt_only().map_err(|e| not_configured(&e))?)
-            }
+            (SslMode::Require, _) => Some(tls::encrypt_only().map_err(|e| not_configured(&e))?),
             (SslMode::VerifyFull, Some(ca_file)) => {
-                Some(tls::RustlsConnect::verify_full(ca_file).map_err(|e| not_configured(&e))?)
+                Some(tls::verify_full(ca_file).map_err(|e| not_configured(&e))?)
             }
             (SslMode::VerifyFull, None) => {
                 return Err(not_configured(
