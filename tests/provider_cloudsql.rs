@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeMap;
 
 use dealertenant_operator::providers::database::cloudsql::{
-    CloudSqlConfig, CloudSqlProvider, SUFFIX_ANNOTATION, from_config,
+    self, CloudSqlConfig, CloudSqlProvider, SUFFIX_ANNOTATION, from_config,
 };
 use dealertenant_operator::providers::{
     Provider, ProviderError, Reconciled, SecretData, TenantInfo,
@@ -124,6 +124,8 @@ async fn first_pass_starts_the_instance_later_passes_converge_and_then_nothing_i
     let r = p.reconcile(&t, None).await.unwrap();
     assert!(!r.ready);
     assert!(r.secret.is_none());
+    // Creating takes minutes: looking every 15 s would spend the Admin API quota on waiting.
+    assert_eq!(r.recheck_after, Some(cloudsql::INSTANCE_RECHECK));
     assert!(
         r.message
             .contains("instance dt-acme is being created (operation op-"),
@@ -174,6 +176,7 @@ async fn first_pass_starts_the_instance_later_passes_converge_and_then_nothing_i
     let r = p.reconcile(&t, None).await.unwrap();
     assert!(!r.ready, "{}", r.message);
     assert!(r.message.contains("being created"), "{}", r.message);
+    assert_eq!(r.recheck_after, Some(cloudsql::INSTANCE_RECHECK));
     assert!(d.writes().is_empty(), "{:?}", d.writes());
 
     // Pass 3: RUNNABLE: database and user, Secret issued.

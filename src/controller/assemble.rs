@@ -1,6 +1,8 @@
 //! Status assembly, pure: from what a pass observed (namespace, server, each component's
 //! result and the holdings) to the conditions, phase, processors and resources it writes.
 
+use std::time::Duration;
+
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::ResourceExt;
@@ -38,11 +40,16 @@ impl StatusUpdate {
 /// A location outside the EU: `(component, resource, location)`.
 pub type Violation = (String, String, String);
 
+/// How soon to look again at a component that is still being created, unless its provider
+/// asks for longer ([`providers::Reconciled::recheck_after`]).
+pub const PENDING_REQUEUE: Duration = Duration::from_secs(15);
+
 /// What a whole pass came to.
 pub struct Assembled {
     pub update: StatusUpdate,
-    /// Some component is still being created: look again soon.
-    pub pending: bool,
+    /// Some component is still being created: look again after this long (the shortest
+    /// wait a not-ready component asked for, [`PENDING_REQUEUE`] where it asked for none).
+    pub pending: Option<Duration>,
     /// The first transient provider failure, for the error policy's backoff.
     pub transient: Option<ProviderError>,
     pub violations: Vec<Violation>,
@@ -59,7 +66,7 @@ pub fn pass(
     let catalog = processors::catalog(&cfg.processors);
     let mut obs = vec![observe_namespace(namespace), server];
     let mut drop_types = Vec::new();
-    let (mut pending, mut permanent, mut transient) = (false, false, None);
+    let (mut pending, mut permanent, mut transient) = (None::<Duration>, false, None);
     for r in results {
         let ctype = r.component.condition_type();
         match &r.outcome {
@@ -76,9 +83,13 @@ pub fn pass(
                 ready,
                 reason,
                 message,
+                recheck_after,
                 ..
             } => {
-                pending |= !ready;
+                if !ready {
+                    let wait = recheck_after.unwrap_or(PENDING_REQUEUE);
+                    pending = Some(pending.map_or(wait, |p| p.min(wait)));
+                }
                 obs.push(if *ready {
                     Observation::ok(ctype, reason.unwrap_or("Provisioned"), message)
                 } else {
@@ -299,6 +310,36 @@ mod tests {
         )
     }
 
+    fn not_ready(component: Component, recheck_after: Option<Duration>) -> ComponentResult {
+        ComponentResult {
+            component,
+            outcome: Outcome::Reconciled {
+                ready: false,
+                reason: None,
+                message: String::new(),
+                resources: Vec::new(),
+                recheck_after,
+            },
+            has_secret: false,
+        }
+    }
+
+    #[test]
+    fn a_pass_looks_again_after_the_shortest_wait_a_pending_component_asked_for() {
+        let cfg = OperatorConfig::default();
+        let slow = not_ready(Component::Database, Some(Duration::from_secs(60)));
+        assert_eq!(
+            first_pass(&cfg, std::slice::from_ref(&slow)).pending,
+            Some(Duration::from_secs(60))
+        );
+        let default = not_ready(Component::Search, None);
+        assert_eq!(
+            first_pass(&cfg, &[slow, default]).pending,
+            Some(PENDING_REQUEUE)
+        );
+        assert_eq!(first_pass(&cfg, &[]).pending, None);
+    }
+
     #[test]
     fn a_residency_error_from_a_provider_fails_the_residency_condition() {
         let cfg = OperatorConfig::default();
@@ -339,6 +380,7 @@ mod tests {
                 ready: true,
                 reason: None,
                 message: String::new(),
+                recheck_after: None,
                 resources: vec![ExternalResource::new(
                     "CloudSqlInstance",
                     "dt-x",

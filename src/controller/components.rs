@@ -111,6 +111,7 @@ pub async fn provision(t: &DealerTenant, ctx: &Context) -> Result<Provisioned, E
                         reason: done.reason,
                         message: done.message,
                         resources: done.resources,
+                        recheck_after: done.recheck_after,
                     },
                     has_secret,
                 ));

@@ -27,6 +27,8 @@ pub enum Outcome {
         reason: Option<&'static str>,
         message: String,
         resources: Vec<ExternalResource>,
+        /// While not ready: when to look again, if the provider said.
+        recheck_after: Option<std::time::Duration>,
     },
     /// The provider failed (a residency violation it saw is one such failure).
     Failed(ProviderError),
@@ -177,6 +179,7 @@ mod tests {
                 reason: None,
                 message: String::new(),
                 resources,
+                recheck_after: None,
             },
             has_secret: true,
         }

@@ -30,8 +30,6 @@ use crate::desired::{self, Desired, names};
 
 pub use super::components::{ABANDON_ANNOTATION, abandoned};
 
-/// How soon to look again at a component that is still being created.
-const PENDING_REQUEUE: Duration = Duration::from_secs(15);
 /// How soon to look again at a new tenant whose Deployment was just applied, if the
 /// Deployment controller's status update does not trigger a pass first.
 const ROLLOUT_REQUEUE: Duration = Duration::from_secs(60);
@@ -195,8 +193,8 @@ async fn apply(t: &DealerTenant, ctx: &Context) -> Result<Action, Error> {
         // Backed off by the error policy; the conditions already say what is wrong.
         return Err(Error::Provider(err));
     }
-    Ok(if assembled.pending {
-        Action::requeue(PENDING_REQUEUE)
+    Ok(if let Some(wait) = assembled.pending {
+        Action::requeue(wait)
     } else if retiring {
         // The rollout's status changes start passes too; this bounds the wait.
         Action::requeue(ROLLOUT_REQUEUE.min(ctx.resync_interval()))

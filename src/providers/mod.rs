@@ -195,6 +195,10 @@ pub struct Reconciled {
     pub secret: Option<SecretData>,
     /// What exists at the service, with the location the service reports.
     pub resources: Vec<ExternalResource>,
+    /// While not ready: how long until looking again is worth it, when the provider knows
+    /// the service is slow (a Cloud SQL instance takes minutes to create, and every look
+    /// costs Admin API quota). `None`: the reconciler's default.
+    pub recheck_after: Option<std::time::Duration>,
 }
 
 /// The result of one [`Provider::reconcile_rotating`]: the reconcile's result and the

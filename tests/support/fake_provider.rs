@@ -178,6 +178,7 @@ impl Provider for FakeProvider {
             message: format!("{name} is ready"),
             secret: credential.map(|c| SecretData::new().with(&key, c)),
             resources: vec![self.resource(&name)],
+            recheck_after: None,
         })
     }
 

@@ -147,6 +147,7 @@ impl Provider for StorageProvider {
             message,
             secret: (!up_to_date).then_some(desired),
             resources: vec![self.resource(&current)],
+            recheck_after: None,
         })
     }
 

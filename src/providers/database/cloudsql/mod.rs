@@ -55,6 +55,12 @@ use errors::{
     operation_done, running, status_name, timestamp,
 };
 
+/// How long to wait before looking at an instance that is being created or is in
+/// maintenance again. Cloud SQL takes minutes to create one, and every look is an Admin API
+/// request against the project's quota (180 a minute): at the reconciler's default of 15 s,
+/// 45 instances being created at once would spend all of it on waiting.
+pub const INSTANCE_RECHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What one pass learnt about the tenant's instance.
 struct Observed {
     instance: DatabaseInstance,
@@ -111,6 +117,7 @@ impl CloudSqlProvider {
                     message: format!("instance {name} is being created (operation {})", op.name),
                     secret: None,
                     resources: self.resources(name, &tenant.region, None),
+                    recheck_after: Some(INSTANCE_RECHECK),
                 })
             }
             Err(e) if is_conflict(&e) && !is_operation_in_progress(&e) => {
@@ -123,6 +130,7 @@ impl CloudSqlProvider {
                         message: format!("instance {name} is being created"),
                         secret: None,
                         resources: self.resources(name, &tenant.region, None),
+                        recheck_after: Some(INSTANCE_RECHECK),
                     })
                 } else {
                     tracing::warn!(
@@ -173,6 +181,7 @@ impl Provider for CloudSqlProvider {
             message,
             secret: None,
             resources: self.resources(&name, &region, None),
+            recheck_after: Some(INSTANCE_RECHECK),
         };
         match &instance.state {
             SqlInstanceState::Runnable => {}
@@ -259,6 +268,7 @@ impl Provider for CloudSqlProvider {
                     .filter(|s| Some(s) != secret)
                     .filter(|_| usable),
                 resources: self.resources(&name, &region, Some(&obs)),
+                recheck_after: None,
             });
         }
         let now = jiff::Timestamp::now();
@@ -327,6 +337,7 @@ impl Provider for CloudSqlProvider {
                             ),
                             secret: issued,
                             resources: self.resources(&name, &region, Some(&obs)),
+                            recheck_after: None,
                         });
                     }
                 }
@@ -369,6 +380,7 @@ impl Provider for CloudSqlProvider {
                     message,
                     secret: Some(s),
                     resources: self.resources(&name, &region, Some(&obs)),
+                    recheck_after: None,
                 }),
                 None => Err(ProviderError::OperationFailed {
                     service: SERVICE,
@@ -395,6 +407,7 @@ impl Provider for CloudSqlProvider {
             message,
             secret: secret_out,
             resources: self.resources(&name, &region, Some(&obs)),
+            recheck_after: None,
         })
     }
 

@@ -305,6 +305,7 @@ impl Provider for PostgresProvider {
                 self.resource("Database", &name, database.oid),
                 self.resource("DatabaseRole", &name, role.oid),
             ],
+            recheck_after: None,
         })
     }
 

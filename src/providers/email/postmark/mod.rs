@@ -242,6 +242,7 @@ impl Provider for PostmarkProvider {
                 )
                 .with_id(id),
             ],
+            recheck_after: None,
         })
     }
 

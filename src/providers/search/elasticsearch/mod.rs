@@ -331,6 +331,7 @@ impl ElasticsearchProvider {
                     self.resource(KIND_ROLE, &name, None),
                     self.resource(KIND_KEY, &name, Some(&key_id)),
                 ],
+                recheck_after: None,
             },
             retire,
         })
