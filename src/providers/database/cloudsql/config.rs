@@ -264,17 +264,8 @@ pub fn instance_name_for(prefix: &str, t: &TenantInfo) -> Result<String, Provide
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::tenant;
     use super::*;
-
-    fn tenant(name: &str) -> TenantInfo {
-        TenantInfo {
-            name: name.into(),
-            uid: String::new(),
-            region: "europe-west3".into(),
-            namespace: format!("tenant-{name}"),
-            annotations: Default::default(),
-        }
-    }
 
     fn with_suffix(name: &str, suffix: &str) -> TenantInfo {
         let mut t = tenant(name);

@@ -10,7 +10,8 @@ use google_cloud_sql_v1::model::{
 };
 use serde_json::json;
 
-fn tenant(name: &str) -> TenantInfo {
+/// A tenant of the unit tests of this provider's modules.
+pub(super) fn tenant(name: &str) -> TenantInfo {
     TenantInfo {
         name: name.into(),
         uid: String::new(),

@@ -187,18 +187,21 @@ pub fn read_account_token(cfg: &PostmarkConfig) -> Result<String, ProviderError>
     }
 }
 
+/// The configuration the unit tests of this provider's modules share.
+#[cfg(test)]
+pub(super) fn test_config() -> PostmarkConfig {
+    PostmarkConfig {
+        inbound_hook_url: Some("https://hooks.example/inbound".into()),
+        inbound_domain: Some("inbound.example".into()),
+        ..PostmarkConfig::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_config as cfg;
     use super::*;
     use crate::processors::ids;
-
-    fn cfg() -> PostmarkConfig {
-        PostmarkConfig {
-            inbound_hook_url: Some("https://hooks.example/inbound".into()),
-            inbound_domain: Some("inbound.example".into()),
-            ..PostmarkConfig::default()
-        }
-    }
 
     #[test]
     fn names_and_inbound_domain() {

@@ -225,16 +225,8 @@ pub fn exact_matches(servers: Vec<Server>, name: &str) -> Vec<Server> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::config::PostmarkConfig;
+    use super::super::config::{PostmarkConfig, test_config as cfg};
     use super::*;
-
-    fn cfg() -> PostmarkConfig {
-        PostmarkConfig {
-            inbound_hook_url: Some("https://hooks.example/inbound".into()),
-            inbound_domain: Some("inbound.example".into()),
-            ..PostmarkConfig::default()
-        }
-    }
 
     fn observed(d: &DesiredServer) -> Server {
         Server {
