@@ -38,7 +38,7 @@ use dealertenant_operator::providers::email::postmark::{
 };
 use dealertenant_operator::providers::search::SearchConfig;
 use dealertenant_operator::providers::search::elasticsearch::{ElasticsearchProvider, secret_keys};
-use dealertenant_operator::providers::storage::bucket::{KEY_BUCKET, KEY_LOCATION, KEY_PROJECT};
+use dealertenant_operator::providers::storage::desired::{KEY_BUCKET, KEY_LOCATION, KEY_PROJECT};
 use dealertenant_operator::providers::storage::{StorageConfig, StorageProvider};
 use dealertenant_operator::providers::{Provider, Providers};
 use serde_json::Value;

@@ -1,12 +1,33 @@
-//! Google Cloud credentials, one loader for every provider on Google Cloud (Cloud Storage,
-//! Cloud SQL): the key JSON from a file (a mounted Secret), else from an environment
-//! variable, else nothing (the caller falls back to Application Default Credentials, such
+//! What the providers on Google Cloud (Cloud Storage, Cloud SQL) share: the tenant-UID label,
+//! and one credentials loader: the key JSON from a file (a mounted Secret), else from an
+//! environment variable, else nothing (the caller falls back to Application Default Credentials, such
 //! as Workload Identity). Errors name the setting and never quote the key: a parse error
 //! gives only its line and column.
 
 use google_cloud_auth::credentials::{
     Credentials, external_account, service_account, user_account,
 };
+
+/// Label key (Cloud Storage buckets, Cloud SQL instances) whose value is the UID of the
+/// tenant the resource belongs to: names are reused, UIDs are not.
+pub const LABEL_TENANT_UID: &str = "dealerdesk-tenant-uid";
+
+/// A tenant UID as a Google Cloud label value (Cloud Storage and Cloud SQL share the rules:
+/// at most 63 lowercase letters, digits, `_` and `-`). A Kubernetes UID (a lowercase UUID)
+/// is returned as it is; anything else is lowercased, other characters become `_`.
+pub fn uid_label_value(uid: &str) -> String {
+    uid.chars()
+        .map(|c| c.to_ascii_lowercase())
+        .map(|c| {
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(63)
+        .collect()
+}
 
 /// Where a provider's configuration says its key JSON is.
 pub struct KeySource<'a> {
@@ -140,6 +161,14 @@ mod tests {
             e,
             "storage.credentialsFile /nonexistent/key.json: cannot read it (entity not found)"
         );
+    }
+
+    #[test]
+    fn a_uid_becomes_a_label_value() {
+        let uid = "5a70ad95-0c70-4dba-b433-bea48aafe77e";
+        assert_eq!(uid_label_value(uid), uid, "a Kubernetes UID fits as it is");
+        assert_eq!(uid_label_value("A.b/C"), "a_b_c");
+        assert_eq!(uid_label_value(&"x".repeat(70)).len(), 63);
     }
 
     #[test]

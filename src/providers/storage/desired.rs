@@ -17,10 +17,9 @@ pub fn bucket_name(prefix: &str, tenant: &str) -> String {
 
 /// Label with the tenant's name.
 pub const LABEL_TENANT: &str = "tenant";
+pub use crate::providers::google::{LABEL_TENANT_UID, uid_label_value};
 /// Label that marks buckets this operator manages.
 pub use crate::providers::{LABEL_MANAGED_BY, MANAGED_BY};
-/// Label with the UID of the tenant the bucket belongs to: names are reused, UIDs are not.
-pub const LABEL_TENANT_UID: &str = "dealerdesk-tenant-uid";
 /// `iam_config.public_access_prevention` value that forbids public access.
 pub const ENFORCED: &str = "enforced";
 
@@ -54,23 +53,6 @@ pub fn bucket_id(b: &Bucket) -> &str {
     } else {
         b.name.rsplit('/').next().unwrap_or_default()
     }
-}
-
-/// A tenant UID as a Google Cloud label value (Cloud Storage and Cloud SQL share the rules:
-/// at most 63 lowercase letters, digits, `_` and `-`). A Kubernetes UID (a lowercase UUID)
-/// is returned as it is; anything else is lowercased, other characters become `_`.
-pub fn uid_label_value(uid: &str) -> String {
-    uid.chars()
-        .map(|c| c.to_ascii_lowercase())
-        .map(|c| {
-            if c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .take(63)
-        .collect()
 }
 
 /// The labels the operator puts on a tenant's bucket: its name, ours, and (when known) the
@@ -395,9 +377,6 @@ mod tests {
     #[test]
     fn buckets_are_bound_to_the_tenant_uid() {
         let uid = "5a70ad95-0c70-4dba-b433-bea48aafe77e";
-        assert_eq!(uid_label_value(uid), uid, "a Kubernetes UID fits as it is");
-        assert_eq!(uid_label_value("A.b/C"), "a_b_c");
-        assert_eq!(uid_label_value(&"x".repeat(70)).len(), 63);
         let b = as_created(&create_request(&cfg(), &tenant()));
         assert_eq!(b.labels[LABEL_TENANT_UID], "u-1");
         assert_eq!(owner_of(&b), Some("u-1"));

@@ -38,9 +38,6 @@ pub mod config;
 pub mod desired;
 pub mod errors;
 
-/// The pure parts under their former name (`storage::bucket::...`).
-pub use self::desired as bucket;
-
 use std::time::Duration;
 
 use google_cloud_gax::error::rpc::Code;
@@ -121,12 +118,12 @@ impl Provider for StorageProvider {
         };
         residency::check_reported(&format!("bucket {name}"), &current.location, &tenant.region)?;
 
-        let paths = bucket::drift(&self.cfg, tenant, &current);
+        let paths = desired::drift(&self.cfg, tenant, &current);
         let current = if paths.is_empty() {
             current
         } else {
             tracing::info!(bucket = %name, fields = ?paths, "repairing bucket settings");
-            let req = bucket::update_request(&self.cfg, tenant, &current, &paths);
+            let req = desired::update_request(&self.cfg, tenant, &current, &paths);
             self.client
                 .update_bucket()
                 .with_request(req)
@@ -135,7 +132,7 @@ impl Provider for StorageProvider {
                 .map_err(|e| classify(&e))?
         };
 
-        let desired = bucket::secret_data(&self.cfg, tenant);
+        let desired = desired::secret_data(&self.cfg, tenant);
         let up_to_date = secret.is_some_and(|s| desired.keys().all(|k| s.get(k) == desired.get(k)));
         let mut message = format!("bucket {name} in {}", current.location.to_ascii_lowercase());
         if !paths.is_empty() {
@@ -170,19 +167,19 @@ impl Provider for StorageProvider {
             tracing::warn!(bucket = %name, "bucket of another project under the tenant's name; left alone");
             return Ok(Erased::default());
         }
-        if !bucket::labelled_for(&b, tenant) {
+        if !desired::labelled_for(&b, tenant) {
             return Err(ProviderError::DeletionBlocked {
                 service: SERVICE,
                 message: format!(
                     "bucket {name} in project {} is not labelled {}={}; check who uses it, then delete it by hand or restore the label",
                     self.cfg.project,
-                    bucket::LABEL_TENANT,
+                    desired::LABEL_TENANT,
                     tenant.name
                 ),
             });
         }
         // Another tenant's (retained) bucket under this name is not this tenant's to erase.
-        if bucket::bound_elsewhere(&b, tenant).is_some() {
+        if desired::bound_elsewhere(&b, tenant).is_some() {
             tracing::info!(bucket = %name, "bucket is bound to another tenant UID; not erased");
             return Ok(Erased::default());
         }
@@ -191,7 +188,7 @@ impl Provider for StorageProvider {
         // bucket had (read just now): the receipt says so, and until when.
         let erased = || Erased {
             resources: resources.clone(),
-            restorable: bucket::soft_deleted(&b, jiff::Timestamp::now())
+            restorable: desired::soft_deleted(&b, jiff::Timestamp::now())
                 .into_iter()
                 .collect(),
         };
@@ -199,7 +196,7 @@ impl Provider for StorageProvider {
             let objects = self.delete_objects(&name).await?;
             tracing::info!(bucket = %name, objects, "objects deleted");
             self.limiter.wait_turn().await;
-            let req = DeleteBucketRequest::new().set_name(bucket::resource_name(&name));
+            let req = DeleteBucketRequest::new().set_name(desired::resource_name(&name));
             match self.client.delete_bucket().with_request(req).send().await {
                 Ok(()) => {
                     tracing::info!(bucket = %name, "bucket deleted");

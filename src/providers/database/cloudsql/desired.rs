@@ -13,15 +13,13 @@ use super::config::{CloudSqlConfig, SUFFIX_ANNOTATION};
 use super::errors::{SERVICE, rfc3339};
 use crate::desired::names::ADOPT_ANNOTATION;
 use crate::processors::ids;
-use crate::providers::storage::bucket::uid_label_value;
+use crate::providers::google::uid_label_value;
 use crate::providers::{ExternalResource, ProviderError, Restorable, SecretData, TenantInfo};
 
 /// Label keys and value that mark an instance as this operator's.
 pub const LABEL_TENANT: &str = "tenant";
+pub use crate::providers::google::LABEL_TENANT_UID;
 pub use crate::providers::{LABEL_MANAGED_BY, MANAGED_BY};
-/// Label key whose value is the UID of the tenant the instance belongs to: names are
-/// reused, UIDs are not. A Kubernetes UID is a valid label value as it is.
-pub const LABEL_TENANT_UID: &str = "dealerdesk-tenant-uid";
 
 /// PostgreSQL's port; Cloud SQL does not let it be changed.
 const POSTGRES_PORT: &str = "5432";

@@ -43,8 +43,8 @@ use google_cloud_sql_v1::model::{
     operation::SqlOperationType,
 };
 
+use crate::providers::google::uid_label_value;
 use crate::providers::pace::Paced;
-use crate::providers::storage::bucket::uid_label_value;
 use crate::providers::{
     Component, Erased, ExternalResource, Provider, ProviderError, Reconciled, SecretData,
     TenantInfo, residency, secret,
