@@ -28,10 +28,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use dealertenant_operator::api::DealerTenant;
-use futures::StreamExt;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams};
 use serde::Serialize;
-use serde_json::json;
 
 use super::{
     ETCD_PORT, PORT, RESYNC_SECONDS, cloudsql, cluster, cpu_seconds, elasticsearch, postmark,
@@ -214,28 +212,8 @@ async fn bench(n: usize, quota: u32) -> Row {
     let before = doubles.counts();
 
     let tenants: Api<DealerTenant> = Api::all(admin.clone());
-    let names: Vec<String> = (0..n).map(|i| format!("bench-{i:05}")).collect();
     let started = Instant::now();
-    futures::stream::iter(names.iter().map(|name| {
-        let tenants = tenants.clone();
-        async move {
-            let t: DealerTenant = serde_json::from_value(json!({
-                "apiVersion": "dealerdesk.de/v1alpha1", "kind": "DealerTenant",
-                "metadata": {"name": name},
-                "spec": {"displayName": name, "region": "europe-west3", "server": {"replicas": 0},
-                         "database": {"enabled": true}, "storage": {"enabled": false},
-                         "search": {"enabled": true}, "email": {"enabled": true}},
-            }))
-            .unwrap();
-            tenants
-                .create(&PostParams::default(), &t)
-                .await
-                .unwrap_or_else(|e| panic!("create {name}: {e}"));
-        }
-    }))
-    .buffer_unordered(16)
-    .collect::<Vec<_>>()
-    .await;
+    super::create_tenants(&tenants, n, true).await;
     let submitted = started.elapsed();
     // Onboarding cannot beat the quota: allow three times the time it needs at the
     // documented ~10 requests per tenant, and two minutes.
