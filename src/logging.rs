@@ -15,10 +15,13 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// Whether a span or event may be recorded: anything but a Google SDK's request or
-/// response dump.
+/// response dump, and its error log of each failed call (target
+/// `experimental.client.request`, on with the clients' tracing, which the request metrics
+/// need): the provider reports the same failure in its own words.
 pub fn recordable(meta: &Metadata<'_>) -> bool {
     let dump = meta.fields().field("req").is_some() || meta.fields().field("return").is_some();
     !(dump && meta.target().starts_with("google_cloud_"))
+        && meta.target() != "experimental.client.request"
 }
 
 /// [`recordable`] as a per-layer filter, for every layer that writes logs (tests use it to
@@ -27,8 +30,11 @@ pub fn no_sdk_dumps() -> FilterFn<fn(&Metadata<'_>) -> bool> {
     filter_fn(recordable as fn(&Metadata<'_>) -> bool)
 }
 
-/// Installs the subscriber for the process.
-pub fn init(json: bool) {
+/// Installs the subscriber for the process: the log, and the Google Cloud SDK's request
+/// spans counted into `requests`. `RUST_LOG` filters only the log, so that the counts do
+/// not depend on it.
+pub fn init(json: bool, requests: &crate::providers::requests::RequestMetrics) {
+    use tracing_subscriber::filter::FilterExt;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
@@ -38,8 +44,10 @@ pub fn init(json: bool) {
         layer.boxed()
     };
     tracing_subscriber::registry()
-        .with(filter)
-        .with(layer.with_filter(no_sdk_dumps()))
+        .with(layer.with_filter(filter.and(no_sdk_dumps())))
+        .with(crate::providers::requests::google::AttemptLayer::filtered(
+            requests,
+        ))
         .init();
 }
 
@@ -81,10 +89,12 @@ mod tests {
             let _in = span.enter();
             tracing::debug!(target: "google_cloud_sql_v1::tracing", r#return = "User { password: \"pw-2\" }");
             tracing::info!(target: "google_cloud_sql_v1::tracing", "client_request ok");
+            tracing::warn!(target: "experimental.client.request", "Error {{ status: 429 }}");
             tracing::info!(req = "ours, not an SDK's", "kept");
         });
         assert!(!logs.contains("pw-1") && !logs.contains("pw-2"), "{logs}");
         assert!(logs.contains("client_request ok"), "{logs}");
+        assert!(!logs.contains("status: 429"), "{logs}");
         assert!(logs.contains("ours, not an SDK's"), "{logs}");
     }
 }
