@@ -374,6 +374,13 @@ mod tests {
                 outcome: "ok".into(),
             })
             .inc();
+        m.provider_requests.observe(
+            crate::providers::Component::Search,
+            crate::processors::ids::ELASTIC,
+            "GET".into(),
+            crate::providers::requests::Answer::Http(429),
+            std::time::Duration::from_millis(30),
+        );
         m.errors
             .get_or_create(&ReasonLabels {
                 reason: "KubernetesApi".into(),
@@ -412,6 +419,18 @@ mod tests {
             used.insert(base);
         }
         assert!(used.len() >= 10, "{used:?}");
+        // Per request, not per operation; the queue itself, not only the passes running.
+        for wanted in [
+            "dealertenant_provider_requests",
+            "dealertenant_provider_request_duration_seconds",
+            "dealertenant_workqueue_depth",
+        ] {
+            assert!(used.contains(wanted), "the dashboard lacks {wanted}");
+        }
+        assert!(
+            dashboard.contains("status_class=\\\"429\\\""),
+            "the dashboard shows 429s"
+        );
         for base in used {
             assert!(
                 text.contains(&format!("# TYPE {base} ")),
@@ -469,6 +488,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("dealertenant_leader 1"), "{text}");
+        m.workqueue.triggered("acme");
+        m.workqueue.triggered("acme");
+        let text = m.render();
+        assert!(text.contains("# TYPE dealertenant_workqueue_depth gauge"), "{text}");
+        assert!(text.contains("dealertenant_workqueue_depth 1"), "{text}");
         assert!(
             text.contains("dealertenant_residency_violations_total{component=\"storage\"} 1"),
             "{text}"
