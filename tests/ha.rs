@@ -511,9 +511,11 @@ async fn the_work_queue_fills_while_tenants_arrive_and_drains() {
         wait_ready(&tenants, name).await;
     }
     let ready = started.elapsed();
-    poll(Duration::from_secs(90), "the work queue to drain", async || {
-        (metric(op.metrics, DEPTH) == Some(0)).then_some(())
-    })
+    poll(
+        Duration::from_secs(90),
+        "the work queue to drain",
+        async || (metric(op.metrics, DEPTH) == Some(0)).then_some(()),
+    )
     .await;
     let drained = started.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -525,7 +527,10 @@ async fn the_work_queue_fills_while_tenants_arrive_and_drains() {
         drained.as_secs_f64()
     );
     assert!(samples > 10, "too few samples of {DEPTH}: {samples}");
-    assert!(peak > 0, "{DEPTH} never rose above 0 while {TENANTS} tenants arrived");
+    assert!(
+        peak > 0,
+        "{DEPTH} never rose above 0 while {TENANTS} tenants arrived"
+    );
     assert!(
         peak <= TENANTS as u64,
         "{DEPTH} peaked at {peak} with {TENANTS} tenants: a tenant counted twice"

@@ -743,7 +743,11 @@ async fn requests_are_counted_by_status_class() {
         assert!(sent >= 1);
         assert_eq!(count(class), sent, "{status}");
     }
-    assert_eq!(count("4xx"), first - count("2xx"), "429 is not counted as 4xx");
+    assert_eq!(
+        count("4xx"),
+        first - count("2xx"),
+        "429 is not counted as 4xx"
+    );
     es.respond_with(None);
     // Nothing listens: the request fails without an answer.
     let closed = SearchConfig {

@@ -1025,7 +1025,9 @@ impl ScriptedGrpc {
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let script = Arc::new(std::sync::Mutex::new(
-            script.into_iter().collect::<std::collections::VecDeque<u32>>(),
+            script
+                .into_iter()
+                .collect::<std::collections::VecDeque<u32>>(),
         ));
         let count = received.clone();
         tokio::spawn(async move {

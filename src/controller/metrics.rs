@@ -491,7 +491,10 @@ mod tests {
         m.workqueue.triggered("acme");
         m.workqueue.triggered("acme");
         let text = m.render();
-        assert!(text.contains("# TYPE dealertenant_workqueue_depth gauge"), "{text}");
+        assert!(
+            text.contains("# TYPE dealertenant_workqueue_depth gauge"),
+            "{text}"
+        );
         assert!(text.contains("dealertenant_workqueue_depth 1"), "{text}");
         assert!(
             text.contains("dealertenant_residency_violations_total{component=\"storage\"} 1"),

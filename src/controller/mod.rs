@@ -373,12 +373,21 @@ pub async fn run(
     let q = ctx.metrics.workqueue.clone();
     let controller = Controller::for_stream(tenant_stream, tenant_reader)
         .with_config(controller_config)
-        .watches_stream(owned::<Namespace>(&ctx, w.namespaces), q.via(by_tenant_label))
+        .watches_stream(
+            owned::<Namespace>(&ctx, w.namespaces),
+            q.via(by_tenant_label),
+        )
         .watches_stream(owned::<RoleBinding>(&ctx, w.role_bindings), q.via(by_owner))
         .watches_stream(owned::<ResourceQuota>(&ctx, w.quotas), q.via(by_owner))
         .watches_stream(owned::<LimitRange>(&ctx, w.limits), q.via(by_owner))
-        .watches_stream(owned::<NetworkPolicy>(&ctx, w.network_policies), q.via(by_owner))
-        .watches_stream(owned::<ServiceAccount>(&ctx, w.service_accounts), q.via(by_owner))
+        .watches_stream(
+            owned::<NetworkPolicy>(&ctx, w.network_policies),
+            q.via(by_owner),
+        )
+        .watches_stream(
+            owned::<ServiceAccount>(&ctx, w.service_accounts),
+            q.via(by_owner),
+        )
         .watches_stream(owned::<Deployment>(&ctx, w.deployments), q.via(by_owner))
         .watches_stream(owned::<Service>(&ctx, w.services), q.via(by_owner))
         .watches_stream(owned::<PodDisruptionBudget>(&ctx, w.pdbs), q.via(by_owner))
@@ -402,7 +411,9 @@ pub async fn run(
             },
             |tenant, err: &Error, ctx: Arc<Context>| {
                 let action = error_policy(tenant.clone(), err, ctx.clone());
-                ctx.metrics.workqueue.requeued(tenant.tenant_name(), &action);
+                ctx.metrics
+                    .workqueue
+                    .requeued(tenant.tenant_name(), &action);
                 action
             },
             ctx,

@@ -186,10 +186,7 @@ where
         self.metrics.observe_class(
             component,
             ids::GOOGLE_CLOUD,
-            attempt
-                .method
-                .clone()
-                .unwrap_or(Cow::Borrowed("other")),
+            attempt.method.clone().unwrap_or(Cow::Borrowed("other")),
             attempt.class(),
             attempt.started.elapsed(),
         );

@@ -78,9 +78,15 @@ impl Answer<'_> {
                 "OK" => "2xx",
                 "RESOURCE_EXHAUSTED" => "429",
                 // 400, 401, 403, 404, 409, 499 (the client cancelled).
-                "INVALID_ARGUMENT" | "FAILED_PRECONDITION" | "OUT_OF_RANGE"
-                | "UNAUTHENTICATED" | "PERMISSION_DENIED" | "NOT_FOUND" | "ALREADY_EXISTS"
-                | "ABORTED" | "CANCELLED" => "4xx",
+                "INVALID_ARGUMENT"
+                | "FAILED_PRECONDITION"
+                | "OUT_OF_RANGE"
+                | "UNAUTHENTICATED"
+                | "PERMISSION_DENIED"
+                | "NOT_FOUND"
+                | "ALREADY_EXISTS"
+                | "ABORTED"
+                | "CANCELLED" => "4xx",
                 // 500, 501, 503, 504.
                 "UNKNOWN" | "INTERNAL" | "DATA_LOSS" | "UNIMPLEMENTED" | "UNAVAILABLE"
                 | "DEADLINE_EXCEEDED" => "5xx",

@@ -144,8 +144,8 @@ impl PostmarkProvider {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let (status, body) = (self.meter.exchange(req).await)
-            .map_err(|e| ProviderError::transport(SERVICE, &e))?;
+        let (status, body) =
+            (self.meter.exchange(req).await).map_err(|e| ProviderError::transport(SERVICE, &e))?;
         if (200..300).contains(&status) {
             Ok(Ok(body))
         } else {

@@ -259,8 +259,8 @@ impl ElasticsearchProvider {
             As::TenantKey(encoded) => sensitive(&format!("ApiKey {encoded}")),
         };
         rb = rb.header(AUTHORIZATION, auth);
-        let (status, bytes) = (self.meter.exchange(rb).await)
-            .map_err(|e| ProviderError::transport(SERVICE, &e))?;
+        let (status, bytes) =
+            (self.meter.exchange(rb).await).map_err(|e| ProviderError::transport(SERVICE, &e))?;
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(Answer { status, body })
     }
