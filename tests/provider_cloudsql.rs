@@ -1453,12 +1453,9 @@ async fn the_double_rejects_requests_that_break_the_discovery_document() {
 async fn requests_are_counted_by_status_class() {
     use dealertenant_operator::providers::Component;
     use dealertenant_operator::providers::requests::RequestMetrics;
-    use dealertenant_operator::providers::requests::google::AttemptLayer;
-    use tracing_subscriber::layer::SubscriberExt;
     let m = RequestMetrics::default();
-    let _counting = tracing::subscriber::set_default(
-        tracing_subscriber::registry().with(AttemptLayer::filtered(&m)),
-    );
+    let _counting = support::count_sdk_requests(&m);
+    tracing::callsite::rebuild_interest_cache();
     let count = |class: &str| m.count(Component::Database, class);
     let total = || {
         ["2xx", "3xx", "4xx", "429", "5xx", "error"]

@@ -1081,13 +1081,9 @@ impl ScriptedGrpc {
 async fn requests_are_counted_per_attempt_by_status_class() {
     use dealertenant_operator::providers::Component;
     use dealertenant_operator::providers::requests::RequestMetrics;
-    use dealertenant_operator::providers::requests::google::AttemptLayer;
-    use tracing_subscriber::layer::SubscriberExt;
     dealertenant_operator::providers::tls::ensure_crypto_provider();
     let m = RequestMetrics::default();
-    let _counting = tracing::subscriber::set_default(
-        tracing_subscriber::registry().with(AttemptLayer::filtered(&m)),
-    );
+    let _counting = support::count_sdk_requests(&m);
     // GetBucket: RESOURCE_EXHAUSTED (8), UNAVAILABLE (14), NOT_FOUND (5); then OK.
     let server = ScriptedGrpc::start(vec![8, 14, 5]).await;
     let cfg = StorageConfig {

@@ -204,6 +204,10 @@ mod tests {
     fn attempt_spans_become_counts() {
         let m = RequestMetrics::default();
         let subscriber = tracing_subscriber::registry().with(AttemptLayer::filtered(&m));
+        // With one dispatcher alive, tracing-core takes the interest of a callsite from
+        // the default dispatcher of the thread that reaches it first (another test's);
+        // with two it asks each (tests/support/mod.rs, `count_sdk_requests`).
+        let _second = tracing::Dispatch::new(tracing_subscriber::registry());
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!(
                 target: "google_cloud_gax_internal::observability::http_tracing",
