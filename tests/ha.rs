@@ -26,7 +26,8 @@
 //! that is in flight at SIGTERM: one operator process with email on, served by the Postmark
 //! double (`tests/support/postmark.rs`), which holds `POST /servers` back.
 //!
-//! 1. The create takes 4 s and SIGTERM comes while the double holds it: the process exits 0
+//! 1. The create takes 4 s and SIGTERM comes while the double holds it (by then its
+//!    `/metrics` counts the name lookup among its requests to Postmark): the process exits 0
 //!    before the drain deadline, the create was answered, the pass went on to write the
 //!    tenant's `email` Secret (with the new server's ID and token) and its server Deployment,
 //!    the Lease was released, and the audit log has no write of the process after its last
@@ -560,6 +561,14 @@ async fn terminate_in_flight(
         async || (postmark.in_flight() > 0).then_some(()),
     )
     .await;
+    // The operator counts its requests to Postmark (the name lookup before the create) on
+    // /metrics: the providers and the metrics share one set of counters.
+    let sample = "dealertenant_provider_requests_total{component=\"email\",processor=\"postmark\",method=\"GET\",status_class=\"2xx\"}";
+    let metrics = http_get(op.metrics, "/metrics").unwrap_or_default();
+    assert!(
+        metrics.lines().any(|l| l.starts_with(sample)),
+        "{identity}'s /metrics lacks {sample}:\n{metrics}"
+    );
     let signalled = Instant::now();
     op.terminate();
     let status = op.wait_exit(limit);
