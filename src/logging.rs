@@ -31,12 +31,22 @@ pub fn no_sdk_dumps() -> FilterFn<fn(&Metadata<'_>) -> bool> {
 }
 
 /// Installs the subscriber for the process: the log, and the Google Cloud SDK's request
-/// spans counted into `requests`. `RUST_LOG` filters only the log, so that the counts do
-/// not depend on it.
+/// spans counted into `requests`.
 pub fn init(json: bool, requests: &crate::providers::requests::RequestMetrics) {
-    use tracing_subscriber::filter::FilterExt;
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    subscriber(json, filter, requests).init();
+}
+
+/// The process's subscriber: the log to stderr (text or JSON) as `filter` (`RUST_LOG`)
+/// allows, without the SDKs' dumps; and the Google Cloud SDK's request spans counted into
+/// `requests`, whatever `filter` says.
+pub fn subscriber(
+    json: bool,
+    filter: EnvFilter,
+    requests: &crate::providers::requests::RequestMetrics,
+) -> impl tracing::Subscriber + Send + Sync + 'static {
+    use tracing_subscriber::filter::FilterExt;
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let layer = if json {
         layer.json().boxed()
@@ -48,7 +58,6 @@ pub fn init(json: bool, requests: &crate::providers::requests::RequestMetrics) {
         .with(crate::providers::requests::google::AttemptLayer::filtered(
             requests,
         ))
-        .init();
 }
 
 #[cfg(test)]
@@ -79,6 +88,27 @@ mod tests {
         let subscriber = tracing_subscriber::registry().with(layer);
         tracing::subscriber::with_default(subscriber, emit);
         String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
+    }
+
+    /// `RUST_LOG` filters the log only: the SDK's request spans are counted at any level.
+    #[test]
+    fn sdk_requests_are_counted_whatever_the_log_filter() {
+        use crate::providers::Component;
+        use crate::providers::requests::RequestMetrics;
+        let m = RequestMetrics::default();
+        // See providers::requests::google's test: a second dispatcher for the interest.
+        let _second = tracing::Dispatch::new(tracing_subscriber::registry());
+        let process = subscriber(false, EnvFilter::new("error"), &m);
+        tracing::subscriber::with_default(process, || {
+            drop(tracing::info_span!(
+                target: "google_cloud_gax_internal::observability::http_tracing",
+                "http_request",
+                "gcp.client.service" = "sqladmin",
+                "http.request.method" = "GET",
+                "http.response.status_code" = 200_i64,
+            ));
+        });
+        assert_eq!(m.count(Component::Database, "2xx"), 1);
     }
 
     #[test]
