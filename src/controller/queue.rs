@@ -320,6 +320,28 @@ mod tests {
         assert!(q.tenants.is_empty() && q.timers.is_empty());
     }
 
+    /// 10,000 tenants: the first list triggers them all (each several times), the passes
+    /// spread their resyncs over five minutes, and the depth follows the clock.
+    #[test]
+    fn ten_thousand_tenants() {
+        let mut q = queue();
+        let t0 = Instant::now();
+        let keys: Vec<Key> = (0..10_000).map(|i| key(&format!("tenant-{i}"))).collect();
+        for _ in 0..3 {
+            keys.iter().for_each(|k| q.trigger(*k));
+        }
+        assert_eq!(q.due, 10_000);
+        for (i, k) in keys.iter().enumerate() {
+            q.start(*k);
+            q.requeue(*k, t0 + Duration::from_millis(300_000 + 30 * i as u64));
+        }
+        assert_eq!((q.due, q.timers.len()), (0, 10_000));
+        q.settle(t0 + Duration::from_secs(300 + 150));
+        assert_eq!(q.due, 5_001, "the requeues of 0..=5000 are due");
+        q.settle(t0 + Duration::from_secs(600));
+        assert_eq!((q.due, q.timers.len()), (10_000, 0));
+    }
+
     #[test]
     fn the_requeue_time_is_read_from_the_action() {
         for d in [
