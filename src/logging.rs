@@ -15,10 +15,13 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// Whether a span or event may be recorded: anything but a Google SDK's request or
-/// response dump.
+/// response dump, and its error log of each failed call (target
+/// `experimental.client.request`, on with the clients' tracing, which the request metrics
+/// need): the provider reports the same failure in its own words.
 pub fn recordable(meta: &Metadata<'_>) -> bool {
     let dump = meta.fields().field("req").is_some() || meta.fields().field("return").is_some();
     !(dump && meta.target().starts_with("google_cloud_"))
+        && meta.target() != "experimental.client.request"
 }
 
 /// [`recordable`] as a per-layer filter, for every layer that writes logs (tests use it to
@@ -27,10 +30,23 @@ pub fn no_sdk_dumps() -> FilterFn<fn(&Metadata<'_>) -> bool> {
     filter_fn(recordable as fn(&Metadata<'_>) -> bool)
 }
 
-/// Installs the subscriber for the process.
-pub fn init(json: bool) {
+/// Installs the subscriber for the process: the log, and the Google Cloud SDK's request
+/// spans counted into `requests`.
+pub fn init(json: bool, requests: &crate::providers::requests::RequestMetrics) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    subscriber(json, filter, requests).init();
+}
+
+/// The process's subscriber: the log to stderr (text or JSON) as `filter` (`RUST_LOG`)
+/// allows, without the SDKs' dumps; and the Google Cloud SDK's request spans counted into
+/// `requests`, whatever `filter` says.
+pub fn subscriber(
+    json: bool,
+    filter: EnvFilter,
+    requests: &crate::providers::requests::RequestMetrics,
+) -> impl tracing::Subscriber + Send + Sync + 'static {
+    use tracing_subscriber::filter::FilterExt;
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let layer = if json {
         layer.json().boxed()
@@ -38,9 +54,10 @@ pub fn init(json: bool) {
         layer.boxed()
     };
     tracing_subscriber::registry()
-        .with(filter)
-        .with(layer.with_filter(no_sdk_dumps()))
-        .init();
+        .with(layer.with_filter(filter.and(no_sdk_dumps())))
+        .with(crate::providers::requests::google::AttemptLayer::filtered(
+            requests,
+        ))
 }
 
 #[cfg(test)]
@@ -73,6 +90,27 @@ mod tests {
         String::from_utf8(buf.0.lock().unwrap().clone()).unwrap()
     }
 
+    /// `RUST_LOG` filters the log only: the SDK's request spans are counted at any level.
+    #[test]
+    fn sdk_requests_are_counted_whatever_the_log_filter() {
+        use crate::providers::Component;
+        use crate::providers::requests::RequestMetrics;
+        let m = RequestMetrics::default();
+        // See providers::requests::google's test: a second dispatcher for the interest.
+        let _second = tracing::Dispatch::new(tracing_subscriber::registry());
+        let process = subscriber(false, EnvFilter::new("error"), &m);
+        tracing::subscriber::with_default(process, || {
+            drop(tracing::info_span!(
+                target: "google_cloud_gax_internal::observability::http_tracing",
+                "http_request",
+                "gcp.client.service" = "sqladmin",
+                "http.request.method" = "GET",
+                "http.response.status_code" = 200_i64,
+            ));
+        });
+        assert_eq!(m.count(Component::Database, "2xx"), 1);
+    }
+
     #[test]
     fn sdk_request_and_response_dumps_are_dropped_and_the_rest_kept() {
         let logs = recorded(|| {
@@ -81,10 +119,12 @@ mod tests {
             let _in = span.enter();
             tracing::debug!(target: "google_cloud_sql_v1::tracing", r#return = "User { password: \"pw-2\" }");
             tracing::info!(target: "google_cloud_sql_v1::tracing", "client_request ok");
+            tracing::warn!(target: "experimental.client.request", "Error {{ status: 429 }}");
             tracing::info!(req = "ours, not an SDK's", "kept");
         });
         assert!(!logs.contains("pw-1") && !logs.contains("pw-2"), "{logs}");
         assert!(logs.contains("client_request ok"), "{logs}");
+        assert!(!logs.contains("status: 429"), "{logs}");
         assert!(logs.contains("ours, not an SDK's"), "{logs}");
     }
 }

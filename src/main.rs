@@ -213,7 +213,10 @@ fn main() -> ExitCode {
             leader_election,
             lease_name,
         } => {
-            dealertenant_operator::logging::init(log_json);
+            // Provider requests are counted from the subscriber too (the Google Cloud SDK's
+            // spans): one set of counters for it, the providers and /metrics.
+            let requests = dealertenant_operator::providers::requests::RequestMetrics::default();
+            dealertenant_operator::logging::init(log_json, &requests);
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -222,7 +225,7 @@ fn main() -> ExitCode {
                 Err(e) => return fail(e.into()),
             };
             let leader = leader_election.then_some(lease_name);
-            match runtime.block_on(run(config, install_crd, metrics_addr, leader)) {
+            match runtime.block_on(run(config, install_crd, metrics_addr, leader, requests)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
@@ -472,6 +475,7 @@ async fn run(
     install_crd: bool,
     metrics_addr: std::net::SocketAddr,
     lease_name: Option<String>,
+    requests: dealertenant_operator::providers::requests::RequestMetrics,
 ) -> anyhow::Result<()> {
     use dealertenant_operator::controller::leader;
     let config = load_config(config.as_deref())?;
@@ -505,7 +509,7 @@ async fn run(
         )
         .await?;
     }
-    let providers = dealertenant_operator::providers::from_config(&config).await?;
+    let providers = dealertenant_operator::providers::from_config(&config, &requests).await?;
     let election = lease_name.map(|lease_name| leader::Election {
         lease_name,
         namespace: config.operator_namespace.clone(),

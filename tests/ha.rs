@@ -26,7 +26,8 @@
 //! that is in flight at SIGTERM: one operator process with email on, served by the Postmark
 //! double (`tests/support/postmark.rs`), which holds `POST /servers` back.
 //!
-//! 1. The create takes 4 s and SIGTERM comes while the double holds it: the process exits 0
+//! 1. The create takes 4 s and SIGTERM comes while the double holds it (by then its
+//!    `/metrics` counts the name lookup among its requests to Postmark): the process exits 0
 //!    before the drain deadline, the create was answered, the pass went on to write the
 //!    tenant's `email` Secret (with the new server's ID and token) and its server Deployment,
 //!    the Lease was released, and the audit log has no write of the process after its last
@@ -35,7 +36,13 @@
 //!    Secret), and the process still releases the Lease and exits 0, no sooner than the
 //!    deadline and within 10 s after it.
 //!
-//! The two tests take turns ([`SERIAL`]): two control planes and three operators at once on
+//! A third test, on a control plane of its own (127.0.0.1:17443 as the first, after it;
+//! `DEALERTENANT_QUEUE_KUBE_PORT` / `DEALERTENANT_QUEUE_ETCD_PORT` override), watches
+//! `dealertenant_workqueue_depth` while one operator onboards 100 tenants: it rises above 0
+//! and never past 100 (each tenant counts once, however many watch events trigger it), and
+//! is 0 again once every tenant is Ready.
+//!
+//! The tests take turns ([`SERIAL`]): two control planes and three operators at once on
 //! a small CI machine would make the timings above a test of the machine.
 
 mod support;
@@ -453,6 +460,84 @@ async fn sigterm_finishes_a_pass_in_flight_and_cuts_one_past_the_deadline() {
     assert!(violations.is_empty(), "Postmark requests: {violations:?}");
 }
 
+/// The work queue's depth on a real API server: 100 tenants created one after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_work_queue_fills_while_tenants_arrive_and_drains() {
+    const DEPTH: &str = "dealertenant_workqueue_depth";
+    const TENANTS: usize = 100;
+    let _serial = SERIAL.lock().await;
+    let port = env_port("DEALERTENANT_QUEUE_KUBE_PORT", 17443);
+    let etcd_port = env_port("DEALERTENANT_QUEUE_ETCD_PORT", 13379);
+    let Some(plane) = ControlPlane::start(port, etcd_port) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "\n***  ha queue SKIPPED: {} does not exist; no work-queue check ran.  ***\n",
+            cluster::start_script().display()
+        );
+        return;
+    };
+    let admin = cluster::client(&plane.admin_kubeconfig(), TEST_USER_AGENT).await;
+    cluster::prepare_for_operator(&admin).await;
+    wait_until_rbac_is_active(&plane.operator_kubeconfig()).await;
+    let tenants: Api<DealerTenant> = Api::all(admin.clone());
+    let op = Operator::spawn("queue-a", &plane.operator_kubeconfig(), &plane.dir);
+    poll(STEP_TIMEOUT, "/readyz of queue-a", async || {
+        http_get(op.metrics, "/readyz").filter(|r| r.contains(" 200 "))
+    })
+    .await;
+    assert_eq!(metric(op.metrics, DEPTH), Some(0), "nothing is due yet");
+
+    // Sample the depth while the tenants arrive and converge.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (stop, addr) = (stop.clone(), op.metrics);
+        std::thread::spawn(move || {
+            let (mut peak, mut samples) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(depth) = metric(addr, DEPTH) {
+                    peak = peak.max(depth);
+                    samples += 1;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (peak, samples)
+        })
+    };
+    let started = Instant::now();
+    let names: Vec<String> = (1..=TENANTS).map(|i| format!("queue-{i:03}")).collect();
+    for name in &names {
+        create_tenant(&tenants, name).await;
+    }
+    for name in &names {
+        wait_ready(&tenants, name).await;
+    }
+    let ready = started.elapsed();
+    poll(
+        Duration::from_secs(90),
+        "the work queue to drain",
+        async || (metric(op.metrics, DEPTH) == Some(0)).then_some(()),
+    )
+    .await;
+    let drained = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (peak, samples) = sampler.join().expect("the sampler");
+    eprintln!(
+        "ha queue: {TENANTS} tenants Ready after {:.1}s, queue empty after {:.1}s; depth \
+         peaked at {peak} ({samples} samples)",
+        ready.as_secs_f64(),
+        drained.as_secs_f64()
+    );
+    assert!(samples > 10, "too few samples of {DEPTH}: {samples}");
+    assert!(
+        peak > 0,
+        "{DEPTH} never rose above 0 while {TENANTS} tenants arrived"
+    );
+    assert!(
+        peak <= TENANTS as u64,
+        "{DEPTH} peaked at {peak} with {TENANTS} tenants: a tenant counted twice"
+    );
+}
+
 /// Waits until `op` leads, creates `tenant` with email on, sends SIGTERM while the double
 /// holds its `POST /servers`, and waits for the exit. The process must release the Lease and exit 0 within `limit`.
 /// Returns the time from the signal to the exit, and the log.
@@ -476,6 +561,14 @@ async fn terminate_in_flight(
         async || (postmark.in_flight() > 0).then_some(()),
     )
     .await;
+    // The operator counts its requests to Postmark (the name lookup before the create) on
+    // /metrics: the providers and the metrics share one set of counters.
+    let sample = "dealertenant_provider_requests_total{component=\"email\",processor=\"postmark\",method=\"GET\",status_class=\"2xx\"}";
+    let metrics = http_get(op.metrics, "/metrics").unwrap_or_default();
+    assert!(
+        metrics.lines().any(|l| l.starts_with(sample)),
+        "{identity}'s /metrics lacks {sample}:\n{metrics}"
+    );
     let signalled = Instant::now();
     op.terminate();
     let status = op.wait_exit(limit);

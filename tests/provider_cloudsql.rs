@@ -1444,3 +1444,69 @@ async fn the_double_rejects_requests_that_break_the_discovery_document() {
     assert_eq!(numbered["databaseVersion"], 272);
     assert_eq!(d.violations().len(), 7);
 }
+
+/// Each Admin API request is counted once, from the SDK's own per-request span (the
+/// process's subscriber carries the counting layer), by its status class: `429` apart from
+/// the other 4xx (a queued one, and the project quota's), `5xx`, and `error` when nothing
+/// answered.
+#[tokio::test]
+async fn requests_are_counted_by_status_class() {
+    use dealertenant_operator::providers::Component;
+    use dealertenant_operator::providers::requests::RequestMetrics;
+    let m = RequestMetrics::default();
+    let _counting = support::count_sdk_requests(&m);
+    tracing::callsite::rebuild_interest_cache();
+    let count = |class: &str| m.count(Component::Database, class);
+    let total = || {
+        ["2xx", "3xx", "4xx", "429", "5xx", "error"]
+            .map(count)
+            .iter()
+            .sum::<u64>()
+    };
+    let d = CloudSqlDouble::start(PROJECT).await;
+    let p = provider(&d).await;
+    let t = tenant("acme", "europe-west3");
+    let _ = p.reconcile(&t, None).await;
+    let first = d.request_count();
+    assert!(first >= 2, "{first} requests");
+    assert_eq!(total(), first, "one count per request");
+    assert!(count("2xx") >= 1);
+    d.queue_error(429, "RESOURCE_EXHAUSTED", "rateLimitExceeded", "slow down");
+    p.reconcile(&t, None).await.unwrap_err();
+    assert_eq!(count("429"), 1);
+    d.queue_error(503, "UNAVAILABLE", "backendError", "try later");
+    p.reconcile(&t, None).await.unwrap_err();
+    assert_eq!(count("5xx"), 1);
+    // The project's quota: one request a minute, the rest refused.
+    d.set_requests_per_minute(Some(1));
+    let _ = p.reconcile(&t, None).await;
+    let _ = p.reconcile(&t, None).await;
+    assert!(d.rate_limited() >= 1);
+    assert_eq!(count("429"), 1 + d.rate_limited());
+    d.set_requests_per_minute(None);
+    assert_eq!(total(), d.request_count(), "one count per request");
+    // Nothing listens: no answer.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let nowhere = from_config(&CloudSqlConfig {
+        endpoint: Some(format!("http://127.0.0.1:{port}")),
+        ..cfg(&d)
+    })
+    .await
+    .unwrap();
+    nowhere.reconcile(&t, None).await.unwrap_err();
+    assert_eq!(count("error"), 1);
+    let text = {
+        let mut r = prometheus_client::registry::Registry::default();
+        m.register(&mut r);
+        let mut s = String::new();
+        prometheus_client::encoding::text::encode(&mut s, &r).unwrap();
+        s
+    };
+    assert!(
+        text.contains("processor=\"google-cloud\",method=\"GET\""),
+        "{text}"
+    );
+    assert!(!text.contains("acme") && !text.contains(PROJECT), "{text}");
+}

@@ -713,6 +713,59 @@ async fn overload_and_outages_are_transient() {
     assert!(p.reconcile(&tenant("acme"), None).await.is_ok());
 }
 
+/// Every request is counted once, by what the service answered: `2xx`/`4xx` as it goes,
+/// `429` apart from the other 4xx, `5xx`, and `error` when nothing answered.
+#[tokio::test]
+async fn requests_are_counted_by_status_class() {
+    use dealertenant_operator::providers::Component;
+    use dealertenant_operator::providers::requests::RequestMetrics;
+    let es = EsDouble::start().await;
+    let m = RequestMetrics::default();
+    let p = provider(&config(&es)).observed_by(&m);
+    let count = |class: &str| m.count(Component::Search, class);
+    let total = || {
+        ["2xx", "3xx", "4xx", "429", "5xx", "error"]
+            .map(count)
+            .iter()
+            .sum::<u64>()
+    };
+    p.reconcile(&tenant("acme"), None).await.unwrap();
+    let first = es.call_count() as u64;
+    assert!(first >= 3, "{first} requests");
+    assert_eq!(total(), first, "one count per request");
+    assert!(count("2xx") >= 2);
+    assert_eq!(count("429") + count("5xx") + count("error"), 0);
+    for (status, class) in [(429, "429"), (503, "5xx")] {
+        es.respond_with(Some(status));
+        let before = es.call_count() as u64;
+        p.reconcile(&tenant("acme"), None).await.unwrap_err();
+        let sent = es.call_count() as u64 - before;
+        assert!(sent >= 1);
+        assert_eq!(count(class), sent, "{status}");
+    }
+    assert_eq!(
+        count("4xx"),
+        first - count("2xx"),
+        "429 is not counted as 4xx"
+    );
+    es.respond_with(None);
+    // Nothing listens: the request fails without an answer.
+    let closed = SearchConfig {
+        endpoint: format!("http://127.0.0.1:{}", {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        }),
+        ..config(&es)
+    };
+    provider(&closed)
+        .observed_by(&m)
+        .reconcile(&tenant("acme"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(count("error"), 1);
+    assert_eq!(total(), es.call_count() as u64 + 1);
+}
+
 #[tokio::test]
 async fn connection_refused_is_transient() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

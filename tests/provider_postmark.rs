@@ -759,6 +759,47 @@ async fn a_name_taken_by_another_server_is_refused_with_postmarks_code() {
     assert_clean(&e.double);
 }
 
+/// Every request is counted once, by what Postmark answered: `429` apart from the other
+/// 4xx, `5xx`, and `error` when the connection was cut before an answer.
+#[tokio::test]
+async fn requests_are_counted_by_status_class() {
+    use dealertenant_operator::providers::Component;
+    use dealertenant_operator::providers::requests::RequestMetrics;
+    let e = env().await;
+    let m = RequestMetrics::default();
+    let p = PostmarkProvider::from_config(&e.cfg)
+        .unwrap()
+        .observed_by(&m);
+    let count = |class: &str| m.count(Component::Email, class);
+    let t = tenant("acme");
+    p.reconcile(&t, None).await.unwrap();
+    let first = e.double.mark() as u64;
+    assert!(first >= 2, "{first} requests");
+    assert_eq!(count("2xx") + count("4xx"), first);
+    e.double.set_rate_limited(true);
+    let mark = e.double.mark();
+    p.reconcile(&t, None).await.unwrap_err();
+    let throttled = e.double.calls_since(mark).len() as u64;
+    assert!(throttled >= 1);
+    assert_eq!(count("429"), throttled);
+    e.double.set_rate_limited(false);
+    e.double.fail_nth(1, Fault::NotPerformed);
+    p.reconcile(&t, None).await.unwrap_err();
+    assert_eq!(count("5xx"), 1);
+    e.double.fail_nth(1, Fault::PerformedThenDropped);
+    p.reconcile(&t, None).await.unwrap_err();
+    assert_eq!(count("error"), 1);
+    assert_eq!(
+        ["2xx", "3xx", "4xx", "429", "5xx", "error"]
+            .map(count)
+            .iter()
+            .sum::<u64>(),
+        e.double.mark() as u64,
+        "one count per request"
+    );
+    assert_clean(&e.double);
+}
+
 #[tokio::test]
 async fn rate_limiting_and_server_errors_are_transient() {
     let e = env().await;

@@ -1006,3 +1006,106 @@ async fn two_providers_of_one_project_share_the_spacing() {
     assert_eq!(creates.len(), 2);
     spaced(&creates, Duration::from_millis(2000));
 }
+
+/// A gRPC endpoint on 127.0.0.1 that answers each call with the next status code of a
+/// script (then `OK`), as the gRPC over HTTP/2 protocol has it
+/// (<https://github.com/grpc/grpc/blob/master/doc/PROTOCOL-HTTP2.md>): a failure is a
+/// "Trailers-Only" response (HEADERS with `:status 200`, `content-type: application/grpc`,
+/// `grpc-status`, `grpc-message`, END_STREAM); `OK` is one empty message (every field at
+/// its default) followed by trailers with `grpc-status: 0`.
+struct ScriptedGrpc {
+    endpoint: String,
+    received: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ScriptedGrpc {
+    async fn start(script: Vec<u32>) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let received = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let script = Arc::new(std::sync::Mutex::new(
+            script
+                .into_iter()
+                .collect::<std::collections::VecDeque<u32>>(),
+        ));
+        let count = received.clone();
+        tokio::spawn(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                let (script, count) = (script.clone(), count.clone());
+                tokio::spawn(async move {
+                    let Ok(mut conn) = h2::server::handshake(socket).await else {
+                        return;
+                    };
+                    while let Some(Ok((request, mut respond))) = conn.accept().await {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let mut body = request.into_body();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                        }
+                        let code = script.lock().unwrap().pop_front().unwrap_or(0);
+                        let head = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/grpc");
+                        if code == 0 {
+                            let Ok(mut send) = respond.send_response(head.body(()).unwrap(), false)
+                            else {
+                                continue;
+                            };
+                            let _ = send.send_data(bytes::Bytes::from_static(&[0; 5]), false);
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            let _ = send.send_trailers(trailers);
+                        } else {
+                            let head = head
+                                .header("grpc-status", code.to_string())
+                                .header("grpc-message", "injected");
+                            let _ = respond.send_response(head.body(()).unwrap(), true);
+                        }
+                    }
+                });
+            }
+        });
+        Self { endpoint, received }
+    }
+
+    fn received(&self) -> u64 {
+        self.received.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Each gRPC call attempt is counted once, from the SDK's own per-attempt span, retries
+/// included: the client `from_config` builds retries RESOURCE_EXHAUSTED and UNAVAILABLE on
+/// its own, and each attempt shows with its status class (`429`, `5xx`, `4xx`, `2xx`).
+#[tokio::test]
+async fn requests_are_counted_per_attempt_by_status_class() {
+    use dealertenant_operator::providers::Component;
+    use dealertenant_operator::providers::requests::RequestMetrics;
+    dealertenant_operator::providers::tls::ensure_crypto_provider();
+    let m = RequestMetrics::default();
+    let _counting = support::count_sdk_requests(&m);
+    // GetBucket: RESOURCE_EXHAUSTED (8), UNAVAILABLE (14), NOT_FOUND (5); then OK.
+    let server = ScriptedGrpc::start(vec![8, 14, 5]).await;
+    let cfg = StorageConfig {
+        endpoint: Some(server.endpoint.clone()),
+        ..cfg()
+    };
+    let client = StorageProvider::client_builder(&cfg)
+        .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build())
+        .build()
+        .await
+        .unwrap();
+    let p = StorageProvider::new(cfg, client);
+    // (Two SDK retries: a few seconds of its backoff.)
+    let _ = p.reconcile(&tenant("acme"), None).await;
+    let count = |class: &str| m.count(Component::Storage, class);
+    assert_eq!(count("429"), 1);
+    assert_eq!(count("5xx"), 1);
+    assert_eq!(count("4xx"), 1);
+    assert!(count("2xx") >= 1, "the create after NOT_FOUND");
+    let total: u64 = ["2xx", "3xx", "4xx", "429", "5xx", "error"]
+        .map(count)
+        .iter()
+        .sum();
+    assert_eq!(total, server.received(), "one count per attempt");
+}

@@ -18,7 +18,7 @@ async fn missing_credentials_leave_a_reason_not_a_crash() {
     }
     let built = tokio::time::timeout(
         std::time::Duration::from_secs(10),
-        providers::from_config(&OperatorConfig::default()),
+        providers::from_config(&OperatorConfig::default(), &Default::default()),
     )
     .await
     .expect("building providers does not hang")

@@ -123,8 +123,8 @@ impl Context {
         Self {
             client,
             stores,
+            metrics: super::metrics::Metrics::new(&providers.requests),
             providers,
-            metrics: super::metrics::Metrics::default(),
             reporter: Reporter {
                 controller: crate::desired::names::FIELD_MANAGER.into(),
                 instance: std::env::var("POD_NAME").ok(),

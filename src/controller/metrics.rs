@@ -85,8 +85,12 @@ pub struct Metrics {
     pub tenants: Family<PhaseLabels, Gauge>,
     /// Tenants by condition type and status.
     pub conditions: Family<ConditionLabels, Gauge>,
-    /// Passes running now (the runtime's queue of scheduled passes is not exposed).
+    /// Passes running now.
     pub passes_in_flight: Gauge,
+    /// Tenants due for a pass that has not started (`dealertenant_workqueue_depth`).
+    pub workqueue: Arc<super::queue::WorkQueue>,
+    /// Requests sent to the providers' services, shared with the providers.
+    pub provider_requests: crate::providers::requests::RequestMetrics,
     /// Processor entries of final erasure receipts, by outcome.
     pub erasures: Family<ErasureLabels, Counter>,
     /// Watches that fail and have not recovered, for `/healthz`.
@@ -107,6 +111,13 @@ pub struct Metrics {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(&Default::default())
+    }
+}
+
+impl Metrics {
+    /// The operator's metrics, with the providers' request counts from `provider_requests`.
+    pub fn new(provider_requests: &crate::providers::requests::RequestMetrics) -> Self {
         let mut registry = Registry::with_prefix("dealertenant");
         let reconciles = Counter::default();
         let failures = Family::<ErrorLabels, Counter>::default();
@@ -168,6 +179,14 @@ impl Default for Metrics {
             "Reconcile passes running now",
             passes_in_flight.clone(),
         );
+        let workqueue = Arc::new(super::queue::WorkQueue::default());
+        registry.register(
+            "workqueue_depth",
+            "Tenants due for a pass (triggered by a watch event, or their requeue time has \
+             come) whose pass has not started",
+            super::queue::Depth(workqueue.clone()),
+        );
+        provider_requests.register(&mut registry);
         let erasures = Family::<ErasureLabels, Counter>::default();
         registry.register(
             "erasures",
@@ -189,6 +208,8 @@ impl Default for Metrics {
             tenants,
             conditions,
             passes_in_flight,
+            workqueue,
+            provider_requests: provider_requests.clone(),
             erasures,
             watches: Arc::new(WatchHealth::default()),
             residency_violations,
@@ -353,6 +374,13 @@ mod tests {
                 outcome: "ok".into(),
             })
             .inc();
+        m.provider_requests.observe(
+            crate::providers::Component::Search,
+            crate::processors::ids::ELASTIC,
+            "GET".into(),
+            crate::providers::requests::Answer::Http(429),
+            std::time::Duration::from_millis(30),
+        );
         m.errors
             .get_or_create(&ReasonLabels {
                 reason: "KubernetesApi".into(),
@@ -391,6 +419,18 @@ mod tests {
             used.insert(base);
         }
         assert!(used.len() >= 10, "{used:?}");
+        // Per request, not per operation; the queue itself, not only the passes running.
+        for wanted in [
+            "dealertenant_provider_requests",
+            "dealertenant_provider_request_duration_seconds",
+            "dealertenant_workqueue_depth",
+        ] {
+            assert!(used.contains(wanted), "the dashboard lacks {wanted}");
+        }
+        assert!(
+            dashboard.contains("status_class=\\\"429\\\""),
+            "the dashboard shows 429s"
+        );
         for base in used {
             assert!(
                 text.contains(&format!("# TYPE {base} ")),
@@ -448,6 +488,14 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("dealertenant_leader 1"), "{text}");
+        m.workqueue.triggered("acme");
+        m.workqueue.triggered("acme");
+        let text = m.render();
+        assert!(
+            text.contains("# TYPE dealertenant_workqueue_depth gauge"),
+            "{text}"
+        );
+        assert!(text.contains("dealertenant_workqueue_depth 1"), "{text}");
         assert!(
             text.contains("dealertenant_residency_violations_total{component=\"storage\"} 1"),
             "{text}"

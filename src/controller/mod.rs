@@ -12,6 +12,7 @@ pub mod identity;
 pub mod leader;
 pub mod metrics;
 pub mod publish;
+pub mod queue;
 pub mod receipt;
 pub mod reconcile;
 pub mod status;
@@ -363,19 +364,33 @@ pub async fn run(
             let key = reconcile::tenant_key(&t.name_any());
             futures::future::ready(!written.is_echo(&key, t.resource_version().as_deref()))
         }
+    })
+    .inspect_ok({
+        let q = ctx.metrics.workqueue.clone();
+        move |t| q.triggered(&t.name_any())
     });
     let metrics = ctx.metrics.clone();
+    let q = ctx.metrics.workqueue.clone();
     let controller = Controller::for_stream(tenant_stream, tenant_reader)
         .with_config(controller_config)
-        .watches_stream(owned::<Namespace>(&ctx, w.namespaces), by_tenant_label)
-        .watches_stream(owned::<RoleBinding>(&ctx, w.role_bindings), by_owner)
-        .watches_stream(owned::<ResourceQuota>(&ctx, w.quotas), by_owner)
-        .watches_stream(owned::<LimitRange>(&ctx, w.limits), by_owner)
-        .watches_stream(owned::<NetworkPolicy>(&ctx, w.network_policies), by_owner)
-        .watches_stream(owned::<ServiceAccount>(&ctx, w.service_accounts), by_owner)
-        .watches_stream(owned::<Deployment>(&ctx, w.deployments), by_owner)
-        .watches_stream(owned::<Service>(&ctx, w.services), by_owner)
-        .watches_stream(owned::<PodDisruptionBudget>(&ctx, w.pdbs), by_owner)
+        .watches_stream(
+            owned::<Namespace>(&ctx, w.namespaces),
+            q.via(by_tenant_label),
+        )
+        .watches_stream(owned::<RoleBinding>(&ctx, w.role_bindings), q.via(by_owner))
+        .watches_stream(owned::<ResourceQuota>(&ctx, w.quotas), q.via(by_owner))
+        .watches_stream(owned::<LimitRange>(&ctx, w.limits), q.via(by_owner))
+        .watches_stream(
+            owned::<NetworkPolicy>(&ctx, w.network_policies),
+            q.via(by_owner),
+        )
+        .watches_stream(
+            owned::<ServiceAccount>(&ctx, w.service_accounts),
+            q.via(by_owner),
+        )
+        .watches_stream(owned::<Deployment>(&ctx, w.deployments), q.via(by_owner))
+        .watches_stream(owned::<Service>(&ctx, w.services), q.via(by_owner))
+        .watches_stream(owned::<PodDisruptionBudget>(&ctx, w.pdbs), q.via(by_owner))
         .graceful_shutdown_on(shutdown.clone())
         .run(
             |tenant, ctx: Arc<Context>| async move {
@@ -385,20 +400,33 @@ pub async fn run(
                 let started = std::time::Instant::now();
                 let metrics = ctx.metrics.clone();
                 metrics.passes_in_flight.inc();
+                let pass = metrics.workqueue.start(tenant.tenant_name());
                 let result = reconcile(tenant, ctx).await;
+                pass.finish(&result);
                 metrics.passes_in_flight.dec();
                 metrics
                     .reconcile_duration
                     .observe(started.elapsed().as_secs_f64());
                 result
             },
-            error_policy,
+            |tenant, err: &Error, ctx: Arc<Context>| {
+                let action = error_policy(tenant.clone(), err, ctx.clone());
+                ctx.metrics
+                    .workqueue
+                    .requeued(tenant.tenant_name(), &action);
+                action
+            },
             ctx,
         )
-        .for_each(|res| async move {
-            match res {
-                Ok((obj, _)) => tracing::debug!(tenant = %obj.name, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile error"),
+        .for_each(move |res| {
+            if let Err(kube::runtime::controller::Error::ObjectNotFound(gone)) = &res {
+                q.forget(&gone.name);
+            }
+            async move {
+                match res {
+                    Ok((obj, _)) => tracing::debug!(tenant = %obj.name, "reconciled"),
+                    Err(e) => tracing::debug!(error = %e, "reconcile error"),
+                }
             }
         });
     let drained = async {
@@ -427,6 +455,7 @@ pub async fn run(
         why = lost => Err(why),
     };
     metrics.leader.set(0);
+    metrics.workqueue.clear();
     metrics
         .ready
         .store(false, std::sync::atomic::Ordering::Relaxed);

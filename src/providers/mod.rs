@@ -27,6 +27,7 @@ pub mod email;
 pub mod error;
 pub mod google;
 pub mod pace;
+pub mod requests;
 pub mod residency;
 pub mod search;
 pub mod secret;
@@ -349,6 +350,8 @@ pub struct Providers {
     /// Components whose provider could not be built, with the reason (shown in their
     /// condition; the operator still runs for the other components).
     pub unavailable: Vec<(Component, String)>,
+    /// Where the providers count their requests (registered with the operator's metrics).
+    pub requests: requests::RequestMetrics,
 }
 
 impl Providers {
@@ -356,6 +359,7 @@ impl Providers {
         Self {
             by_component: list,
             unavailable: Vec::new(),
+            requests: Default::default(),
         }
     }
 
@@ -388,10 +392,19 @@ impl Providers {
 
 /// Builds the providers the configuration selects, reading their credentials. A provider
 /// that cannot be built (a credential missing, say) is left out with its reason, so that
-/// the operator still serves the other components and says what is missing.
-pub async fn from_config(cfg: &crate::config::OperatorConfig) -> anyhow::Result<Providers> {
+/// the operator still serves the other components and says what is missing. They count
+/// their requests into `requests`: Elasticsearch and Postmark directly, the Google Cloud
+/// SDK's clients through their tracing ([`requests::google::AttemptLayer`], which the
+/// process's subscriber must carry with the same `requests`).
+pub async fn from_config(
+    cfg: &crate::config::OperatorConfig,
+    requests: &requests::RequestMetrics,
+) -> anyhow::Result<Providers> {
     tls::ensure_crypto_provider();
-    let mut providers = Providers::default();
+    let mut providers = Providers {
+        requests: requests.clone(),
+        ..Providers::default()
+    };
     let database: Result<Arc<dyn Provider>, ProviderError> = match cfg.database.provider {
         database::DatabaseProviderKind::Cloudsql => {
             database::cloudsql::from_config(&cfg.database.cloudsql)
@@ -409,12 +422,12 @@ pub async fn from_config(cfg: &crate::config::OperatorConfig) -> anyhow::Result<
         .map(|p| Arc::new(p) as Arc<dyn Provider>);
     providers.add(Component::Storage, storage);
     let search = search::elasticsearch::ElasticsearchProvider::from_config(&cfg.search)
-        .map(|p| Arc::new(p) as Arc<dyn Provider>);
+        .map(|p| Arc::new(p.observed_by(requests)) as Arc<dyn Provider>);
     providers.add(Component::Search, search);
     let email: Result<Arc<dyn Provider>, ProviderError> = match cfg.email.provider {
         email::EmailProviderKind::Postmark => {
             email::postmark::PostmarkProvider::from_config(&cfg.email.postmark)
-                .map(|p| Arc::new(p) as Arc<dyn Provider>)
+                .map(|p| Arc::new(p.observed_by(requests)) as Arc<dyn Provider>)
         }
     };
     providers.add(Component::Email, email);

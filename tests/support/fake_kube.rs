@@ -252,7 +252,9 @@ pub async fn pass(
         stores,
         providers.clone(),
     ));
-    let result = reconcile(Arc::new(tenant), ctx).await;
+    // On the heap, as in the controller's runner: the pass future of a debug build is large,
+    // and a test thread's stack is 2 MiB.
+    let result = Box::pin(reconcile(Arc::new(tenant), ctx)).await;
     server.await.unwrap();
     Some(result)
 }

@@ -60,19 +60,10 @@ const DELETE_ROUNDS: usize = 3;
 impl StorageProvider {
     /// Builds the real gRPC client: endpoint from the configuration when set, credentials
     /// from `credentialsFile`, else `credentialsEnv`, else Application Default Credentials.
-    /// The SDK retries idempotent calls for at most 30 seconds; the reconciler's backoff
-    /// does the rest.
     pub async fn from_config(cfg: &StorageConfig) -> Result<Self, ProviderError> {
-        use google_cloud_gax::retry_policy::RetryPolicyExt;
         cfg.validate().map_err(not_configured)?;
         crate::providers::tls::ensure_crypto_provider();
-        let retry = google_cloud_storage::retry_policy::RetryableErrors
-            .with_time_limit(Duration::from_secs(30))
-            .with_attempt_limit(5);
-        let mut builder = StorageControl::builder().with_retry_policy(retry);
-        if let Some(endpoint) = &cfg.endpoint {
-            builder = builder.with_endpoint(endpoint.clone());
-        }
+        let mut builder = Self::client_builder(cfg);
         let key = crate::providers::google::KeySource {
             section: "storage",
             file: cfg.credentials_file.as_deref(),
@@ -89,6 +80,26 @@ impl StorageProvider {
             .await
             .map_err(|e| not_configured(format!("cannot build the client: {e}")))?;
         Ok(Self::new(cfg.clone(), client))
+    }
+
+    /// The client [`StorageProvider::from_config`] builds, before its credentials: the
+    /// SDK retries idempotent calls for at most 30 seconds (the reconciler's backoff does
+    /// the rest), and traces each attempt, for the request metrics
+    /// ([`crate::providers::requests::google`]).
+    pub fn client_builder(
+        cfg: &StorageConfig,
+    ) -> google_cloud_storage::builder::storage_control::ClientBuilder {
+        use google_cloud_gax::retry_policy::RetryPolicyExt;
+        let retry = google_cloud_storage::retry_policy::RetryableErrors
+            .with_time_limit(Duration::from_secs(30))
+            .with_attempt_limit(5);
+        let builder = StorageControl::builder()
+            .with_retry_policy(retry)
+            .with_tracing();
+        match &cfg.endpoint {
+            Some(endpoint) => builder.with_endpoint(endpoint.clone()),
+            None => builder,
+        }
     }
 }
 

@@ -91,7 +91,9 @@ pub async fn from_config(cfg: &CloudSqlConfig) -> Result<CloudSqlProvider, Provi
             let mut b = <$t>::builder()
                 .with_credentials(creds.clone())
                 .with_retry_policy(NeverRetry)
-                .with_attempt_timeout(timeout);
+                .with_attempt_timeout(timeout)
+                // One span per request: the request metrics (providers::requests::google).
+                .with_tracing();
             if let Some(ep) = &cfg.endpoint {
                 b = b.with_endpoint(ep.clone());
             }

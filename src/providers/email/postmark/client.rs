@@ -12,7 +12,9 @@ use super::errors::{
     Operation, RawError, is_duplicate_name, is_not_found, not_configured, refused,
 };
 use super::{SECRET_SERVER_ID, SECRET_SERVER_TOKEN, SERVICE};
-use crate::providers::{ProviderError, SecretData};
+use crate::processors::ids;
+use crate::providers::requests::{Meter, RequestMetrics};
+use crate::providers::{Component, ProviderError, SecretData};
 
 /// Servers per listing page (`count`); Postmark allows at most 500.
 pub const PAGE_SIZE: u64 = 500;
@@ -40,6 +42,7 @@ pub struct PostmarkProvider {
     /// Kept only to scrub messages; the client sends it as a sensitive default header.
     pub(super) token: String,
     http: reqwest::Client,
+    meter: Meter,
 }
 
 impl std::fmt::Debug for PostmarkProvider {
@@ -90,7 +93,14 @@ impl PostmarkProvider {
             base,
             token: account_token,
             http,
+            meter: RequestMetrics::default().meter(Component::Email, ids::POSTMARK),
         })
+    }
+
+    /// Counts its requests into `metrics` (the operator's).
+    pub fn observed_by(mut self, metrics: &RequestMetrics) -> Self {
+        self.meter = metrics.meter(Component::Email, ids::POSTMARK);
+        self
     }
 
     pub fn config(&self) -> &PostmarkConfig {
@@ -134,22 +144,12 @@ impl PostmarkProvider {
         if let Some(b) = body {
             req = req.json(b);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|e| ProviderError::transport(SERVICE, &e))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::transport(SERVICE, &e))?;
+        let (status, body) =
+            (self.meter.exchange(req).await).map_err(|e| ProviderError::transport(SERVICE, &e))?;
         if (200..300).contains(&status) {
-            Ok(Ok(bytes.to_vec()))
+            Ok(Ok(body))
         } else {
-            Ok(Err(RawError {
-                status,
-                body: bytes.to_vec(),
-            }))
+            Ok(Err(RawError { status, body }))
         }
     }
 

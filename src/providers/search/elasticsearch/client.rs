@@ -13,7 +13,8 @@ use super::errors::{describe_error, error_type};
 use super::keys::{KeyInfo, parse_keys};
 use super::{IndexState, SERVICE, SearchConfig, api_key_body, index_name, parse_index_state};
 use crate::processors::ids;
-use crate::providers::{ExternalResource, ProviderError, TenantInfo};
+use crate::providers::requests::{Meter, RequestMetrics};
+use crate::providers::{Component, ExternalResource, ProviderError, TenantInfo};
 
 // ---------------------------------------------------------------------------------------
 // Credentials.
@@ -163,6 +164,7 @@ pub struct ElasticsearchProvider {
     base: Url,
     http: reqwest::Client,
     pub(super) credential: OperatorCredential,
+    meter: Meter,
 }
 
 impl fmt::Debug for ElasticsearchProvider {
@@ -206,7 +208,14 @@ impl ElasticsearchProvider {
             base,
             http,
             credential,
+            meter: RequestMetrics::default().meter(Component::Search, ids::ELASTIC),
         })
+    }
+
+    /// Counts its requests into `metrics` (the operator's).
+    pub fn observed_by(mut self, metrics: &RequestMetrics) -> Self {
+        self.meter = metrics.meter(Component::Search, ids::ELASTIC);
+        self
     }
 
     pub(super) fn name(&self, tenant: &TenantInfo) -> String {
@@ -250,15 +259,8 @@ impl ElasticsearchProvider {
             As::TenantKey(encoded) => sensitive(&format!("ApiKey {encoded}")),
         };
         rb = rb.header(AUTHORIZATION, auth);
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| ProviderError::transport(SERVICE, &e))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| ProviderError::transport(SERVICE, &e))?;
+        let (status, bytes) =
+            (self.meter.exchange(rb).await).map_err(|e| ProviderError::transport(SERVICE, &e))?;
         let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Ok(Answer { status, body })
     }
