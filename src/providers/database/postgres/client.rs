@@ -250,10 +250,66 @@ impl PostgresProvider {
         }
     }
 
+    /// What the admin login finds before a pass (the `cloudsql` provider asks this before
+    /// it hands the tenant to [`Provider::reconcile`](crate::providers::Provider)):
+    /// `Ok(None)` when the server refuses the admin's password (SQLSTATE 28P01), else the
+    /// server's version and the roles the role `name` is a member of (`None`: no such role).
+    pub async fn probe(&self, name: &str) -> Result<Option<Probe>, ProviderError> {
+        let admin = match self
+            .open(
+                &self.cfg.admin_database,
+                &self.cfg.admin_user,
+                &self.admin_password,
+            )
+            .await
+        {
+            Ok(client) => client,
+            Err(Failure::Pg(e))
+                if e.as_db_error().map(|d| d.code()) == Some(&SqlState::INVALID_PASSWORD) =>
+            {
+                return Ok(None);
+            }
+            Err(f) => {
+                return Err(f.classify(
+                    &format!("connect to database {} as admin", self.cfg.admin_database),
+                    &[&self.admin_password],
+                ));
+            }
+        };
+        let version = self.server_version(&admin).await?;
+        let rows = self
+            .read(
+                &admin,
+                "SELECT ARRAY(SELECT g.rolname::text FROM pg_auth_members m \
+                 JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid ORDER BY 1) \
+                 FROM pg_roles r WHERE r.rolname = $1",
+                &[name],
+                &format!("read memberships of role {name}"),
+            )
+            .await?;
+        let member_of = rows
+            .first()
+            .map(|r| r.try_get::<_, Vec<String>>(0).map_err(decode))
+            .transpose()?;
+        Ok(Some(Probe {
+            version_num: version.0,
+            member_of,
+        }))
+    }
+
     pub(super) fn resource(&self, kind: &str, name: &str, oid: u32) -> ExternalResource {
         ExternalResource::new(kind, name, Some(self.cfg.region.clone()), ids::GOOGLE_CLOUD)
             .with_id(oid.to_string())
     }
+}
+
+/// What [`PostgresProvider::probe`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// `server_version_num`, e.g. 170004.
+    pub version_num: i32,
+    /// The roles the asked-for role is a member of; `None`: there is no such role.
+    pub member_of: Option<Vec<String>>,
 }
 
 /// Connects and runs the session's connection in the background.
