@@ -521,6 +521,8 @@ async fn no_cloud_sql_password_appears_in_the_sdk_request_traces() {
         anonymous_credentials: true,
         timeout_seconds: 10,
         requests_per_minute: 0,
+        sql_endpoint: Some(sql.sql_endpoint()),
+        admin_user: sql.admin_user(),
         ..CloudSqlConfig::default()
     })
     .await
@@ -540,6 +542,15 @@ async fn no_cloud_sql_password_appears_in_the_sdk_request_traces() {
         "The caller does not have permission",
     );
     let _ = life_once(&sql_provider, "hyg-sql2", &mut errors).await;
+    // The operator's own user's password (set through the Admin API, used over SQL).
+    let admin_passwords = sql.passwords();
+    assert!(
+        !admin_passwords.is_empty(),
+        "the operator's user was set up"
+    );
+    for pw in &admin_passwords {
+        scan.add("Cloud SQL admin password", pw);
+    }
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(

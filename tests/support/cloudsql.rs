@@ -566,6 +566,8 @@ struct St {
     rate_limited: u64,
     /// Changes the server must see, taken by the request that made them.
     pending_sql: Vec<SqlAction>,
+    /// Every password `users.insert` and `users.update` set.
+    passwords: Vec<String>,
 }
 
 struct Inner {
@@ -810,12 +812,9 @@ impl CloudSqlDouble {
             .await;
     }
 
-    /// The password the Admin API last set for `user` on `instance` (to scan logs for).
-    pub fn password_of(&self, instance: &str, user: &str) -> Option<String> {
-        self.st()
-            .users
-            .get(&(instance.to_string(), user.to_string()))
-            .cloned()
+    /// Every password the Admin API was given (to scan logs and errors for).
+    pub fn passwords(&self) -> Vec<String> {
+        self.st().passwords.clone()
     }
 
     fn st(&self) -> std::sync::MutexGuard<'_, St> {
@@ -983,12 +982,12 @@ impl CloudSqlDouble {
     }
 
     /// Whether `user` accepts `password`: a real login to database `user` (the tenant's
-    /// database has its role's name) on the server behind `instance`.
+    /// database has its role's name) on the server behind `instance`; `false` when there
+    /// is no such instance.
     pub async fn login(&self, instance: &str, user: &str, password: &str) -> bool {
-        assert!(
-            self.st().instances.contains_key(instance),
-            "no instance {instance}"
-        );
+        if !self.st().instances.contains_key(instance) {
+            return false;
+        }
         self.inner.pg.connect(user, password, user).await.is_ok()
     }
 
@@ -1770,6 +1769,7 @@ fn serve(
                 return Ok(st.operation_ending(project, &inst, ty, polls, Effect::None, Some(e)));
             }
             st.users.insert(key, password.clone());
+            st.passwords.push(password.clone());
             st.pending_sql.push(if ty == "CREATE_USER" {
                 SqlAction::CreateUser { name, password }
             } else {

@@ -76,6 +76,14 @@ fn literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// The password as the server stores it (a SCRAM-SHA-256 verifier): never in plain text in
+/// a statement, which tokio-postgres logs at DEBUG (the secret-hygiene test captures it).
+fn verifier(password: &str) -> String {
+    literal(&postgres_protocol::password::scram_sha_256(
+        password.as_bytes(),
+    ))
+}
+
 impl PgSide {
     /// The PostgreSQL 17 test server; panics (with how to start it) when it is not running:
     /// the Cloud SQL suites need it.
@@ -144,11 +152,11 @@ impl PgSide {
                         "DO $$BEGIN CREATE ROLE {n} LOGIN CREATEROLE CREATEDB IN ROLE {CLOUDSQLSUPERUSER};
                          EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END$$;
                          ALTER ROLE {n} PASSWORD {}",
-                        literal(password)
+                        verifier(password)
                     )
                 }),
                 SqlAction::SetPassword { name, password } => {
-                    ident(name).map(|n| format!("ALTER ROLE {n} PASSWORD {}", literal(password)))
+                    ident(name).map(|n| format!("ALTER ROLE {n} PASSWORD {}", verifier(password)))
                 }
                 SqlAction::DropRole { name } => ident(name).map(drop_role),
                 SqlAction::CreateDatabase { name } => ident(name).map(|n| {
