@@ -339,31 +339,86 @@ async fn the_tenants_login_is_a_least_privilege_role_not_a_built_in_user() {
 
 /// A tenant from an earlier version logs in with a built-in user (a member of
 /// `cloudsqlsuperuser`). PostgreSQL 16+ lets nobody take that membership away, so the
-/// operator does not touch the user, keeps the application's Secret working, and says
-/// what is wrong and what to do (`LegacyBuiltInUser`).
+/// operator replaces the user with a role made over SQL that owns what the old one owned,
+/// under the same name and with the same password (the Secret stays as it is). Each step is
+/// found again after a failure: here Cloud SQL's delete of the old user fails once.
 #[tokio::test]
-async fn a_legacy_built_in_tenant_user_is_reported_not_hidden() {
+async fn a_legacy_built_in_tenant_user_is_replaced_by_a_least_privilege_role() {
     let d = CloudSqlDouble::start(PROJECT).await;
     let p = provider(&d).await;
     let t = tenant("acme", "europe-west3");
-    // The instance is there (pass 1 creates it, pass 2 sees it RUNNABLE).
+    // The instance is there (pass 1 creates it), with what an earlier version made: the
+    // built-in user, its database, and the application's table in it.
     p.reconcile(&t, None).await.unwrap();
     let old_pw = "Legacy0Password0Made0By0Users0Insert".to_string();
     d.legacy_tenant_user("dt-acme", "dt_acme", &old_pw).await;
-    let old = dealertenant_operator::providers::SecretData::new()
-        .with("DATABASE_PASSWORD", old_pw.clone());
-    let r = p.reconcile(&t, Some(&old)).await.unwrap();
+    let app = d.pg().connect("dt_acme", &old_pw, "dt_acme").await.unwrap();
+    app.batch_execute("CREATE TABLE orders (id int); INSERT INTO orders VALUES (7)")
+        .await
+        .unwrap();
+    drop(app);
+
+    // Without the password the operator cannot act as the old user: it says what to do.
+    let r = p.reconcile(&t, None).await.unwrap();
     assert!(!r.ready, "{}", r.message);
     assert_eq!(r.reason, Some(cloudsql::LEGACY_BUILT_IN_USER));
     assert!(r.message.contains("cloudsqlsuperuser"), "{}", r.message);
-    assert!(r.message.contains("README"), "{}", r.message);
-    assert!(!r.message.contains(&old_pw));
-    // The application keeps its login: the Secret is completed with the same password.
-    let s = r
-        .secret
-        .expect("the Secret's connection details are completed");
-    assert_eq!(s.get("DATABASE_PASSWORD"), Some(old_pw.as_str()));
-    assert!(d.login("dt-acme", "dt_acme", &old_pw).await);
+    assert!(r.message.contains("DATABASE_PASSWORD"), "{}", r.message);
+
+    // With it: replaced. The delete of the old user fails once; the next pass finds where
+    // it stood and finishes.
+    let mut secret = Some(
+        dealertenant_operator::providers::SecretData::new()
+            .with("DATABASE_PASSWORD", old_pw.clone()),
+    );
+    d.fail_next_operation(
+        "DELETE_USER",
+        "INTERNAL_ERROR",
+        "An internal error occurred.",
+    );
+    let e = p.reconcile(&t, secret.as_ref()).await.unwrap_err();
+    assert_eq!(e.reason(), "OperationFailed", "{e}");
+    assert!(!e.to_string().contains(&old_pw));
+    assert!(d.pg().role_exists("dt_acme_next").await);
+    let r = converge(&p, &t, &mut secret, 5).await;
+    assert!(r.ready, "{}", r.message);
+    let s = secret.unwrap();
+    assert_eq!(
+        s.get("DATABASE_PASSWORD"),
+        Some(old_pw.as_str()),
+        "same password"
+    );
+    assert!(!d.pg().role_exists("dt_acme_next").await);
+    assert!(d.calls().iter().any(|c| c.id == "sql.users.delete"));
+    assert_eq!(d.users(), [("dt-acme".to_string(), d.admin_user())]);
+
+    let c = d.pg().connect("dt_acme", &old_pw, "dt_acme").await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT r.rolcreaterole, r.rolcreatedb,
+                    pg_has_role(current_user, 'cloudsqlsuperuser', 'MEMBER'),
+                    (SELECT d.datdba = r.oid FROM pg_database d
+                     WHERE d.datname = current_database()),
+                    (SELECT tableowner = current_user FROM pg_tables
+                     WHERE tablename = 'orders')
+             FROM pg_roles r WHERE r.rolname = current_user",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        !row.get::<_, bool>(0) && !row.get::<_, bool>(1),
+        "CREATEROLE/CREATEDB"
+    );
+    assert!(!row.get::<_, bool>(2), "a member of cloudsqlsuperuser");
+    assert!(row.get::<_, bool>(3), "owns its database");
+    assert!(row.get::<_, bool>(4), "owns the application's table");
+    let n: i32 = c
+        .query_one("SELECT id FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 7, "the data is kept");
     assert_clean(&d);
 }
 

@@ -1777,6 +1777,42 @@ fn serve(
             });
             Ok(st.operation(project, &inst, ty, polls, Effect::None))
         }
+        "sql.users.delete" => {
+            let Some(i) = st.instances.get(&inst) else {
+                return Err(not_found_instance());
+            };
+            if i["state"] != "RUNNABLE" {
+                return Err(invalid("Invalid request since instance is not running."));
+            }
+            if st.busy(&inst) {
+                st.conflicts += 1;
+                return Err(in_progress());
+            }
+            let name = q("name");
+            if !st.users.contains_key(&(inst.clone(), name.clone())) {
+                return Err(google_error(
+                    404,
+                    "NOT_FOUND",
+                    "notFound",
+                    &format!("Not Found: user \"{name}\" does not exist."),
+                ));
+            }
+            if let Some(e) = st.failure("DELETE_USER") {
+                return Ok(st.operation_ending(
+                    project,
+                    &inst,
+                    "DELETE_USER",
+                    polls,
+                    Effect::None,
+                    Some(e),
+                ));
+            }
+            st.users.remove(&(inst.clone(), name.clone()));
+            if !st.users.keys().any(|(_, u)| *u == name) {
+                st.pending_sql.push(SqlAction::DeleteUser { name });
+            }
+            Ok(st.operation(project, &inst, "DELETE_USER", polls, Effect::None))
+        }
         other => Err(google_error(
             501,
             "UNIMPLEMENTED",

@@ -18,7 +18,7 @@
 //! One server stands in for every instance, so the double keeps apart what instances of
 //! the same test share by name: a built-in user is dropped only when no instance of the
 //! double still has it, and the tenant's role and database (named `dt_<tenant>` after the
-//! instance's `tenant` label) go with the instance. Doubles of one test process take turns
+//! instance's `tenant` label, and the role `dt_<tenant>_next`) go with the instance. Doubles of one test process take turns
 //! ([`PgSide::exclusive`]): tests reuse tenant names, and two instances of one name would be
 //! one role on the shared server.
 
@@ -39,8 +39,9 @@ pub enum SqlAction {
     CreateUser { name: String, password: String },
     /// `users.update`.
     SetPassword { name: String, password: String },
-    /// `users.delete` (only when no other instance has the user).
-    DropRole { name: String },
+    /// `users.delete` (only when no other instance has the user): `DROP ROLE`, which the
+    /// server refuses while the role owns anything or holds privileges.
+    DeleteUser { name: String },
     /// `databases.insert`.
     CreateDatabase { name: String },
     /// The instance is gone: its tenant's database and role, and its built-in users no
@@ -158,7 +159,13 @@ impl PgSide {
                 SqlAction::SetPassword { name, password } => {
                     ident(name).map(|n| format!("ALTER ROLE {n} PASSWORD {}", verifier(password)))
                 }
-                SqlAction::DropRole { name } => ident(name).map(drop_role),
+                SqlAction::DeleteUser { name } => ident(name).map(|n| {
+                    format!(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = {};
+                         DROP ROLE IF EXISTS {n}",
+                        literal(n)
+                    )
+                }),
                 SqlAction::CreateDatabase { name } => ident(name).map(|n| {
                     format!("CREATE DATABASE {n} OWNER {CLOUDSQLSUPERUSER} TEMPLATE template0")
                 }),
@@ -169,6 +176,9 @@ impl PgSide {
                         if let Some(db) = ident(&db) {
                             sql.push_str(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE);"));
                             sql.push_str(&drop_role(db));
+                            // The successor the operator makes while it replaces a
+                            // built-in tenant user.
+                            sql.push_str(&drop_role(&format!("{db}_next")));
                         }
                     }
                     for u in users.iter().filter_map(|u| ident(u)) {

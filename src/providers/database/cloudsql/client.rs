@@ -206,6 +206,29 @@ impl CloudSqlProvider {
         }
     }
 
+    /// `users.delete` of `user` on `inst`. `None`: Cloud SQL does not know the user.
+    pub(super) async fn delete_user(
+        &self,
+        inst: &str,
+        user: &str,
+        what: &str,
+    ) -> Result<Option<Operation>, ProviderError> {
+        match self
+            .users
+            .delete()
+            .set_project(self.project())
+            .set_instance(inst)
+            .set_name(user)
+            .send()
+            .paced(&self.pacer)
+            .await
+        {
+            Ok(op) => Ok(Some(op)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(classify(what, &e, None)),
+        }
+    }
+
     /// `instances.patch` of `inst` with `settings` (only the fields set are changed).
     pub(super) async fn patch_settings(
         &self,

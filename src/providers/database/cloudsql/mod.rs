@@ -35,6 +35,7 @@ mod config;
 mod desired;
 mod errors;
 mod instance;
+mod migrate;
 mod role;
 #[cfg(test)]
 mod tests;
@@ -191,7 +192,7 @@ impl Provider for CloudSqlProvider {
         let mut legacy = None;
         if self.admin.is_set(&name) {
             let sql = role::sql_provider(&self.cfg, &host, &region, self.admin.password())?;
-            match role::reconcile(&sql, &name, tenant, secret).await? {
+            match self.tenant_role(&sql, &name, tenant, secret).await? {
                 None => {
                     // Someone changed the admin user's password: set it again next pass.
                     self.admin.forget(&name);
@@ -204,7 +205,10 @@ impl Provider for CloudSqlProvider {
                         ),
                     });
                 }
-                Some(TenantRole::Legacy { message }) => legacy = Some(message),
+                Some(TenantRole::Legacy { message }) => {
+                    legacy = Some((LEGACY_BUILT_IN_USER, message))
+                }
+                Some(TenantRole::Waiting { message }) => legacy = Some(("Migrating", message)),
                 Some(TenantRole::Ready {
                     password: pw,
                     issued: new,
@@ -241,12 +245,12 @@ impl Provider for CloudSqlProvider {
 
         let made = issued.is_some() || self.admin.is_set(&name) && legacy.is_none();
         let resources = self.resources(&name, &region, made.then_some(db.as_str()));
-        if let Some(message) = legacy {
-            tracing::warn!(instance = %name, "tenant user is a legacy built-in user");
-            // The application keeps its working login; the condition says what to do.
+        if let Some((reason, message)) = legacy {
+            tracing::warn!(instance = %name, %reason, "tenant user is a legacy built-in user");
+            // The application keeps its working login; the condition says what goes on.
             return Ok(Reconciled {
                 ready: false,
-                reason: Some(LEGACY_BUILT_IN_USER),
+                reason: Some(reason),
                 message,
                 secret: password.map(refreshed).filter(|s| Some(s) != secret),
                 resources,

@@ -14,10 +14,12 @@ use std::sync::Mutex;
 
 use google_cloud_sql_v1::model::Operation;
 
+use super::client::CloudSqlProvider;
 use super::config::CloudSqlConfig;
 use super::errors::{SERVICE, operation_done};
+use super::migrate::Migration;
 use crate::providers::database::postgres::{
-    self, KEY_PASSWORD, PostgresConfig, PostgresProvider, Probe, SslMode,
+    self, KEY_PASSWORD, PostgresConfig, PostgresProvider, SslMode,
 };
 use crate::providers::{Provider, ProviderError, SecretData, TenantInfo};
 
@@ -110,9 +112,11 @@ pub(super) enum TenantRole {
         issued: bool,
         message: String,
     },
-    /// The tenant's login is a built-in user made by an earlier version, which PostgreSQL
-    /// 16+ does not let anyone take out of `cloudsqlsuperuser`.
+    /// The tenant's login is a built-in user made by an earlier version that the operator
+    /// cannot replace on its own; `message` says why and what to do.
     Legacy { message: String },
+    /// Replacing such a user waits for Cloud SQL.
+    Waiting { message: String },
 }
 
 /// The `postgres` provider for instance `inst`, reached at `ip` (or the configured
@@ -139,85 +143,58 @@ pub(super) fn sql_provider(
     PostgresProvider::with_admin_password(&pg, admin_password.to_string())
 }
 
-/// The tenant's role and database on instance `inst`: checked, made or repaired by the
-/// `postgres` provider's reconcile. `Ok(None)`: the instance refused the admin's password.
-pub(super) async fn reconcile(
-    sql: &PostgresProvider,
-    inst: &str,
-    tenant: &TenantInfo,
-    secret: Option<&SecretData>,
-) -> Result<Option<TenantRole>, ProviderError> {
-    let name = postgres::database_name(&tenant.name);
-    let Some(probe) = sql.probe(&name).await? else {
-        return Ok(None);
-    };
-    if let Some(message) = legacy(inst, &name, &probe) {
-        return Ok(Some(TenantRole::Legacy { message }));
+impl CloudSqlProvider {
+    /// The tenant's role and database on instance `inst`: a built-in user from an earlier
+    /// version replaced first (`migrate.rs`), then checked, made or repaired by the
+    /// `postgres` provider's reconcile. `Ok(None)`: the instance refused the admin's
+    /// password.
+    pub(super) async fn tenant_role(
+        &self,
+        sql: &PostgresProvider,
+        inst: &str,
+        tenant: &TenantInfo,
+        secret: Option<&SecretData>,
+    ) -> Result<Option<TenantRole>, ProviderError> {
+        let name = postgres::database_name(&tenant.name);
+        let Some(probe) = sql.probe(&name).await? else {
+            return Ok(None);
+        };
+        let kept = secret
+            .and_then(|s| s.get(KEY_PASSWORD))
+            .filter(|p| !p.is_empty())
+            .map(str::to_string);
+        match self
+            .migrate(sql, inst, &name, kept.as_deref(), &probe)
+            .await?
+        {
+            Migration::Done => {}
+            Migration::Waiting(message) => return Ok(Some(TenantRole::Waiting { message })),
+            Migration::Blocked(message) => return Ok(Some(TenantRole::Legacy { message })),
+        }
+        let done = sql.reconcile(tenant, secret).await?;
+        let fresh = done
+            .secret
+            .as_ref()
+            .and_then(|s| s.get(KEY_PASSWORD))
+            .map(str::to_string);
+        let issued = fresh.is_some() && fresh != kept;
+        let Some(password) = fresh.or(kept) else {
+            return Err(ProviderError::Unavailable {
+                service: SERVICE,
+                message: format!("role {name} on instance {inst}: no password was issued"),
+            });
+        };
+        Ok(Some(TenantRole::Ready {
+            password,
+            issued,
+            message: done.message,
+        }))
     }
-    let done = sql.reconcile(tenant, secret).await?;
-    let kept = secret.and_then(|s| s.get(KEY_PASSWORD)).map(str::to_string);
-    let fresh = done
-        .secret
-        .as_ref()
-        .and_then(|s| s.get(KEY_PASSWORD))
-        .map(str::to_string);
-    let issued = fresh.is_some() && fresh != kept;
-    let Some(password) = fresh.or(kept) else {
-        return Err(ProviderError::Unavailable {
-            service: SERVICE,
-            message: format!("role {name} on instance {inst}: no password was issued"),
-        });
-    };
-    Ok(Some(TenantRole::Ready {
-        password,
-        issued,
-        message: done.message,
-    }))
-}
-
-/// A built-in tenant user (from an earlier version) on PostgreSQL 16+: what to report.
-/// On 15 the `postgres` provider's repairs revoke the membership and the attributes.
-fn legacy(inst: &str, name: &str, probe: &Probe) -> Option<String> {
-    let member = probe
-        .member_of
-        .as_ref()
-        .is_some_and(|m| m.iter().any(|g| g == CLOUDSQLSUPERUSER));
-    (member && probe.version_num >= 160000).then(|| {
-        format!(
-            "user {name} on instance {inst} is a built-in Cloud SQL user made by an earlier \
-             version of the operator: a member of {CLOUDSQLSUPERUSER} (CREATEROLE, CREATEDB), \
-             so the application's credential can administer the instance. PostgreSQL 16 and \
-             later let nobody revoke that from a built-in user, and the operator does not \
-             migrate it yet; the application keeps working. To fix it, follow the README \
-             (Upgrading: Cloud SQL tenant users): move the tenant's objects to a role made \
-             with SQL, delete the built-in user and delete the tenant's database Secret"
-        )
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_built_in_tenant_user_is_reported_on_16_and_repaired_on_15() {
-        let probe = |version_num, member_of: &[&str]| Probe {
-            version_num,
-            member_of: Some(member_of.iter().map(|s| s.to_string()).collect()),
-        };
-        let m = legacy("dt-acme", "dt_acme", &probe(160004, &[CLOUDSQLSUPERUSER])).unwrap();
-        assert!(
-            m.contains("cloudsqlsuperuser") && m.contains("README"),
-            "{m}"
-        );
-        assert!(legacy("dt-acme", "dt_acme", &probe(150010, &[CLOUDSQLSUPERUSER])).is_none());
-        assert!(legacy("dt-acme", "dt_acme", &probe(170000, &[])).is_none());
-        let none = Probe {
-            version_num: 170000,
-            member_of: None,
-        };
-        assert!(legacy("dt-acme", "dt_acme", &none).is_none());
-    }
 
     #[test]
     fn debug_output_hides_the_admin_password() {

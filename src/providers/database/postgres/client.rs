@@ -297,6 +297,38 @@ impl PostgresProvider {
         }))
     }
 
+    /// Runs `statements` in order, in database `db`, as the admin or as `login` (user and
+    /// password): for providers that build on this one (the `cloudsql` migration of
+    /// built-in users). Each is `(sql, what)`; `what` names it in logs and errors, and every
+    /// string of `secrets` is scrubbed from an error.
+    pub async fn execute(
+        &self,
+        db: &str,
+        login: Option<(&str, &str)>,
+        statements: &[(String, String)],
+        secrets: &[&str],
+    ) -> Result<(), ProviderError> {
+        let (user, password) =
+            login.unwrap_or((self.cfg.admin_user.as_str(), self.admin_password.as_str()));
+        let mut scrub: Vec<&str> = secrets.to_vec();
+        scrub.extend([password, self.admin_password.as_str()]);
+        let client = self
+            .open(db, user, password)
+            .await
+            .map_err(|f| f.classify(&format!("connect to database {db} as {user}"), &scrub))?;
+        for (sql, what) in statements {
+            let stmt = Statement {
+                sql: sql.clone(),
+                what: what.clone(),
+                secrets: scrub.iter().map(|s| s.to_string()).collect(),
+            };
+            self.try_write(&client, &stmt)
+                .await
+                .map_err(|f| f.classify(what, &scrub))?;
+        }
+        Ok(())
+    }
+
     pub(super) fn resource(&self, kind: &str, name: &str, oid: u32) -> ExternalResource {
         ExternalResource::new(kind, name, Some(self.cfg.region.clone()), ids::GOOGLE_CLOUD)
             .with_id(oid.to_string())
