@@ -20,9 +20,9 @@
 //! 4. Over SQL, as the admin user (TLS required): the tenant's role and database, by the
 //!    `postgres` provider's reconcile (`LOGIN` only, a SCRAM verifier, the database owned
 //!    by the role, `CONNECT` revoked from `PUBLIC`). The Secret names the instance's address.
-//!    A tenant whose login is still a built-in user from an earlier version is reported
-//!    (`LegacyBuiltInUser`) on PostgreSQL 16+; on 15 the repairs take it out of
-//!    `cloudsqlsuperuser`.
+//!    A tenant whose login is still a built-in user from an earlier version is moved to
+//!    such a role first (`migrate.rs`; `Migrating` while it waits for Cloud SQL,
+//!    `LegacyBuiltInUser` when it cannot go on by itself).
 //!
 //! Deletion lifts deletion protection, then deletes with the final backup the configuration
 //! (or the instance) asks for; the role and database go with the instance. The receipt
@@ -58,7 +58,7 @@ use crate::providers::google::uid_label_value;
 use crate::providers::{
     Component, Erased, Provider, ProviderError, Reconciled, SecretData, TenantInfo, residency,
 };
-pub use role::{CLOUDSQLSUPERUSER, LEGACY_BUILT_IN_USER};
+pub use role::{CLOUDSQLSUPERUSER, LEGACY_BUILT_IN_USER, MIGRATING};
 
 use desired::{final_backup_days, restorable_after_delete};
 use errors::{
@@ -208,7 +208,7 @@ impl Provider for CloudSqlProvider {
                 Some(TenantRole::Legacy { message }) => {
                     legacy = Some((LEGACY_BUILT_IN_USER, message))
                 }
-                Some(TenantRole::Waiting { message }) => legacy = Some(("Migrating", message)),
+                Some(TenantRole::Waiting { message }) => legacy = Some((MIGRATING, message)),
                 Some(TenantRole::Ready {
                     password: pw,
                     issued: new,

@@ -24,8 +24,12 @@ use crate::providers::database::postgres::{
 use crate::providers::{Provider, ProviderError, SecretData, TenantInfo};
 
 /// The condition reason while a tenant still logs in with a built-in user made by an
-/// earlier version (a member of `cloudsqlsuperuser`).
+/// earlier version (a member of `cloudsqlsuperuser`) that the operator cannot replace by
+/// itself.
 pub const LEGACY_BUILT_IN_USER: &str = "LegacyBuiltInUser";
+
+/// The condition reason while such a user is being replaced and a step waits for Cloud SQL.
+pub const MIGRATING: &str = "Migrating";
 
 /// The role Cloud SQL makes every built-in user a member of.
 pub const CLOUDSQLSUPERUSER: &str = "cloudsqlsuperuser";
