@@ -303,16 +303,27 @@ async fn the_tenants_login_is_a_least_privilege_role_not_a_built_in_user() {
     drop(c);
 
     // A restart: the operator's user gets the new process's password with one request;
-    // the tenant's password is kept.
+    // the tenant's password is kept, and the tenant stays ready while Cloud SQL sets it.
     let p = provider(&d).await;
+    d.set_op_polls(1);
     d.clear_calls();
     let r = p.reconcile(&t, Some(&s)).await.unwrap();
     assert!(r.ready && r.secret.is_none(), "{}", r.message);
+    assert!(r.message.contains("being set up"), "{}", r.message);
     let writes: Vec<String> = d.writes().into_iter().map(|c| c.id).collect();
     assert_eq!(writes, ["sql.users.update"]);
+    d.set_op_polls(0);
+    d.clear_calls();
+    let r = p.reconcile(&t, Some(&s)).await.unwrap();
+    assert!(r.ready && r.secret.is_none(), "{}", r.message);
+    assert!(d.writes().is_empty(), "{:?}", d.writes());
     d.clear_calls();
     p.reconcile(&t, Some(&s)).await.unwrap();
-    assert!(d.writes().is_empty(), "{:?}", d.writes());
+    assert_eq!(
+        ids(&d),
+        ["sql.instances.get"],
+        "a pass of a converged tenant"
+    );
 
     // Someone changes the operator's password by hand: the pass says so (no password in
     // the message), and the next sets it again.

@@ -136,20 +136,22 @@ impl Provider for CloudSqlProvider {
         } else {
             Vec::new()
         };
+        // A pass that cannot look inside the instance now: a tenant with a Secret keeps
+        // working meanwhile (after a restart, every instance's operator user is set again).
+        let unverified = |message: String| Reconciled {
+            ready: password.is_some(),
+            reason: None,
+            message,
+            secret: password.map(refreshed).filter(|s| Some(s) != secret),
+            resources: self.resources(&name, &region, password.map(|_| db.as_str())),
+            recheck_after: None,
+        };
         if let Some(op) = running(&ops) {
-            let msg = format!(
+            return Ok(unverified(format!(
                 "waiting for operation {} ({}) on instance {name}",
                 op.name,
                 op.operation_type.name().unwrap_or("UNKNOWN")
-            );
-            return Ok(Reconciled {
-                ready: password.is_some(),
-                reason: None,
-                message: msg,
-                secret: password.map(refreshed).filter(|s| Some(s) != secret),
-                resources: self.resources(&name, &region, password.map(|_| db.as_str())),
-                recheck_after: None,
-            });
+            )));
         }
         self.admin.settle(&name, &ops);
         let admin_set = self.admin.is_set(&name);
@@ -173,15 +175,10 @@ impl Provider for CloudSqlProvider {
                 Ok(true) => self.admin.mark_set(&name),
                 Ok(false) => {
                     self.admin.pending(&name, &op.name);
-                    let msg = format!(
+                    return Ok(unverified(format!(
                         "the operator's user is being set up on instance {name} (operation {})",
                         op.name
-                    );
-                    return Ok(Reconciled {
-                        ready: false,
-                        recheck_after: None,
-                        ..self.waiting(&name, &region, msg)
-                    });
+                    )));
                 }
             }
         }
@@ -243,7 +240,8 @@ impl Provider for CloudSqlProvider {
             }
         }
 
-        let made = issued.is_some() || self.admin.is_set(&name) && legacy.is_none();
+        // The tenant's role and database exist once the SQL step went through.
+        let made = issued.is_some() || (self.admin.is_set(&name) && legacy.is_none());
         let resources = self.resources(&name, &region, made.then_some(db.as_str()));
         if let Some((reason, message)) = legacy {
             tracing::warn!(instance = %name, %reason, "tenant user is a legacy built-in user");
