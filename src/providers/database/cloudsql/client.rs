@@ -10,7 +10,10 @@ use google_cloud_sql_v1::model::{
 };
 
 use super::config::CloudSqlConfig;
-use super::errors::{SERVICE, classify, is_not_found, latest, operation_errors};
+use super::errors::{
+    SERVICE, classify, is_conflict, is_not_found, is_operation_in_progress, latest,
+    operation_errors,
+};
 use crate::providers::ProviderError;
 use crate::providers::pace::Paced;
 
@@ -159,15 +162,22 @@ impl CloudSqlProvider {
     }
 
     /// Gives the operator's admin user on `inst` this process's password: `users.update`,
-    /// or `users.insert` when Cloud SQL does not know the user (a new instance).
+    /// or `users.insert` when Cloud SQL does not know the user. On an instance this process
+    /// created, `users.insert` first (`users.update` when the user exists after all).
     pub(super) async fn set_admin(
         &self,
         inst: &str,
         what: &str,
     ) -> Result<Operation, ProviderError> {
         let (user, password) = (&self.cfg.admin_user, self.admin.password());
-        match self.send_user(inst, user, password, true).await {
-            Err(e) if is_not_found(&e) => self.send_user(inst, user, password, false).await,
+        let first_insert = self.admin.likely_new(inst);
+        match self.send_user(inst, user, password, !first_insert).await {
+            Err(e) if first_insert && is_conflict(&e) && !is_operation_in_progress(&e) => {
+                self.send_user(inst, user, password, true).await
+            }
+            Err(e) if !first_insert && is_not_found(&e) => {
+                self.send_user(inst, user, password, false).await
+            }
             other => other,
         }
         .map_err(|e| classify(what, &e, Some(password)))

@@ -89,6 +89,8 @@ impl CloudSqlProvider {
             Ok(op) => {
                 operation_done(&what, &op)?;
                 tracing::info!(instance = name, operation = %op.name, "Cloud SQL instance insert accepted");
+                // A new instance has no operator user yet: insert it right away.
+                self.admin.created(name);
                 // Check where Cloud SQL put it right away (the next pass checks again).
                 if let Some(created) = self.get_instance(name).await? {
                     residency::check_reported(

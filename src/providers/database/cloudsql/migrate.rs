@@ -117,16 +117,9 @@ impl CloudSqlProvider {
                     op.name
                 )));
             }
-        } else if probe.member_of.is_some() {
-            // Both exist, `name` no longer built-in: a rename that did not happen cannot
-            // be told from a role someone made by hand. A person decides.
-            return Ok(Migration::Blocked(format!(
-                "instance {inst} has both {name} and {next}; the operator stopped halfway \
-                 replacing a built-in user. Check that {name} owns nothing ({next} should own \
-                 the tenant's objects), drop {name}, and the next pass renames {next}"
-            )));
         } else if let Some(waiting) = self.wait_for_operations(inst).await? {
-            // The delete may still run.
+            // `name` is gone and its successor waits for the name; the delete may still
+            // run.
             return Ok(waiting);
         }
         // 5. The successor takes the name.

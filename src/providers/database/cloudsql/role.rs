@@ -44,6 +44,8 @@ pub(super) struct AdminLogin {
     /// Instance -> the operation setting the password that had not finished when its pass
     /// ended.
     pending: Mutex<HashMap<String, String>>,
+    /// Instances this process created: their operator user does not exist yet.
+    created: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for AdminLogin {
@@ -60,6 +62,7 @@ impl AdminLogin {
             password: crate::providers::secret::random_password(),
             set_on: Mutex::new(HashSet::new()),
             pending: Mutex::new(HashMap::new()),
+            created: Mutex::new(HashSet::new()),
         }
     }
 
@@ -79,6 +82,21 @@ impl AdminLogin {
 
     pub(super) fn mark_set(&self, inst: &str) {
         self.set().insert(inst.to_string());
+        let mut c = self.created.lock().unwrap_or_else(|p| p.into_inner());
+        c.remove(inst);
+    }
+
+    /// This process created instance `inst`.
+    pub(super) fn created(&self, inst: &str) {
+        let mut c = self.created.lock().unwrap_or_else(|p| p.into_inner());
+        c.insert(inst.to_string());
+    }
+
+    /// Whether the operator user on `inst` is likely new (the instance was created by this
+    /// process): then `users.insert` is tried first, else `users.update`.
+    pub(super) fn likely_new(&self, inst: &str) -> bool {
+        let c = self.created.lock().unwrap_or_else(|p| p.into_inner());
+        c.contains(inst)
     }
 
     /// The operation `op` sets the password on `inst` and has not finished yet.
