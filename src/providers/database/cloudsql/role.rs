@@ -35,9 +35,10 @@ pub const MIGRATING: &str = "Migrating";
 pub const CLOUDSQLSUPERUSER: &str = "cloudsqlsuperuser";
 
 /// The password of the operator's admin user and the instances on which this process has
-/// set it. One random password for every instance, generated at start and never stored
-/// anywhere but here: after a restart each instance's admin user gets it with one
-/// `users.update` (the first pass that needs SQL).
+/// set it. One random password for every instance of the provider, generated at start and
+/// never stored anywhere but here (one per instance would sit in the same memory and travel
+/// the same way, so it would protect nothing more): after a restart each instance's admin
+/// user gets it with one `users.update` (the first pass that needs SQL).
 pub(super) struct AdminLogin {
     password: String,
     set_on: Mutex<HashSet<String>>,
