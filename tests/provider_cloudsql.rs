@@ -377,12 +377,20 @@ async fn a_legacy_built_in_tenant_user_is_replaced_by_a_least_privilege_role() {
     assert!(r.message.contains("cloudsqlsuperuser"), "{}", r.message);
     assert!(r.message.contains("DATABASE_PASSWORD"), "{}", r.message);
 
-    // With it: replaced. The delete of the old user fails once; the next pass finds where
-    // it stood and finishes.
+    // With it: replaced. A step that fails (the old user's session is read-only, so it
+    // cannot hand its objects over; then Cloud SQL's delete of the old user fails once)
+    // is found again by the next pass, which finishes.
     let mut secret = Some(
         dealertenant_operator::providers::SecretData::new()
             .with("DATABASE_PASSWORD", old_pw.clone()),
     );
+    let su = d.pg().superuser().await;
+    support::pg::set_read_only(&su, "dt_acme", true).await;
+    let e = p.reconcile(&t, secret.as_ref()).await.unwrap_err();
+    assert!(e.is_transient(), "{e}");
+    assert!(e.to_string().contains("hand the objects of dt_acme"), "{e}");
+    assert!(d.pg().role_exists("dt_acme_next").await);
+    support::pg::set_read_only(&su, "dt_acme", false).await;
     d.fail_next_operation(
         "DELETE_USER",
         "INTERNAL_ERROR",
@@ -431,6 +439,50 @@ async fn a_legacy_built_in_tenant_user_is_replaced_by_a_least_privilege_role() {
         .unwrap()
         .get(0);
     assert_eq!(n, 7, "the data is kept");
+    assert_clean(&d);
+}
+
+/// On PostgreSQL 15 the admin may lower a built-in user in place: its membership in
+/// `cloudsqlsuperuser` and `CREATEROLE CREATEDB` are taken away by the `postgres`
+/// provider's repairs, and no successor is made.
+#[tokio::test]
+async fn a_legacy_built_in_tenant_user_on_postgres_15_is_lowered_in_place() {
+    let d = CloudSqlDouble::start_on(PROJECT, support::pg::Target::Pg15).await;
+    let p = provider(&d).await;
+    let t = tenant("acme", "europe-west3");
+    p.reconcile(&t, None).await.unwrap();
+    let old_pw = "Legacy0Password0Made0By0Users0Insert".to_string();
+    d.legacy_tenant_user("dt-acme", "dt_acme", &old_pw).await;
+    let mut secret = Some(
+        dealertenant_operator::providers::SecretData::new()
+            .with("DATABASE_PASSWORD", old_pw.clone()),
+    );
+    let r = converge(&p, &t, &mut secret, 5).await;
+    assert!(r.ready, "{}", r.message);
+    assert_eq!(
+        secret.unwrap().get("DATABASE_PASSWORD"),
+        Some(old_pw.as_str())
+    );
+    assert!(!d.pg().role_exists("dt_acme_next").await);
+    assert!(!d.calls().iter().any(|c| c.id == "sql.users.delete"));
+    let c = d.pg().connect("dt_acme", &old_pw, "dt_acme").await.unwrap();
+    let row = c
+        .query_one(
+            "SELECT r.rolcreaterole, r.rolcreatedb,
+                    pg_has_role(current_user, 'cloudsqlsuperuser', 'MEMBER'),
+                    (SELECT d.datdba = r.oid FROM pg_database d
+                     WHERE d.datname = current_database())
+             FROM pg_roles r WHERE r.rolname = current_user",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        !row.get::<_, bool>(0) && !row.get::<_, bool>(1),
+        "CREATEROLE/CREATEDB"
+    );
+    assert!(!row.get::<_, bool>(2), "a member of cloudsqlsuperuser");
+    assert!(row.get::<_, bool>(3), "owns its database");
     assert_clean(&d);
 }
 

@@ -738,6 +738,12 @@ fn merge(base: &mut Value, patch: &Value) {
 impl CloudSqlDouble {
     /// Starts the double for `project`.
     pub async fn start(project: &str) -> Self {
+        Self::start_on(project, super::pg::Target::Pg17).await
+    }
+
+    /// The double with its instances served by the test server of `target` (the instances
+    /// then run that major version).
+    pub async fn start_on(project: &str, target: super::pg::Target) -> Self {
         Spec::get();
         let turn = PgSide::exclusive().await;
         let inner = Arc::new(Inner {
@@ -746,7 +752,7 @@ impl CloudSqlDouble {
                 create_polls: 1,
                 ..St::default()
             }),
-            pg: PgSide::start().await,
+            pg: PgSide::start(target).await,
         });
         let app = Router::new().fallback(handle).with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

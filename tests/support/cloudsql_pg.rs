@@ -86,11 +86,14 @@ fn verifier(password: &str) -> String {
 }
 
 impl PgSide {
-    /// The PostgreSQL 17 test server; panics (with how to start it) when it is not running:
-    /// the Cloud SQL suites need it.
-    pub async fn start() -> Self {
-        let server = pg::server_at(pg::Target::Pg17).await.unwrap_or_else(|| {
-            panic!("the Cloud SQL double needs the PostgreSQL 17 test server: bash .ci/start-postgres-17")
+    /// The test server of `target` (PostgreSQL 17 unless a test asks for 15); panics (with
+    /// how to start it) when it is not running: the Cloud SQL suites need it.
+    pub async fn start(target: pg::Target) -> Self {
+        let server = pg::server_at(target).await.unwrap_or_else(|| {
+            panic!(
+                "the Cloud SQL double needs the PostgreSQL {} test server (.ci/start-postgres*)",
+                target.major()
+            )
         });
         let side = Self { server };
         side.superuser()
