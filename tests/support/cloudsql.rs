@@ -44,6 +44,11 @@
 //! before performing it or after performing it (the answer is lost and the client sees a
 //! `500`). [`CloudSqlDouble::queue_error`] answers the next request with a given error.
 //!
+//! Users and databases: `users.insert`, `users.update`, `users.delete` and
+//! `databases.insert` act on real roles and databases of the PostgreSQL test server that
+//! serves every instance (`cloudsql_pg.rs`, following Cloud SQL's documented built-in users);
+//! the operator's SQL goes there too ([`CloudSqlDouble::sql_endpoint`]).
+//!
 //! Quota: [`CloudSqlDouble::set_requests_per_minute`] imposes the Admin API's rate quota
 //! (off by default), and [`CloudSqlDouble::rate_limited`] counts the `429`s it gave.
 
