@@ -360,8 +360,10 @@ async fn a_legacy_built_in_tenant_user_is_replaced_by_a_least_privilege_role() {
     let p = provider(&d).await;
     let t = tenant("acme", "europe-west3");
     // The instance is there (pass 1 creates it), with what an earlier version made: the
-    // built-in user, its database, and the application's table in it.
+    // built-in user, its database, and the application's table in it. Then the new
+    // version starts (a provider that did not create the instance).
     p.reconcile(&t, None).await.unwrap();
+    let p = provider(&d).await;
     let old_pw = "Legacy0Password0Made0By0Users0Insert".to_string();
     d.legacy_tenant_user("dt-acme", "dt_acme", &old_pw).await;
     let app = d.pg().connect("dt_acme", &old_pw, "dt_acme").await.unwrap();
@@ -370,8 +372,21 @@ async fn a_legacy_built_in_tenant_user_is_replaced_by_a_least_privilege_role() {
         .unwrap();
     drop(app);
 
-    // Without the password the operator cannot act as the old user: it says what to do.
+    // Its own user does not exist yet: Cloud SQL refuses the update (here with a 400, which
+    // the reference does not rule out), users.get says so, and it is inserted. Without the
+    // password the operator cannot act as the old user: it says what to do.
+    d.queue_error_for(
+        "sql.users.update",
+        400,
+        "INVALID_ARGUMENT",
+        "invalid",
+        "Invalid request: the user does not exist.",
+    );
+    d.clear_calls();
     let r = p.reconcile(&t, None).await.unwrap();
+    let writes: Vec<String> = d.writes().into_iter().map(|c| c.id).collect();
+    assert_eq!(writes, ["sql.users.update", "sql.users.insert"]);
+    assert!(ids(&d).contains(&"sql.users.get".to_string()));
     assert!(!r.ready, "{}", r.message);
     assert_eq!(r.reason, Some(cloudsql::LEGACY_BUILT_IN_USER));
     assert!(r.message.contains("cloudsqlsuperuser"), "{}", r.message);
@@ -451,14 +466,20 @@ async fn a_legacy_built_in_tenant_user_on_postgres_15_is_lowered_in_place() {
     let p = provider(&d).await;
     let t = tenant("acme", "europe-west3");
     p.reconcile(&t, None).await.unwrap();
+    // The new version starts: its own user is unknown to Cloud SQL (404 on update), so it
+    // is inserted.
+    let p = provider(&d).await;
     let old_pw = "Legacy0Password0Made0By0Users0Insert".to_string();
     d.legacy_tenant_user("dt-acme", "dt_acme", &old_pw).await;
     let mut secret = Some(
         dealertenant_operator::providers::SecretData::new()
             .with("DATABASE_PASSWORD", old_pw.clone()),
     );
+    d.clear_calls();
     let r = converge(&p, &t, &mut secret, 5).await;
     assert!(r.ready, "{}", r.message);
+    let writes: Vec<String> = d.writes().into_iter().map(|c| c.id).collect();
+    assert_eq!(writes, ["sql.users.update", "sql.users.insert"]);
     assert_eq!(
         secret.unwrap().get("DATABASE_PASSWORD"),
         Some(old_pw.as_str())

@@ -175,12 +175,40 @@ impl CloudSqlProvider {
             Err(e) if first_insert && is_conflict(&e) && !is_operation_in_progress(&e) => {
                 self.send_user(inst, user, password, true).await
             }
+            // The reference does not say how `users.update` of an unknown user is refused:
+            // a 404, or a 400 after which `users.get` tells (an instance an earlier version
+            // made has no operator user).
             Err(e) if !first_insert && is_not_found(&e) => {
                 self.send_user(inst, user, password, false).await
+            }
+            Err(e) if !first_insert && e.http_status_code() == Some(400) => {
+                if self.user_exists(inst, user).await? {
+                    Err(e)
+                } else {
+                    self.send_user(inst, user, password, false).await
+                }
             }
             other => other,
         }
         .map_err(|e| classify(what, &e, Some(password)))
+    }
+
+    /// `users.get` of `user` on `inst`: whether Cloud SQL knows it.
+    async fn user_exists(&self, inst: &str, user: &str) -> Result<bool, ProviderError> {
+        match self
+            .users
+            .get()
+            .set_project(self.project())
+            .set_instance(inst)
+            .set_name(user)
+            .send()
+            .paced(&self.pacer)
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(classify(&format!("get user {inst}/{user}"), &e, None)),
+        }
     }
 
     /// `users.insert` (a new user) or `users.update` (a new password) of `user` on `inst`.
