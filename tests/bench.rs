@@ -23,11 +23,17 @@ mod audit;
 #[path = "support/cloudsql.rs"]
 mod cloudsql;
 #[allow(dead_code)]
+#[path = "support/cloudsql_pg.rs"]
+mod cloudsql_pg;
+#[allow(dead_code)]
 #[path = "support/cluster.rs"]
 mod cluster;
 #[allow(dead_code)]
 #[path = "support/elasticsearch.rs"]
 mod elasticsearch;
+#[allow(dead_code)]
+#[path = "support/pg.rs"]
+mod pg;
 #[allow(dead_code)]
 #[path = "support/postmark.rs"]
 mod postmark;

@@ -99,6 +99,12 @@ use cluster::{apply_manifest, install_crd};
 #[allow(dead_code)]
 #[path = "support/cloudsql.rs"]
 mod cloudsql;
+#[allow(dead_code)]
+#[path = "support/cloudsql_pg.rs"]
+mod cloudsql_pg;
+#[allow(dead_code)]
+#[path = "support/pg.rs"]
+mod pg;
 #[path = "e2e/platform.rs"]
 mod platform;
 #[path = "e2e/rotation.rs"]

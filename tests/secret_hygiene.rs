@@ -521,6 +521,8 @@ async fn no_cloud_sql_password_appears_in_the_sdk_request_traces() {
         anonymous_credentials: true,
         timeout_seconds: 10,
         requests_per_minute: 0,
+        sql_endpoint: Some(sql.sql_endpoint()),
+        admin_user: sql.admin_user(),
         ..CloudSqlConfig::default()
     })
     .await
@@ -540,6 +542,36 @@ async fn no_cloud_sql_password_appears_in_the_sdk_request_traces() {
         "The caller does not have permission",
     );
     let _ = life_once(&sql_provider, "hyg-sql2", &mut errors).await;
+    // A tenant from an earlier version: its built-in user is replaced by a role made over
+    // SQL with the same password (sent as a verifier, and used to log in as the old user).
+    let legacy = hygiene_tenant("hyg-sqlold");
+    let _ = record(sql_provider.reconcile(&legacy, None).await, &mut errors);
+    let old_pw = "HygieneLegacy0Password0Of0The0User";
+    scan.add("Cloud SQL legacy DATABASE_PASSWORD", old_pw);
+    sql.legacy_tenant_user("dt-hyg-sqlold", "dt_hyg_sqlold", old_pw)
+        .await;
+    let old = SecretData::new().with("DATABASE_PASSWORD", old_pw);
+    let mut migrated = false;
+    for _ in 0..5 {
+        if let Some(r) = record(
+            sql_provider.reconcile(&legacy, Some(&old)).await,
+            &mut errors,
+        ) && r.ready
+        {
+            migrated = true;
+            break;
+        }
+    }
+    assert!(migrated, "the legacy tenant was migrated: {errors:#?}");
+    // The operator's own user's password (set through the Admin API, used over SQL).
+    let admin_passwords = sql.passwords();
+    assert!(
+        !admin_passwords.is_empty(),
+        "the operator's user was set up"
+    );
+    for pw in &admin_passwords {
+        scan.add("Cloud SQL admin password", pw);
+    }
 
     let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     assert!(

@@ -263,6 +263,8 @@ async fn stack(db: DbChoice, deletion_policy: &str) -> Stack {
                 endpoint: Some(d.endpoint()),
                 anonymous_credentials: true,
                 timeout_seconds: 10,
+                sql_endpoint: Some(d.sql_endpoint()),
+                admin_user: d.admin_user(),
                 ..CloudSqlConfig::default()
             },
             ..DatabaseConfig::default()
@@ -493,9 +495,9 @@ impl Stack {
             Db::CloudSql(d) => {
                 let inst = self.instance();
                 assert_eq!(d.instance(&inst).unwrap()["state"], "RUNNABLE");
-                assert!(d.databases().contains(&(inst.clone(), self.db_name())));
+                // The login goes to the tenant's database, made over SQL.
                 assert!(
-                    d.login(&inst, &s[KEY_USER], &s[KEY_PASSWORD]),
+                    d.login(&inst, &s[KEY_USER], &s[KEY_PASSWORD]).await,
                     "the database Secret logs in"
                 );
                 assert!(d.violations().is_empty(), "{:#?}", d.violations());
@@ -515,7 +517,8 @@ impl Stack {
                 assert!(d.instance(&inst).is_none(), "instance {inst}");
                 assert!(d.databases().iter().all(|(i, _)| *i != inst));
                 assert!(d.users().iter().all(|(i, _)| *i != inst));
-                assert!(!d.login(&inst, &s[KEY_USER], &s[KEY_PASSWORD]));
+                assert!(!d.login(&inst, &s[KEY_USER], &s[KEY_PASSWORD]).await);
+                assert!(!d.pg().role_exists(&s[KEY_USER]).await, "role gone");
                 assert!(d.violations().is_empty(), "{:#?}", d.violations());
             }
         }

@@ -188,11 +188,13 @@ async fn bench(n: usize, quota: u32) -> Row {
             "resyncSeconds: {RESYNC_SECONDS}\n\
              database:\n  provider: cloudsql\n  cloudsql:\n    project: {PROJECT}\n    \
              endpoint: {}\n    anonymousCredentials: true\n    deletionProtection: false\n    \
-             requestsPerMinute: {quota}\n\
+             requestsPerMinute: {quota}\n    sqlEndpoint: {}\n    adminUser: {}\n\
              search:\n  endpoint: {}\n  region: europe-west3\n  username: {}\n  \
              passwordEnv: {ES_PASSWORD_ENV}\n\
              email:\n  postmark:\n    endpoint: {}\n    accountTokenEnv: {POSTMARK_TOKEN_ENV}\n",
             doubles.sql.endpoint(),
+            doubles.sql.sql_endpoint(),
+            doubles.sql.admin_user(),
             doubles.es.url(),
             elasticsearch::OPERATOR_USER,
             doubles.postmark.url(),

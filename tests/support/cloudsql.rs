@@ -44,6 +44,11 @@
 //! before performing it or after performing it (the answer is lost and the client sees a
 //! `500`). [`CloudSqlDouble::queue_error`] answers the next request with a given error.
 //!
+//! Users and databases: `users.insert`, `users.update`, `users.delete` and
+//! `databases.insert` act on real roles and databases of the PostgreSQL test server that
+//! serves every instance (`cloudsql_pg.rs`, following Cloud SQL's documented built-in users);
+//! the operator's SQL goes there too ([`CloudSqlDouble::sql_endpoint`]).
+//!
 //! Quota: [`CloudSqlDouble::set_requests_per_minute`] imposes the Admin API's rate quota
 //! (off by default), and [`CloudSqlDouble::rate_limited`] counts the `429`s it gave.
 
@@ -59,6 +64,8 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
 use google_cloud_sql_v1::model as m;
+
+use super::cloudsql_pg::{PgSide, SqlAction};
 
 // ---------------------------------------------------------------------------------------
 // The discovery document
@@ -562,23 +569,46 @@ struct St {
     admitted: VecDeque<std::time::Instant>,
     /// `429 RESOURCE_EXHAUSTED` answers given.
     rate_limited: u64,
+    /// Changes the server must see, taken by the request that made them.
+    pending_sql: Vec<SqlAction>,
+    /// Every password `users.insert` and `users.update` set.
+    passwords: Vec<String>,
 }
 
 struct Inner {
     project: String,
     st: Mutex<St>,
+    pg: PgSide,
 }
 
-/// The Cloud SQL Admin API double. Dropping it stops the server.
+/// The Cloud SQL Admin API double. Dropping it stops the server and removes what its
+/// instances had on the PostgreSQL server (as deleting them would).
 pub struct CloudSqlDouble {
     pub addr: SocketAddr,
     inner: Arc<Inner>,
     task: tokio::task::JoinHandle<()>,
+    admin_user: String,
+    _turn: tokio::sync::OwnedMutexGuard<()>,
 }
 
 impl Drop for CloudSqlDouble {
     fn drop(&mut self) {
         self.task.abort();
+        let actions = {
+            let mut st = self.st();
+            let names: Vec<String> = st.instances.keys().cloned().collect();
+            let mut actions = Vec::new();
+            for inst in names {
+                st.instances_gone(&inst);
+                actions.append(&mut st.pending_sql);
+            }
+            actions.push(SqlAction::DropInstance {
+                tenant: None,
+                users: vec![self.admin_user.clone()],
+            });
+            actions
+        };
+        self.inner.pg.apply_blocking(actions);
     }
 }
 
@@ -713,13 +743,21 @@ fn merge(base: &mut Value, patch: &Value) {
 impl CloudSqlDouble {
     /// Starts the double for `project`.
     pub async fn start(project: &str) -> Self {
+        Self::start_on(project, super::pg::Target::Pg17).await
+    }
+
+    /// The double with its instances served by the test server of `target` (the instances
+    /// then run that major version).
+    pub async fn start_on(project: &str, target: super::pg::Target) -> Self {
         Spec::get();
+        let turn = PgSide::exclusive().await;
         let inner = Arc::new(Inner {
             project: project.to_string(),
             st: Mutex::new(St {
                 create_polls: 1,
                 ..St::default()
             }),
+            pg: PgSide::start(target).await,
         });
         let app = Router::new().fallback(handle).with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -727,11 +765,67 @@ impl CloudSqlDouble {
         let task = tokio::spawn(async move {
             axum::serve(listener, app).await.unwrap();
         });
-        Self { addr, inner, task }
+        let admin_user = format!(
+            "dtadmin_{}",
+            (0..8).map(|_| fastrand::lowercase()).collect::<String>()
+        );
+        Self {
+            addr,
+            inner,
+            task,
+            admin_user,
+            _turn: turn,
+        }
     }
 
     pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The PostgreSQL server behind every instance, as `host:port` (the operator's
+    /// `sqlEndpoint`).
+    pub fn sql_endpoint(&self) -> String {
+        self.inner.pg.endpoint()
+    }
+
+    /// A name for the operator's admin user (`adminUser`) that no other double shares.
+    pub fn admin_user(&self) -> String {
+        self.admin_user.clone()
+    }
+
+    /// The server behind the instances.
+    pub fn pg(&self) -> &PgSide {
+        &self.inner.pg
+    }
+
+    /// What an earlier version of the operator made for a tenant with the Admin API: the
+    /// built-in user `user` (with `password`) and the database of the same name on
+    /// `instance`, as `users.insert` and `databases.insert` make them.
+    pub async fn legacy_tenant_user(&self, instance: &str, user: &str, password: &str) {
+        {
+            let mut st = self.st();
+            st.users
+                .insert((instance.into(), user.into()), password.into());
+            st.databases.insert(
+                (instance.into(), user.into()),
+                json!({"kind": "sql#database", "name": user, "instance": instance}),
+            );
+        }
+        self.inner
+            .pg
+            .apply(vec![
+                SqlAction::CreateUser {
+                    name: user.into(),
+                    password: password.into(),
+                },
+                SqlAction::CreateDatabase { name: user.into() },
+            ])
+            .await;
+    }
+
+    /// Every password the Admin API was given (to scan logs and errors for).
+    pub fn passwords(&self) -> Vec<String> {
+        self.st().passwords.clone()
     }
 
     fn st(&self) -> std::sync::MutexGuard<'_, St> {
@@ -898,12 +992,14 @@ impl CloudSqlDouble {
         self.st().users.keys().cloned().collect()
     }
 
-    /// Whether `user` on `instance` accepts `password` (a login).
-    pub fn login(&self, instance: &str, user: &str, password: &str) -> bool {
-        self.st()
-            .users
-            .get(&(instance.to_string(), user.to_string()))
-            .is_some_and(|p| p == password)
+    /// Whether `user` accepts `password`: a real login to database `user` (the tenant's
+    /// database has its role's name) on the server behind `instance`; `false` when there
+    /// is no such instance.
+    pub async fn login(&self, instance: &str, user: &str, password: &str) -> bool {
+        if !self.st().instances.contains_key(instance) {
+            return false;
+        }
+        self.inner.pg.connect(user, password, user).await.is_ok()
     }
 
     pub fn operations_running(&self) -> usize {
@@ -970,12 +1066,33 @@ impl St {
                 }
             }
             Effect::Remove => {
-                self.instances.remove(inst);
-                self.databases.retain(|(i, _), _| i != inst);
-                self.users.retain(|(i, _), _| i != inst);
+                self.instances_gone(inst);
                 self.reserved.insert(inst.to_string());
             }
         }
+    }
+
+    /// `inst` is gone, and with it everything in it on the server (see `cloudsql_pg`).
+    fn instances_gone(&mut self, inst: &str) {
+        let tenant = self.instances.remove(inst).and_then(|i| {
+            i["settings"]["userLabels"]["tenant"]
+                .as_str()
+                .map(str::to_string)
+        });
+        self.databases.retain(|(i, _), _| i != inst);
+        let mine: Vec<String> = self
+            .users
+            .keys()
+            .filter(|(i, _)| i == inst)
+            .map(|(_, u)| u.clone())
+            .collect();
+        self.users.retain(|(i, _), _| i != inst);
+        let users = mine
+            .into_iter()
+            .filter(|u| !self.users.keys().any(|(_, other)| other == u))
+            .collect();
+        self.pending_sql
+            .push(SqlAction::DropInstance { tenant, users });
     }
 
     fn operation(
@@ -1066,6 +1183,21 @@ async fn handle(
     method: Method,
     uri: Uri,
     body: Bytes,
+) -> Response {
+    let mut actions = Vec::new();
+    let response = respond(&inner, method, uri, body, &mut actions);
+    // What the request did to users and databases reaches the server before the answer.
+    inner.pg.apply(actions).await;
+    response
+}
+
+/// Answers one request; the changes the server must see go to `actions`.
+fn respond(
+    inner: &Inner,
+    method: Method,
+    uri: Uri,
+    body: Bytes,
+    actions: &mut Vec<SqlAction>,
 ) -> Response {
     let spec = Spec::get();
     let path = uri.path().trim_start_matches('/').to_string();
@@ -1181,7 +1313,8 @@ async fn handle(
     // 3. The service.
     let id = sm.id.clone();
     let response_schema = sm.def["response"]["$ref"].as_str().map(str::to_string);
-    let answer = serve(&inner, &mut st, &id, &vars, &query, body_norm);
+    let answer = serve(inner, &mut st, &id, &vars, &query, body_norm);
+    *actions = std::mem::take(&mut st.pending_sql);
     let answer = match answer {
         Ok(v) => v,
         Err(r) => {
@@ -1574,6 +1707,7 @@ fn serve(
                     "selfLink": format!("https://sqladmin.googleapis.com/v1/projects/{project}/instances/{inst}/databases/{db}"),
                 }),
             );
+            st.pending_sql.push(SqlAction::CreateDatabase { name: db });
             Ok(st.operation(project, &inst, "CREATE_DATABASE", polls, Effect::None))
         }
         "sql.users.get" => {
@@ -1645,8 +1779,50 @@ fn serve(
             if let Some(e) = st.failure(ty) {
                 return Ok(st.operation_ending(project, &inst, ty, polls, Effect::None, Some(e)));
             }
-            st.users.insert(key, password);
+            st.users.insert(key, password.clone());
+            st.passwords.push(password.clone());
+            st.pending_sql.push(if ty == "CREATE_USER" {
+                SqlAction::CreateUser { name, password }
+            } else {
+                SqlAction::SetPassword { name, password }
+            });
             Ok(st.operation(project, &inst, ty, polls, Effect::None))
+        }
+        "sql.users.delete" => {
+            let Some(i) = st.instances.get(&inst) else {
+                return Err(not_found_instance());
+            };
+            if i["state"] != "RUNNABLE" {
+                return Err(invalid("Invalid request since instance is not running."));
+            }
+            if st.busy(&inst) {
+                st.conflicts += 1;
+                return Err(in_progress());
+            }
+            let name = q("name");
+            if !st.users.contains_key(&(inst.clone(), name.clone())) {
+                return Err(google_error(
+                    404,
+                    "NOT_FOUND",
+                    "notFound",
+                    &format!("Not Found: user \"{name}\" does not exist."),
+                ));
+            }
+            if let Some(e) = st.failure("DELETE_USER") {
+                return Ok(st.operation_ending(
+                    project,
+                    &inst,
+                    "DELETE_USER",
+                    polls,
+                    Effect::None,
+                    Some(e),
+                ));
+            }
+            st.users.remove(&(inst.clone(), name.clone()));
+            if !st.users.keys().any(|(_, u)| *u == name) {
+                st.pending_sql.push(SqlAction::DeleteUser { name });
+            }
+            Ok(st.operation(project, &inst, "DELETE_USER", polls, Effect::None))
         }
         other => Err(google_error(
             501,

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cloudsql;
+pub mod cloudsql_pg;
 pub mod cluster;
 pub mod elasticsearch;
 pub mod fake_kube;

@@ -1,18 +1,19 @@
-//! The wire: the four Admin API clients, built from the configuration, and the reads every
+//! The wire: the three Admin API clients, built from the configuration, and the reads every
 //! pass makes. All calls share the project's pacer.
 
 use std::time::Duration;
 
 use google_cloud_gax::retry_policy::NeverRetry;
-use google_cloud_sql_v1::client::{
-    SqlDatabasesService, SqlInstancesService, SqlOperationsService, SqlUsersService,
-};
+use google_cloud_sql_v1::client::{SqlInstancesService, SqlOperationsService, SqlUsersService};
 use google_cloud_sql_v1::model::{
-    Database, DatabaseInstance, Operation, Settings, User, operation::SqlOperationType,
+    DatabaseInstance, Operation, Settings, User, operation::SqlOperationType,
 };
 
 use super::config::CloudSqlConfig;
-use super::errors::{SERVICE, classify, is_not_found, latest, operation_errors};
+use super::errors::{
+    SERVICE, classify, is_conflict, is_not_found, is_operation_in_progress, latest,
+    operation_errors,
+};
 use crate::providers::ProviderError;
 use crate::providers::pace::Paced;
 
@@ -21,9 +22,10 @@ pub struct CloudSqlProvider {
     pub(super) cfg: CloudSqlConfig,
     pub(super) pacer: std::sync::Arc<crate::providers::pace::Pacer>,
     pub(super) instances: SqlInstancesService,
-    pub(super) databases: SqlDatabasesService,
     pub(super) users: SqlUsersService,
     pub(super) operations: SqlOperationsService,
+    /// The operator's admin user on the instances: its password, held only here.
+    pub(super) admin: super::role::AdminLogin,
 }
 
 impl std::fmt::Debug for CloudSqlProvider {
@@ -71,7 +73,7 @@ fn credentials(
     }
 }
 
-/// Builds the provider: reads the credentials and creates the four API clients.
+/// Builds the provider: reads the credentials and creates the three API clients.
 pub async fn from_config(cfg: &CloudSqlConfig) -> Result<CloudSqlProvider, ProviderError> {
     cfg.validate().map_err(|m| ProviderError::NotConfigured {
         service: SERVICE,
@@ -112,9 +114,9 @@ pub async fn from_config(cfg: &CloudSqlConfig) -> Result<CloudSqlProvider, Provi
         cfg: cfg.clone(),
         pacer,
         instances: client!(SqlInstancesService),
-        databases: client!(SqlDatabasesService),
         users: client!(SqlUsersService),
         operations: client!(SqlOperationsService),
+        admin: super::role::AdminLogin::new(),
     })
 }
 
@@ -142,48 +144,6 @@ impl CloudSqlProvider {
         }
     }
 
-    pub(super) async fn get_database(
-        &self,
-        inst: &str,
-        db: &str,
-    ) -> Result<Option<Database>, ProviderError> {
-        match self
-            .databases
-            .get()
-            .set_project(self.project())
-            .set_instance(inst)
-            .set_database(db)
-            .send()
-            .paced(&self.pacer)
-            .await
-        {
-            Ok(d) => Ok(Some(d)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(classify(&format!("get database {inst}/{db}"), &e, None)),
-        }
-    }
-
-    pub(super) async fn get_user(
-        &self,
-        inst: &str,
-        user: &str,
-    ) -> Result<Option<User>, ProviderError> {
-        match self
-            .users
-            .get()
-            .set_project(self.project())
-            .set_instance(inst)
-            .set_name(user)
-            .send()
-            .paced(&self.pacer)
-            .await
-        {
-            Ok(u) => Ok(Some(u)),
-            Err(e) if is_not_found(&e) => Ok(None),
-            Err(e) => Err(classify(&format!("get user {inst}/{user}"), &e, None)),
-        }
-    }
-
     /// The recent operations on `inst`, newest first (Cloud SQL lists them in reverse
     /// order of their start).
     pub(super) async fn list_operations(
@@ -203,40 +163,68 @@ impl CloudSqlProvider {
         Ok(list.items)
     }
 
-    /// `databases.insert` of `db` on `inst`.
-    pub(super) async fn create_database(
+    /// Gives the operator's admin user on `inst` this process's password: `users.update`,
+    /// or `users.insert` when Cloud SQL does not know the user. On an instance this process
+    /// created, `users.insert` first (`users.update` when the user exists after all).
+    pub(super) async fn set_admin(
         &self,
         inst: &str,
-        db: &str,
         what: &str,
     ) -> Result<Operation, ProviderError> {
-        let mut body = Database::new();
-        body.name = db.to_string();
-        self.databases
-            .insert()
+        let (user, password) = (&self.cfg.admin_user, self.admin.password());
+        let first_insert = self.admin.likely_new(inst);
+        match self.send_user(inst, user, password, !first_insert).await {
+            Err(e) if first_insert && is_conflict(&e) && !is_operation_in_progress(&e) => {
+                self.send_user(inst, user, password, true).await
+            }
+            // The reference does not say how `users.update` of an unknown user is refused:
+            // a 404, or a 400 after which `users.get` tells (an instance an earlier version
+            // made has no operator user).
+            Err(e) if !first_insert && is_not_found(&e) => {
+                self.send_user(inst, user, password, false).await
+            }
+            Err(e) if !first_insert && e.http_status_code() == Some(400) => {
+                if self.user_exists(inst, user).await? {
+                    Err(e)
+                } else {
+                    self.send_user(inst, user, password, false).await
+                }
+            }
+            other => other,
+        }
+        .map_err(|e| classify(what, &e, Some(password)))
+    }
+
+    /// `users.get` of `user` on `inst`: whether Cloud SQL knows it.
+    async fn user_exists(&self, inst: &str, user: &str) -> Result<bool, ProviderError> {
+        match self
+            .users
+            .get()
             .set_project(self.project())
             .set_instance(inst)
-            .set_body(body)
+            .set_name(user)
             .send()
             .paced(&self.pacer)
             .await
-            .map_err(|e| classify(what, &e, None))
+        {
+            Ok(_) => Ok(true),
+            Err(e) if is_not_found(&e) => Ok(false),
+            Err(e) => Err(classify(&format!("get user {inst}/{user}"), &e, None)),
+        }
     }
 
     /// `users.insert` (a new user) or `users.update` (a new password) of `user` on `inst`.
-    /// The password never appears in the error, even if the service echoes it.
-    pub(super) async fn set_user(
+    async fn send_user(
         &self,
         inst: &str,
         user: &str,
         password: &str,
         exists: bool,
-        what: &str,
-    ) -> Result<Operation, ProviderError> {
+    ) -> Result<Operation, google_cloud_sql_v1::Error> {
         let mut body = User::new();
         body.name = user.to_string();
         body.password = password.to_string();
-        let result = if exists {
+        if exists {
             self.users
                 .update()
                 .set_project(self.project())
@@ -255,8 +243,30 @@ impl CloudSqlProvider {
                 .send()
                 .paced(&self.pacer)
                 .await
-        };
-        result.map_err(|e| classify(what, &e, Some(password)))
+        }
+    }
+
+    /// `users.delete` of `user` on `inst`. `None`: Cloud SQL does not know the user.
+    pub(super) async fn delete_user(
+        &self,
+        inst: &str,
+        user: &str,
+        what: &str,
+    ) -> Result<Option<Operation>, ProviderError> {
+        match self
+            .users
+            .delete()
+            .set_project(self.project())
+            .set_instance(inst)
+            .set_name(user)
+            .send()
+            .paced(&self.pacer)
+            .await
+        {
+            Ok(op) => Ok(Some(op)),
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(classify(what, &e, None)),
+        }
     }
 
     /// `instances.patch` of `inst` with `settings` (only the fields set are changed).

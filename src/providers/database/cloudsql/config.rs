@@ -81,6 +81,19 @@ pub struct CloudSqlConfig {
     /// erasure receipt then says they stay restorable until deleted.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub retain_backups_on_delete: bool,
+    /// The operator's own built-in user on each instance (made with the Admin API, a member
+    /// of `cloudsqlsuperuser`). The operator logs in with it over SQL to make the tenant's
+    /// least-privilege role and database; its password is random, held only in the
+    /// operator's memory and set again through the Admin API after a restart. Never handed
+    /// to the tenant.
+    #[serde(default = "default_admin_user")]
+    pub admin_user: String,
+    /// `host:port` the operator connects to over SQL instead of the instance's IP address
+    /// (private when `privateNetwork` is set, else public) at port 5432. For tests only: a
+    /// PostgreSQL server standing in for the instances. TLS is required either way; the
+    /// tenant's Secret names the instance's address regardless.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sql_endpoint: Option<String>,
 }
 
 fn default_prefix() -> String {
@@ -106,6 +119,9 @@ fn default_edition() -> String {
 }
 fn default_credentials_env() -> String {
     "DEALERTENANT_GOOGLE_CREDENTIALS".into()
+}
+fn default_admin_user() -> String {
+    "dealertenant_admin".into()
 }
 fn default_timeout() -> u64 {
     30
@@ -141,6 +157,8 @@ impl Default for CloudSqlConfig {
             timeout_seconds: default_timeout(),
             final_backup_days: 0,
             retain_backups_on_delete: false,
+            admin_user: default_admin_user(),
+            sql_endpoint: None,
         }
     }
 }
@@ -200,7 +218,24 @@ impl CloudSqlConfig {
         if self.timeout_seconds == 0 {
             return Err("timeoutSeconds: must be at least 1".into());
         }
+        if let Some(why) = admin_user_problem(&self.admin_user) {
+            return Err(format!("adminUser: \"{}\" {why}", self.admin_user));
+        }
+        if let Some(ep) = &self.sql_endpoint
+            && split_endpoint(ep).is_none()
+        {
+            return Err(format!("sqlEndpoint: \"{ep}\" is not host:port"));
+        }
         Ok(())
+    }
+
+    /// Where the operator connects over SQL to the instance at `ip`: [`Self::sql_endpoint`]
+    /// when set (tests), else `ip` at port 5432.
+    pub fn sql_address(&self, ip: &str) -> (String, u16) {
+        self.sql_endpoint
+            .as_deref()
+            .and_then(split_endpoint)
+            .unwrap_or_else(|| (ip.to_string(), 5432))
     }
 
     pub fn plan(&self, t: &TenantInfo, processor: &str) -> Vec<ExternalResource> {
@@ -220,6 +255,36 @@ impl CloudSqlConfig {
             ExternalResource::new("DatabaseUser", format!("{instance}/{db}"), loc, processor),
         ]
     }
+}
+
+/// Why `name` cannot be the operator's admin user, if it cannot: it must be a plain
+/// lowercase SQL identifier outside the names the tenants (`dt_*`), PostgreSQL (`pg_*`,
+/// `postgres`) and Cloud SQL (`cloudsql*`) use.
+fn admin_user_problem(name: &str) -> Option<&'static str> {
+    let plain = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+        && !name.as_bytes()[0].is_ascii_digit();
+    if !plain {
+        Some("is not 1-63 lowercase letters, digits or underscores (not starting with a digit)")
+    } else if name.starts_with("dt_") {
+        Some("is in the tenants' name space dt_*")
+    } else if name == "postgres" || name.starts_with("pg_") || name.starts_with("cloudsql") {
+        Some("is reserved by PostgreSQL or Cloud SQL")
+    } else {
+        None
+    }
+}
+
+/// `host:port` split, with a port that is a number.
+fn split_endpoint(ep: &str) -> Option<(String, u16)> {
+    let (host, port) = ep.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    (!host.is_empty())
+        .then(|| port.parse().ok().map(|p| (host.to_string(), p)))
+        .flatten()
 }
 
 fn is_hh_mm(t: &str) -> bool {
@@ -329,10 +394,40 @@ mod tests {
                 final_backup_days: 366,
                 ..CloudSqlConfig::default()
             },
+            CloudSqlConfig {
+                admin_user: "dt_admin".into(),
+                ..CloudSqlConfig::default()
+            },
+            CloudSqlConfig {
+                admin_user: "Admin".into(),
+                ..CloudSqlConfig::default()
+            },
+            CloudSqlConfig {
+                admin_user: "cloudsqlsuperuser".into(),
+                ..CloudSqlConfig::default()
+            },
+            CloudSqlConfig {
+                sql_endpoint: Some("127.0.0.1".into()),
+                ..CloudSqlConfig::default()
+            },
+            CloudSqlConfig {
+                sql_endpoint: Some(":5432".into()),
+                ..CloudSqlConfig::default()
+            },
         ];
         for c in bad {
             assert!(c.validate().is_err(), "{c:?}");
         }
+        let test = CloudSqlConfig {
+            sql_endpoint: Some("127.0.0.1:55433".into()),
+            ..CloudSqlConfig::default()
+        };
+        assert!(test.validate().is_ok());
+        assert_eq!(test.sql_address("10.0.0.3"), ("127.0.0.1".into(), 55433));
+        assert_eq!(
+            CloudSqlConfig::default().sql_address("10.0.0.3"),
+            ("10.0.0.3".into(), 5432)
+        );
         assert!(is_hh_mm("00:00") && is_hh_mm("23:59"));
         assert!(!is_hh_mm("24:00") && !is_hh_mm("2:00") && !is_hh_mm("+1:00"));
     }

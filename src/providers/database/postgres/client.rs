@@ -250,10 +250,98 @@ impl PostgresProvider {
         }
     }
 
+    /// What the admin login finds before a pass (the `cloudsql` provider asks this before
+    /// it hands the tenant to [`Provider::reconcile`](crate::providers::Provider)):
+    /// `Ok(None)` when the server refuses the admin's password (SQLSTATE 28P01), else the
+    /// server's version and the roles the role `name` is a member of (`None`: no such role).
+    pub async fn probe(&self, name: &str) -> Result<Option<Probe>, ProviderError> {
+        let admin = match self
+            .open(
+                &self.cfg.admin_database,
+                &self.cfg.admin_user,
+                &self.admin_password,
+            )
+            .await
+        {
+            Ok(client) => client,
+            Err(Failure::Pg(e))
+                if e.as_db_error().map(|d| d.code()) == Some(&SqlState::INVALID_PASSWORD) =>
+            {
+                return Ok(None);
+            }
+            Err(f) => {
+                return Err(f.classify(
+                    &format!("connect to database {} as admin", self.cfg.admin_database),
+                    &[&self.admin_password],
+                ));
+            }
+        };
+        let version = self.server_version(&admin).await?;
+        let rows = self
+            .read(
+                &admin,
+                "SELECT ARRAY(SELECT g.rolname::text FROM pg_auth_members m \
+                 JOIN pg_roles g ON g.oid = m.roleid WHERE m.member = r.oid ORDER BY 1) \
+                 FROM pg_roles r WHERE r.rolname = $1",
+                &[name],
+                &format!("read memberships of role {name}"),
+            )
+            .await?;
+        let member_of = rows
+            .first()
+            .map(|r| r.try_get::<_, Vec<String>>(0).map_err(decode))
+            .transpose()?;
+        Ok(Some(Probe {
+            version_num: version.0,
+            member_of,
+        }))
+    }
+
+    /// Runs `statements` in order, in database `db`, as the admin or as `login` (user and
+    /// password): for providers that build on this one (the `cloudsql` migration of
+    /// built-in users). Each is `(sql, what)`; `what` names it in logs and errors, and every
+    /// string of `secrets` is scrubbed from an error.
+    pub async fn execute(
+        &self,
+        db: &str,
+        login: Option<(&str, &str)>,
+        statements: &[(String, String)],
+        secrets: &[&str],
+    ) -> Result<(), ProviderError> {
+        let (user, password) =
+            login.unwrap_or((self.cfg.admin_user.as_str(), self.admin_password.as_str()));
+        let mut scrub: Vec<&str> = secrets.to_vec();
+        scrub.extend([password, self.admin_password.as_str()]);
+        let client = self
+            .open(db, user, password)
+            .await
+            .map_err(|f| f.classify(&format!("connect to database {db} as {user}"), &scrub))?;
+        for (sql, what) in statements {
+            let stmt = Statement {
+                sql: sql.clone(),
+                what: what.clone(),
+                secrets: scrub.iter().map(|s| s.to_string()).collect(),
+            };
+            self.try_write(&client, &stmt)
+                .await
+                .map_err(|f| f.classify(what, &scrub))?;
+        }
+        Ok(())
+    }
+
     pub(super) fn resource(&self, kind: &str, name: &str, oid: u32) -> ExternalResource {
         ExternalResource::new(kind, name, Some(self.cfg.region.clone()), ids::GOOGLE_CLOUD)
             .with_id(oid.to_string())
     }
+}
+
+/// What [`PostgresProvider::probe`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// `server_version_num`, e.g. 170004.
+    pub version_num: i32,
+    /// The roles the asked-for role is a member of; `None`: there is no such role.
+    pub member_of: Option<Vec<String>>,
 }
 
 /// Connects and runs the session's connection in the background.

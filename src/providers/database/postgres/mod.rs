@@ -63,6 +63,7 @@ use std::fmt;
 
 use tokio_postgres::error::SqlState;
 
+pub use client::Probe;
 pub use config::{PostgresConfig, SslMode, database_name};
 pub use credentials::{KEY_HOST, KEY_NAME, KEY_PASSWORD, KEY_PORT, KEY_USER, secret_data};
 pub use errors::sqlstate_is_transient;
@@ -127,6 +128,19 @@ impl PostgresProvider {
             return Err(not_configured("host must not be empty"));
         }
         let admin_password = admin_password(cfg, |name| std::env::var(name).ok())?;
+        Self::with_admin_password(cfg, admin_password)
+    }
+
+    /// The provider with an admin password the caller holds (the `cloudsql` provider sets
+    /// its admin user's password itself and keeps it only in memory); `adminPasswordEnv`
+    /// and `adminPasswordFile` are not read. Does not connect.
+    pub fn with_admin_password(
+        cfg: &PostgresConfig,
+        admin_password: String,
+    ) -> Result<Self, ProviderError> {
+        if admin_password.is_empty() {
+            return Err(not_configured("the admin password is empty"));
+        }
         let tls = match (cfg.ssl_mode, &cfg.ca_file) {
             (SslMode::Disable, _) => None,
             (SslMode::Require, _) => Some(tls::encrypt_only().map_err(|e| not_configured(&e))?),
