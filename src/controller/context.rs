@@ -174,6 +174,22 @@ impl Context {
         }
     }
 
+    /// Takes in a tenant as the watch cache now shows it: once it shows the status this
+    /// process last wrote, the cache is current and the copy kept here is dropped (at
+    /// 10,000 tenants, a copy of every status would cost megabytes).
+    pub fn seen_tenant(&self, t: &DealerTenant) {
+        let Some(uid) = t.metadata.uid.as_deref() else {
+            return;
+        };
+        let mut statuses = self.lock_statuses();
+        if statuses
+            .get(uid)
+            .is_some_and(|known| t.status.as_ref() == Some(known))
+        {
+            statuses.remove(uid);
+        }
+    }
+
     /// Forgets a tenant that is gone.
     pub fn forget_tenant(&self, t: &DealerTenant) {
         if let Some(uid) = t.metadata.uid.as_deref() {
@@ -203,5 +219,45 @@ impl Context {
     pub fn note_success(&self, tenant: &str) {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         f.remove(tenant);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DealerTenantSpec, Phase};
+
+    #[tokio::test]
+    async fn a_written_status_is_kept_only_until_the_cache_shows_it() {
+        let client = Client::try_from(kube::Config::new(
+            "http://127.0.0.1:1".parse().expect("a URL"),
+        ))
+        .expect("a client");
+        let (stores, _) = Stores::new();
+        let ctx = Context::new(
+            client,
+            OperatorConfig::default(),
+            stores,
+            Providers::default(),
+        );
+        let spec: DealerTenantSpec = serde_json::from_value(
+            serde_json::json!({"displayName": "A", "region": "europe-west3"}),
+        )
+        .expect("a spec");
+        let mut t = DealerTenant::new("a", spec);
+        t.metadata.uid = Some("u".into());
+        let written = DealerTenantStatus {
+            phase: Some(Phase::Ready),
+            ..Default::default()
+        };
+        ctx.wrote_status(&t, written.clone());
+        // The cache does not show the write yet: the copy answers.
+        ctx.seen_tenant(&t);
+        assert_eq!(ctx.status_of(&t), Some(written.clone()));
+        // Now it does: the copy is dropped, and the cache answers the same.
+        t.status = Some(written.clone());
+        ctx.seen_tenant(&t);
+        assert!(ctx.lock_statuses().is_empty());
+        assert_eq!(ctx.status_of(&t), Some(written));
     }
 }

@@ -371,6 +371,11 @@ pub async fn run(
     )
     .default_backoff()
     .touched_objects()
+    // The cache now shows this: the status this process wrote need not be kept besides.
+    .inspect_ok({
+        let ctx = ctx.clone();
+        move |t| ctx.seen_tenant(t)
+    })
     .predicate_filter(decides_on, Default::default())
     // The finalizer this operator just added: the pass that added it went on.
     .try_filter({
