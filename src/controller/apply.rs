@@ -130,6 +130,17 @@ impl Written {
                 .is_some_and(|w| w.resource_version == rv)
         })
     }
+    /// [`Written::is_echo`] for a write that nothing else needs to know about once its
+    /// echo arrived (the finalizer patch): then it is forgotten, not kept per tenant.
+    pub fn take_echo(&self, key: &str, resource_version: Option<&str>) -> bool {
+        let mut entries = self.lock();
+        let echo = resource_version
+            .is_some_and(|rv| entries.get(key).is_some_and(|w| w.resource_version == rv));
+        if echo {
+            entries.remove(key);
+        }
+        echo
+    }
     /// Remembers that `resource_version` of `key` is the answer to a write of this process
     /// other than an apply (the finalizer patch).
     pub fn remember_echo(&self, key: String, resource_version: String) {
@@ -362,6 +373,16 @@ pub async fn get<K: ApiFor>(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_echo_taken_is_forgotten() {
+        let w = Written::default();
+        w.remember_echo("DealerTenant a".into(), "7".into());
+        assert!(!w.take_echo("DealerTenant a", Some("6")));
+        assert!(w.take_echo("DealerTenant a", Some("7")));
+        assert!(w.lock().is_empty());
+        assert!(!w.take_echo("DealerTenant a", Some("7")));
+    }
 
     #[test]
     fn a_dropped_field_changes_the_digest_so_the_object_is_applied_again() {

@@ -382,7 +382,7 @@ pub async fn run(
         let written = ctx.written.clone();
         move |t| {
             let key = reconcile::tenant_key(&t.name_any());
-            futures::future::ready(!written.is_echo(&key, t.resource_version().as_deref()))
+            futures::future::ready(!written.take_echo(&key, t.resource_version().as_deref()))
         }
     });
     let metrics = ctx.metrics.clone();
