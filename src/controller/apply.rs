@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::cache::{Cache, Cached};
+use super::cache::{Cache, Cached, short_hash};
 use super::context::Context;
 use super::error::Error;
 use super::triggers;
@@ -88,32 +88,34 @@ pub struct Written {
     entries: Mutex<HashMap<String, Write>>,
 }
 
-/// One write of this process: the digest applied, the resourceVersion and content hash
-/// ([`triggers::Fingerprints::content`]) of the answer.
+/// One write of this process, as hashes ([`short_hash`]; 0 for none): the digest applied,
+/// the resourceVersion of the answer and its content hash
+/// ([`triggers::Fingerprints::content`]).
 struct Write {
-    digest: String,
-    resource_version: String,
+    digest: u64,
+    resource_version: u64,
     content: u64,
 }
 
 impl Written {
-    fn get(&self, key: &str) -> Option<String> {
-        self.lock().get(key).map(|w| w.digest.clone())
+    /// The hash of the digest this process last applied to `key`.
+    fn get(&self, key: &str) -> Option<u64> {
+        self.lock().get(key).map(|w| w.digest)
     }
-    /// The resourceVersion this process's last write of `key` produced.
-    fn resource_version(&self, key: &str) -> Option<String> {
-        self.lock().get(key).map(|w| w.resource_version.clone())
+    /// The hash of the resourceVersion this process's last write of `key` produced.
+    fn resource_version(&self, key: &str) -> Option<u64> {
+        self.lock().get(key).map(|w| w.resource_version)
     }
     /// The content hash of what this process's last apply of `key` produced.
     fn content(&self, key: &str) -> Option<u64> {
         self.lock().get(key).map(|w| w.content).filter(|c| *c != 0)
     }
-    fn remember(&self, key: String, digest: String, resource_version: String, content: u64) {
+    fn remember(&self, key: String, digest: &str, resource_version: &str, content: u64) {
         self.lock().insert(
             key,
             Write {
-                digest,
-                resource_version,
+                digest: short_hash(digest),
+                resource_version: short_hash(resource_version),
                 content,
             },
         );
@@ -127,19 +129,21 @@ impl Written {
         resource_version.is_some_and(|rv| {
             self.lock()
                 .get(key)
-                .is_some_and(|w| w.resource_version == rv)
+                .is_some_and(|w| w.resource_version == short_hash(rv))
         })
     }
-    /// [`Written::is_echo`] for a write that nothing else needs to know about once its
-    /// echo arrived (the finalizer patch): then it is forgotten, not kept per tenant.
-    pub fn take_echo(&self, key: &str, resource_version: Option<&str>) -> bool {
+    /// [`Written::is_echo`], and then the write is forgotten: the watch cache shows it
+    /// now, so nothing needs to know about it any more. Returns the content hash of the
+    /// write (0 for a write other than an apply).
+    pub fn take_echo(&self, key: &str, resource_version: Option<&str>) -> Option<u64> {
+        let rv = short_hash(resource_version?);
         let mut entries = self.lock();
-        let echo = resource_version
-            .is_some_and(|rv| entries.get(key).is_some_and(|w| w.resource_version == rv));
-        if echo {
-            entries.remove(key);
-        }
-        echo
+        let content = entries
+            .get(key)
+            .filter(|w| w.resource_version == rv)
+            .map(|w| w.content)?;
+        entries.remove(key);
+        Some(content)
     }
     /// Remembers that `resource_version` of `key` is the answer to a write of this process
     /// other than an apply (the finalizer patch).
@@ -147,8 +151,8 @@ impl Written {
         self.lock().insert(
             key,
             Write {
-                digest: String::new(),
-                resource_version,
+                digest: 0,
+                resource_version: short_hash(&resource_version),
                 content: 0,
             },
         );
@@ -220,7 +224,7 @@ pub async fn ensure<K: Cached>(
         });
     }
     let api = K::api_for(&ctx.client, namespace.as_deref());
-    if carries || ctx.written.get(&what).as_deref() == Some(digest.as_str()) {
+    if carries || ctx.written.get(&what) == Some(short_hash(&digest)) {
         // Changed since it was last found as applied, or this process applied exactly
         // this before and the cache has not caught up (or somebody changed or deleted the
         // object since). Ask the API server.
@@ -250,8 +254,8 @@ pub async fn ensure<K: Cached>(
         .map_err(|e| Error::kube(format!("apply {what}"), e))?;
     ctx.written.remember(
         what.clone(),
-        digest,
-        object.resource_version().unwrap_or_default(),
+        &digest,
+        &object.resource_version().unwrap_or_default(),
         triggers::fingerprints(&object).map_or(0, |f| f.content),
     );
     tracing::debug!(object = %what, "applied");
@@ -348,7 +352,7 @@ pub async fn read<K: Cached>(
         // Not written since, or the cache already shows that write: the cache is current.
         let current = match ctx.written.resource_version(&what) {
             None => true,
-            Some(mine) => c.is_version(&mine),
+            Some(mine) => c.has_version_hash(mine),
         };
         if current {
             return Ok(Some(c.object));
@@ -378,10 +382,14 @@ mod tests {
     fn an_echo_taken_is_forgotten() {
         let w = Written::default();
         w.remember_echo("DealerTenant a".into(), "7".into());
-        assert!(!w.take_echo("DealerTenant a", Some("6")));
-        assert!(w.take_echo("DealerTenant a", Some("7")));
+        assert_eq!(w.take_echo("DealerTenant a", Some("6")), None);
+        assert_eq!(w.take_echo("DealerTenant a", Some("7")), Some(0));
         assert!(w.lock().is_empty());
-        assert!(!w.take_echo("DealerTenant a", Some("7")));
+        assert_eq!(w.take_echo("DealerTenant a", Some("7")), None);
+        w.remember("Deployment t/server".into(), "d1", "8", 42);
+        assert!(w.is_echo("Deployment t/server", Some("8")));
+        assert_eq!(w.take_echo("Deployment t/server", Some("8")), Some(42));
+        assert!(w.lock().is_empty());
     }
 
     #[test]

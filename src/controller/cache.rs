@@ -254,6 +254,10 @@ impl<K> Seen<K> {
     pub fn is_version(&self, rv: &str) -> bool {
         self.resource_version == short_hash(rv)
     }
+    /// Whether its resourceVersion's [`short_hash`] is `rv`.
+    pub fn has_version_hash(&self, rv: u64) -> bool {
+        self.resource_version == rv
+    }
 }
 
 impl<K: Cached> Cache<K> {

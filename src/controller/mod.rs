@@ -107,28 +107,34 @@ where
     let cfg = watcher::Config::default()
         .labels(&names::managed_selector())
         .page_size(LIST_PAGE_SIZE);
+    let cache = writer.as_reader();
     watcher(api, cfg)
         .inspect(move |event| watched(&health, &K::kind(&()), event.is_ok()))
         .default_backoff()
         .map_ok(move |event| {
             let trigger = writer.apply_watcher_event(&event);
-            let objects: Vec<K> = match event {
-                watcher::Event::Apply(o)
-                | watcher::Event::InitApply(o)
-                | watcher::Event::Delete(o)
-                    if trigger =>
-                {
-                    vec![o]
+            let object = match event {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                    let (namespace, name) = (o.namespace(), o.name_any());
+                    let key = apply::describe::<K>(namespace.as_deref(), &name);
+                    // The echo of the operator's own write: the cache shows it now, as
+                    // applied, and what was kept of the write is dropped.
+                    match written.take_echo(&key, o.resource_version().as_deref()) {
+                        Some(content) => {
+                            if content != 0 {
+                                cache.verify(namespace.as_deref(), &name, content);
+                            }
+                            None
+                        }
+                        None => Some(o),
+                    }
                 }
-                _ => Vec::new(),
+                watcher::Event::Delete(o) => Some(o),
+                _ => None,
             };
-            futures::stream::iter(objects.into_iter().map(Ok))
+            futures::stream::iter(object.filter(|_| trigger).map(Ok))
         })
         .try_flatten()
-        .try_filter(move |obj| {
-            let key = apply::describe::<K>(obj.namespace().as_deref(), &obj.name_any());
-            futures::future::ready(!written.is_echo(&key, obj.resource_version().as_deref()))
-        })
 }
 
 /// Objects per page of a watch's list: the objects of one page are held at once, so a
@@ -382,7 +388,11 @@ pub async fn run(
         let written = ctx.written.clone();
         move |t| {
             let key = reconcile::tenant_key(&t.name_any());
-            futures::future::ready(!written.take_echo(&key, t.resource_version().as_deref()))
+            futures::future::ready(
+                written
+                    .take_echo(&key, t.resource_version().as_deref())
+                    .is_none(),
+            )
         }
     });
     let metrics = ctx.metrics.clone();
