@@ -12,9 +12,9 @@ use dealertenant_operator::controller::{Context, Error, Stores, reconcile};
 use dealertenant_operator::desired;
 use dealertenant_operator::providers::Providers;
 use http::{Request, Response, StatusCode};
+use kube::Client;
 use kube::client::Body;
 use kube::runtime::watcher;
-use kube::{Client, Resource};
 use serde_json::{Value, json};
 
 /// One request the operator sent.
