@@ -78,6 +78,11 @@ struct Row {
     peak_rss_mib: f64,
     rss_mib_after_resync: f64,
     idle_rss_mib: f64,
+    /// The anonymous part of the RSS (heap, stacks), sampled every 500 ms: its peak, and
+    /// at idle. The rest is file-backed: the binary's code pages (shared, reclaimable),
+    /// the same at any size.
+    peak_anon_rss_mib: f64,
+    idle_anon_rss_mib: f64,
     cpu_seconds: f64,
 }
 
@@ -138,12 +143,12 @@ fn write_report(stem: &str, md: &str, rows: &impl Serialize) {
 
 fn markdown(rows: &[Row]) -> String {
     let mut out = String::from(
-        "| tenants | to Ready (s) | submit (s) | writes/tenant first pass (max) | reconciles/tenant first | resync writes | reconciles/tenant resync | reconcile p99 first / resync (ms) | peak RSS MiB | RSS after resync MiB | idle RSS MiB | CPU s |\n\
-         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| tenants | to Ready (s) | submit (s) | writes/tenant first pass (max) | reconciles/tenant first | resync writes | reconciles/tenant resync | reconcile p99 first / resync (ms) | peak RSS MiB | RSS after resync MiB | idle RSS MiB | anon RSS peak / idle MiB | CPU s |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         out.push_str(&format!(
-            "| {} | {:.0} | {:.0} | {:.2} ({}) | {:.2} | {} | {:.2} | {:.0} / {:.1} | {:.1} | {:.1} | {:.1} | {:.1} |\n",
+            "| {} | {:.0} | {:.0} | {:.2} ({}) | {:.2} | {} | {:.2} | {:.0} / {:.1} | {:.1} | {:.1} | {:.1} | {:.1} / {:.1} | {:.1} |\n",
             r.tenants,
             r.seconds_to_ready,
             r.seconds_to_submit,
@@ -157,6 +162,8 @@ fn markdown(rows: &[Row]) -> String {
             r.peak_rss_mib,
             r.rss_mib_after_resync,
             r.idle_rss_mib,
+            r.peak_anon_rss_mib,
+            r.idle_anon_rss_mib,
             r.cpu_seconds
         ));
     }
@@ -173,6 +180,8 @@ async fn bench(n: usize) -> Row {
     let mut operator = spawn(&plane.operator_kubeconfig(), &config, &plane.dir, &[]);
     wait_ready(operator.metrics).await;
     let idle_rss = status_kib(operator.child.id(), "VmRSS") as f64 / 1024.0;
+    let idle_anon = status_kib(operator.child.id(), "RssAnon") as f64 / 1024.0;
+    let anon = PeakSampler::start(operator.child.id(), "RssAnon");
     let start_offset = audit::end_of(&plane.audit_log()).unwrap();
 
     let tenants: Api<DealerTenant> = Api::all(admin.clone());
@@ -253,6 +262,8 @@ async fn bench(n: usize) -> Row {
         peak_rss_mib: status_kib(pid, "VmHWM") as f64 / 1024.0,
         rss_mib_after_resync: status_kib(pid, "VmRSS") as f64 / 1024.0,
         idle_rss_mib: idle_rss,
+        peak_anon_rss_mib: anon.stop() as f64 / 1024.0,
+        idle_anon_rss_mib: idle_anon,
         cpu_seconds: cpu_seconds(pid),
     };
     eprintln!("bench: {row:?}");
@@ -401,6 +412,37 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .find(|l| l.starts_with(&format!("{field}:")))
         .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
         .unwrap_or(0)
+}
+
+/// The peak of a `/proc/<pid>/status` field that the kernel keeps no peak of
+/// (`RssAnon`), sampled every 500 ms on a thread of its own.
+struct PeakSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl PeakSampler {
+    fn start(pid: u32, field: &'static str) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = std::thread::spawn({
+            let stop = stop.clone();
+            move || {
+                let mut peak = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    peak = peak.max(status_kib(pid, field));
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                peak.max(status_kib(pid, field))
+            }
+        });
+        Self { stop, thread }
+    }
+
+    /// The peak in KiB.
+    fn stop(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or(0)
+    }
 }
 
 /// User plus system CPU seconds of `pid` (clock ticks of 1/100 s, as on Linux).

@@ -6,14 +6,15 @@ use std::sync::{Arc, Mutex};
 
 use dealertenant_operator::api::{DealerTenant, DealerTenantSpec};
 use dealertenant_operator::config::OperatorConfig;
+use dealertenant_operator::controller::cache::{CacheWriter, Cached};
 use dealertenant_operator::controller::context::Writers;
 use dealertenant_operator::controller::{Context, Error, Stores, reconcile};
 use dealertenant_operator::desired;
 use dealertenant_operator::providers::Providers;
 use http::{Request, Response, StatusCode};
+use kube::Client;
 use kube::client::Body;
 use kube::runtime::watcher;
-use kube::{Client, Resource};
 use serde_json::{Value, json};
 
 /// One request the operator sent.
@@ -273,10 +274,7 @@ fn stamp<K: serde::Serialize + serde::de::DeserializeOwned>(obj: K) -> K {
 fn converged(t: &DealerTenant) -> impl FnOnce(&mut Writers) {
     let d = desired::build(t, &OperatorConfig::default(), &[]);
     move |w: &mut Writers| {
-        fn put<K: Resource<DynamicType = ()> + Clone>(
-            w: &mut kube::runtime::reflector::store::Writer<K>,
-            mut obj: K,
-        ) {
+        fn put<K: Cached>(w: &mut CacheWriter<K>, mut obj: K) {
             obj.meta_mut().uid = Some("server-uid".into());
             obj.meta_mut().generation = Some(1);
             w.apply_watcher_event(&watcher::Event::Apply(obj));
@@ -391,14 +389,10 @@ async fn a_rollout_not_yet_observed_is_reported_once_without_a_warning() {
     let t = with_finalizer(tenant("{displayName: Acme, region: europe-west3}"));
     let not_observed = |w: &mut Writers| {
         converged(&t)(w);
-        let mut d = w
-            .deployments
-            .as_reader()
-            .state()
-            .first()
-            .map(|d| (**d).clone())
-            .unwrap();
-        d.status = None;
+        // The converged Deployment, without a status.
+        let mut d = stamp(desired::build(&t, &OperatorConfig::default(), &[]).deployment);
+        d.metadata.uid = Some("server-uid".into());
+        d.metadata.generation = Some(1);
         w.deployments.apply_watcher_event(&watcher::Event::Apply(d));
     };
     let h = harness(&t, not_observed, NamespaceDelete::Gone, None);
@@ -513,6 +507,45 @@ async fn drift_is_repaired_by_applying_only_the_drifted_object() {
     let dep = calls
         .iter()
         .find(|c| c.path.ends_with("deployments/server"))
+        .unwrap();
+    assert_eq!(dep.body["spec"]["replicas"], 0);
+}
+
+/// The caches keep hashes, not objects: a hand edit that leaves the operator's digest in
+/// place is seen as a changed content, and the next pass reads the object and compares it
+/// field by field before it writes.
+#[tokio::test]
+async fn a_hand_edit_that_keeps_the_digest_is_read_and_repaired() {
+    let t = with_finalizer(tenant(
+        "{displayName: Acme, region: europe-west3, server: {replicas: 0}}",
+    ));
+    let fill = converged(&t);
+    let scaled = |w: &mut Writers| {
+        fill(w);
+        // `kubectl scale` after the operator's apply: the annotation still holds its digest.
+        let mut d = stamp(desired::build(&t, &OperatorConfig::default(), &[]).deployment);
+        d.metadata.uid = Some("server-uid".into());
+        d.metadata.generation = Some(2);
+        d.spec.as_mut().unwrap().replicas = Some(3);
+        w.deployments.apply_watcher_event(&watcher::Event::Apply(d));
+    };
+    let h = harness(&t, scaled, NamespaceDelete::Gone, None);
+    let (result, calls) = h.run(t).await;
+    result.unwrap();
+    let objects: Vec<_> = lines(&calls)
+        .into_iter()
+        .filter(|l| !l.contains("dealertenants") && !l.contains("events"))
+        .collect();
+    assert_eq!(
+        objects,
+        [
+            "GET /apis/apps/v1/namespaces/tenant-acme/deployments/server".to_string(),
+            "PATCH /apis/apps/v1/namespaces/tenant-acme/deployments/server".to_string(),
+        ]
+    );
+    let dep = calls
+        .iter()
+        .find(|c| c.method == "PATCH" && c.path.ends_with("deployments/server"))
         .unwrap();
     assert_eq!(dep.body["spec"]["replicas"], 0);
 }

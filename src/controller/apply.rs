@@ -7,15 +7,16 @@ use std::fmt::Debug;
 use std::sync::Mutex;
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use super::cache::{Cache, Cached, short_hash};
 use super::context::Context;
 use super::error::Error;
+use super::triggers;
 use crate::desired::compare;
 use crate::desired::names::{APPLIED_HASH_ANNOTATION, FIELD_MANAGER};
 
@@ -84,19 +85,40 @@ impl ApiFor for k8s_openapi::api::core::v1::Namespace {
 /// resourceVersion) tells the operator nothing new, so it need not start a pass at all.
 #[derive(Default)]
 pub struct Written {
-    entries: Mutex<HashMap<String, (String, String)>>,
+    entries: Mutex<HashMap<String, Write>>,
+}
+
+/// One write of this process, as hashes ([`short_hash`]; 0 for none): the digest applied,
+/// the resourceVersion of the answer and its content hash
+/// ([`triggers::Fingerprints::content`]).
+struct Write {
+    digest: u64,
+    resource_version: u64,
+    content: u64,
 }
 
 impl Written {
-    fn get(&self, key: &str) -> Option<String> {
-        self.lock().get(key).map(|(digest, _)| digest.clone())
+    /// The hash of the digest this process last applied to `key`.
+    fn get(&self, key: &str) -> Option<u64> {
+        self.lock().get(key).map(|w| w.digest)
     }
-    /// The resourceVersion this process's last write of `key` produced.
-    fn resource_version(&self, key: &str) -> Option<String> {
-        self.lock().get(key).map(|(_, rv)| rv.clone())
+    /// The hash of the resourceVersion this process's last write of `key` produced.
+    fn resource_version(&self, key: &str) -> Option<u64> {
+        self.lock().get(key).map(|w| w.resource_version)
     }
-    fn remember(&self, key: String, digest: String, resource_version: String) {
-        self.lock().insert(key, (digest, resource_version));
+    /// The content hash of what this process's last apply of `key` produced.
+    fn content(&self, key: &str) -> Option<u64> {
+        self.lock().get(key).map(|w| w.content).filter(|c| *c != 0)
+    }
+    fn remember(&self, key: String, digest: &str, resource_version: &str, content: u64) {
+        self.lock().insert(
+            key,
+            Write {
+                digest: short_hash(digest),
+                resource_version: short_hash(resource_version),
+                content,
+            },
+        );
     }
     pub(crate) fn forget(&self, key: &str) {
         self.lock().remove(key);
@@ -104,12 +126,36 @@ impl Written {
     /// Whether `resource_version` of the object `key` (as [`describe`] names it) is the
     /// one this process's own write produced.
     pub fn is_echo(&self, key: &str, resource_version: Option<&str>) -> bool {
-        resource_version.is_some_and(|rv| self.lock().get(key).is_some_and(|(_, mine)| mine == rv))
+        resource_version.is_some_and(|rv| {
+            self.lock()
+                .get(key)
+                .is_some_and(|w| w.resource_version == short_hash(rv))
+        })
+    }
+    /// [`Written::is_echo`], and then the write is forgotten: the watch cache shows it
+    /// now, so nothing needs to know about it any more. Returns the content hash of the
+    /// write (0 for a write other than an apply).
+    pub fn take_echo(&self, key: &str, resource_version: Option<&str>) -> Option<u64> {
+        let rv = short_hash(resource_version?);
+        let mut entries = self.lock();
+        let content = entries
+            .get(key)
+            .filter(|w| w.resource_version == rv)
+            .map(|w| w.content)?;
+        entries.remove(key);
+        Some(content)
     }
     /// Remembers that `resource_version` of `key` is the answer to a write of this process
     /// other than an apply (the finalizer patch).
     pub fn remember_echo(&self, key: String, resource_version: String) {
-        self.lock().insert(key, (String::new(), resource_version));
+        self.lock().insert(
+            key,
+            Write {
+                digest: 0,
+                resource_version: short_hash(&resource_version),
+                content: 0,
+            },
+        );
     }
     /// Forgets everything written in `namespace` (the tenant is gone).
     pub fn forget_namespace(&self, namespace: &str) {
@@ -118,7 +164,7 @@ impl Written {
         self.lock()
             .retain(|k, _| !k.contains(&prefix) && *k != itself);
     }
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, String)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Write>> {
         self.entries.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -150,52 +196,38 @@ pub fn stamped<K: Serialize>(desired: &K) -> Result<(Value, String), Error> {
     Ok((want, digest))
 }
 
-/// Makes the cluster hold `desired`: nothing when the cached object already does, else one
-/// server-side apply. When the cache disagrees but this process applied the same digest
-/// before, the cache may just be behind: a direct GET decides before anything is written.
-pub async fn ensure<K: ApiFor>(
+/// Makes the cluster hold `desired`: nothing when the cache shows the object with the
+/// digest of `desired` and a content found to be as applied, else one server-side apply.
+/// When the cache shows the digest but a changed content, or disagrees while this process
+/// applied the same digest before (the cache may just be behind), a direct GET decides
+/// field by field before anything is written.
+pub async fn ensure<K: Cached>(
     ctx: &Context,
-    store: &Store<K>,
+    store: &Cache<K>,
     desired: &K,
-) -> Result<Ensured<K>, Error> {
-    let key = cache_key::<K>(desired.namespace().as_deref(), &desired.name_any());
-    let cached = store.get(&key).map(|c| (*c).clone());
-    converge(ctx, cached, desired, true).await
-}
-
-/// [`ensure`] for a kind the operator does not cache (Secrets): `current` is what a GET
-/// in this pass returned, so it is not behind, and no watch echoes the write.
-pub async fn ensure_uncached<K: ApiFor>(
-    ctx: &Context,
-    current: Option<&K>,
-    desired: &K,
-) -> Result<Ensured<K>, Error> {
-    converge(ctx, current.cloned(), desired, false).await
-}
-
-async fn converge<K: ApiFor>(
-    ctx: &Context,
-    current: Option<K>,
-    desired: &K,
-    cached: bool,
 ) -> Result<Ensured<K>, Error> {
     let name = desired.name_any();
     let namespace = desired.namespace();
     let what = describe::<K>(namespace.as_deref(), &name);
     let (want, digest) = stamped(desired)?;
-    let api = K::api_for(&ctx.client, namespace.as_deref());
-    if let Some(c) = &current
-        && satisfies(&want, c)?
+    let seen = store.get(namespace.as_deref(), &name);
+    let carries = seen.as_ref().is_some_and(|s| s.carries(&digest));
+    if let Some(s) = seen
+        && carries
+        && (s.verified() || ctx.written.content(&what) == Some(s.content))
     {
+        store.verify(namespace.as_deref(), &name, s.content);
         ctx.written.forget(&what);
         return Ok(Ensured {
-            object: c.clone(),
+            object: s.object,
             wrote: false,
         });
     }
-    if cached && ctx.written.get(&what).as_deref() == Some(digest.as_str()) {
-        // This process applied exactly this before; the cache has not caught up, or
-        // somebody changed or deleted the object since. Ask the API server.
+    let api = K::api_for(&ctx.client, namespace.as_deref());
+    if carries || ctx.written.get(&what) == Some(short_hash(&digest)) {
+        // Changed since it was last found as applied, or this process applied exactly
+        // this before and the cache has not caught up (or somebody changed or deleted the
+        // object since). Ask the API server.
         let fresh = api
             .get_opt(&name)
             .await
@@ -203,6 +235,9 @@ async fn converge<K: ApiFor>(
         if let Some(f) = fresh
             && satisfies(&want, &f)?
         {
+            if let Some(fp) = triggers::fingerprints(&f) {
+                store.verify(namespace.as_deref(), &name, fp.content);
+            }
             return Ok(Ensured {
                 object: f,
                 wrote: false,
@@ -217,13 +252,47 @@ async fn converge<K: ApiFor>(
         )
         .await
         .map_err(|e| Error::kube(format!("apply {what}"), e))?;
-    if cached {
-        ctx.written.remember(
-            what.clone(),
-            digest,
-            object.resource_version().unwrap_or_default(),
-        );
+    ctx.written.remember(
+        what.clone(),
+        &digest,
+        &object.resource_version().unwrap_or_default(),
+        triggers::fingerprints(&object).map_or(0, |f| f.content),
+    );
+    tracing::debug!(object = %what, "applied");
+    Ok(Ensured {
+        object,
+        wrote: true,
+    })
+}
+
+/// Makes the cluster hold `desired` for a kind the operator does not cache (Secrets):
+/// `current` is what a GET in this pass returned, so it is not behind, and no watch echoes
+/// the write. Compared field by field.
+pub async fn ensure_uncached<K: ApiFor>(
+    ctx: &Context,
+    current: Option<&K>,
+    desired: &K,
+) -> Result<Ensured<K>, Error> {
+    let name = desired.name_any();
+    let namespace = desired.namespace();
+    let what = describe::<K>(namespace.as_deref(), &name);
+    let (want, _) = stamped(desired)?;
+    if let Some(c) = current
+        && satisfies(&want, c)?
+    {
+        return Ok(Ensured {
+            object: c.clone(),
+            wrote: false,
+        });
     }
+    let object = K::api_for(&ctx.client, namespace.as_deref())
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&want),
+        )
+        .await
+        .map_err(|e| Error::kube(format!("apply {what}"), e))?;
     tracing::debug!(object = %what, "applied");
     Ok(Ensured {
         object,
@@ -239,17 +308,14 @@ fn satisfies<K: Serialize>(want: &Value, have: &K) -> Result<bool, Error> {
 /// Deletes a namespaced object that should no longer exist, if the cache says it does.
 pub async fn remove_stale<K>(
     ctx: &Context,
-    store: &Store<K>,
+    store: &Cache<K>,
     namespace: &str,
     name: &str,
 ) -> Result<bool, Error>
 where
-    K: ApiFor,
+    K: Cached,
 {
-    if store
-        .get(&ObjectRef::<K>::new(name).within(namespace))
-        .is_none()
-    {
+    if !store.contains(Some(namespace), name) {
         return Ok(false);
     }
     let api = K::api_for(&ctx.client, Some(namespace));
@@ -264,15 +330,6 @@ where
     }
 }
 
-/// The key of an object in a watch cache.
-fn cache_key<K: Resource<DynamicType = ()>>(namespace: Option<&str>, name: &str) -> ObjectRef<K> {
-    let key = ObjectRef::<K>::new(name);
-    match namespace {
-        Some(ns) => key.within(ns),
-        None => key,
-    }
-}
-
 /// `Deployment tenant-acme/server`, for messages.
 pub fn describe<K: Resource<DynamicType = ()>>(namespace: Option<&str>, name: &str) -> String {
     match namespace {
@@ -281,25 +338,24 @@ pub fn describe<K: Resource<DynamicType = ()>>(namespace: Option<&str>, name: &s
     }
 }
 
-/// The object as it is now: the cached copy, unless the cache lacks it or this process
+/// The object as it is now (what a pass reads of it, [`Cached::View`]): the cached copy, unless the cache lacks it or this process
 /// wrote it since the cache last showed it; then a direct GET. Use before acting on an
 /// absence or on contents (credentials) that a stale copy would get wrong.
-pub async fn read<K: ApiFor>(
+pub async fn read<K: Cached>(
     ctx: &Context,
-    store: &Store<K>,
+    store: &Cache<K>,
     namespace: Option<&str>,
     name: &str,
 ) -> Result<Option<K>, Error> {
     let what = describe::<K>(namespace, name);
-    let key = cache_key::<K>(namespace, name);
-    if let Some(c) = store.get(&key) {
+    if let Some(c) = store.get(namespace, name) {
         // Not written since, or the cache already shows that write: the cache is current.
         let current = match ctx.written.resource_version(&what) {
             None => true,
-            Some(mine) => c.resource_version().as_deref() == Some(mine.as_str()),
+            Some(mine) => c.has_version_hash(mine),
         };
         if current {
-            return Ok(Some((*c).clone()));
+            return Ok(Some(c.object));
         }
     }
     get(ctx, namespace, name).await
@@ -321,6 +377,20 @@ pub async fn get<K: ApiFor>(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn an_echo_taken_is_forgotten() {
+        let w = Written::default();
+        w.remember_echo("DealerTenant a".into(), "7".into());
+        assert_eq!(w.take_echo("DealerTenant a", Some("6")), None);
+        assert_eq!(w.take_echo("DealerTenant a", Some("7")), Some(0));
+        assert!(w.lock().is_empty());
+        assert_eq!(w.take_echo("DealerTenant a", Some("7")), None);
+        w.remember("Deployment t/server".into(), "d1", "8", 42);
+        assert!(w.is_echo("Deployment t/server", Some("8")));
+        assert_eq!(w.take_echo("Deployment t/server", Some("8")), Some(42));
+        assert!(w.lock().is_empty());
+    }
 
     #[test]
     fn a_dropped_field_changes_the_digest_so_the_object_is_applied_again() {

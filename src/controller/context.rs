@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use super::cache::{Cache, CacheWriter};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{LimitRange, Namespace, ResourceQuota, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::NetworkPolicy;
@@ -11,66 +12,75 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{RoleBinding, Subject};
 use kube::Client;
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{Store, store::Writer};
 
 use crate::api::{DealerTenant, DealerTenantStatus};
 use crate::config::OperatorConfig;
 use crate::providers::Providers;
 
-/// Read caches of everything the operator manages, filled by the controller's watches.
-/// Reconciles read from here, so an unchanged tenant costs no API call at all. Secrets are
+/// Read caches of everything the operator manages, filled by the controller's watches:
+/// compact, what a pass decides on ([`super::cache`]), not the objects. Reconciles read
+/// from here, so an unchanged tenant costs no API call at all. Secrets are
 /// not cached: the operator may not list them cluster-wide, and reads a tenant's component
 /// Secret with a GET in the tenant namespace when a pass needs it.
 #[derive(Clone)]
 pub struct Stores {
-    pub namespaces: Store<Namespace>,
-    pub quotas: Store<ResourceQuota>,
-    pub limits: Store<LimitRange>,
-    pub network_policies: Store<NetworkPolicy>,
-    pub service_accounts: Store<ServiceAccount>,
-    pub deployments: Store<Deployment>,
-    pub services: Store<Service>,
-    pub pdbs: Store<PodDisruptionBudget>,
-    pub role_bindings: Store<RoleBinding>,
+    pub namespaces: Cache<Namespace>,
+    pub quotas: Cache<ResourceQuota>,
+    pub limits: Cache<LimitRange>,
+    pub network_policies: Cache<NetworkPolicy>,
+    pub service_accounts: Cache<ServiceAccount>,
+    pub deployments: Cache<Deployment>,
+    pub services: Cache<Service>,
+    pub pdbs: Cache<PodDisruptionBudget>,
+    pub role_bindings: Cache<RoleBinding>,
 }
 
 /// The writing halves of [`Stores`], consumed by the watches (or by tests).
 pub struct Writers {
-    pub namespaces: Writer<Namespace>,
-    pub quotas: Writer<ResourceQuota>,
-    pub limits: Writer<LimitRange>,
-    pub network_policies: Writer<NetworkPolicy>,
-    pub service_accounts: Writer<ServiceAccount>,
-    pub deployments: Writer<Deployment>,
-    pub services: Writer<Service>,
-    pub pdbs: Writer<PodDisruptionBudget>,
-    pub role_bindings: Writer<RoleBinding>,
+    pub namespaces: CacheWriter<Namespace>,
+    pub quotas: CacheWriter<ResourceQuota>,
+    pub limits: CacheWriter<LimitRange>,
+    pub network_policies: CacheWriter<NetworkPolicy>,
+    pub service_accounts: CacheWriter<ServiceAccount>,
+    pub deployments: CacheWriter<Deployment>,
+    pub services: CacheWriter<Service>,
+    pub pdbs: CacheWriter<PodDisruptionBudget>,
+    pub role_bindings: CacheWriter<RoleBinding>,
 }
 
 impl Stores {
     /// Empty caches and their writers.
     pub fn new() -> (Stores, Writers) {
+        let (namespaces, w_namespaces) = Cache::new();
+        let (quotas, w_quotas) = Cache::new();
+        let (limits, w_limits) = Cache::new();
+        let (network_policies, w_network_policies) = Cache::new();
+        let (service_accounts, w_service_accounts) = Cache::new();
+        let (deployments, w_deployments) = Cache::new();
+        let (services, w_services) = Cache::new();
+        let (pdbs, w_pdbs) = Cache::new();
+        let (role_bindings, w_role_bindings) = Cache::new();
         let w = Writers {
-            namespaces: Writer::default(),
-            quotas: Writer::default(),
-            limits: Writer::default(),
-            network_policies: Writer::default(),
-            service_accounts: Writer::default(),
-            deployments: Writer::default(),
-            services: Writer::default(),
-            pdbs: Writer::default(),
-            role_bindings: Writer::default(),
+            namespaces: w_namespaces,
+            quotas: w_quotas,
+            limits: w_limits,
+            network_policies: w_network_policies,
+            service_accounts: w_service_accounts,
+            deployments: w_deployments,
+            services: w_services,
+            pdbs: w_pdbs,
+            role_bindings: w_role_bindings,
         };
         let s = Stores {
-            namespaces: w.namespaces.as_reader(),
-            quotas: w.quotas.as_reader(),
-            limits: w.limits.as_reader(),
-            network_policies: w.network_policies.as_reader(),
-            service_accounts: w.service_accounts.as_reader(),
-            deployments: w.deployments.as_reader(),
-            services: w.services.as_reader(),
-            pdbs: w.pdbs.as_reader(),
-            role_bindings: w.role_bindings.as_reader(),
+            namespaces,
+            quotas,
+            limits,
+            network_policies,
+            service_accounts,
+            deployments,
+            services,
+            pdbs,
+            role_bindings,
         };
         (s, w)
     }
@@ -164,6 +174,22 @@ impl Context {
         }
     }
 
+    /// Takes in a tenant as the watch cache now shows it: once it shows the status this
+    /// process last wrote, the cache is current and the copy kept here is dropped (at
+    /// 10,000 tenants, a copy of every status would cost megabytes).
+    pub fn seen_tenant(&self, t: &DealerTenant) {
+        let Some(uid) = t.metadata.uid.as_deref() else {
+            return;
+        };
+        let mut statuses = self.lock_statuses();
+        if statuses
+            .get(uid)
+            .is_some_and(|known| t.status.as_ref() == Some(known))
+        {
+            statuses.remove(uid);
+        }
+    }
+
     /// Forgets a tenant that is gone.
     pub fn forget_tenant(&self, t: &DealerTenant) {
         if let Some(uid) = t.metadata.uid.as_deref() {
@@ -193,5 +219,45 @@ impl Context {
     pub fn note_success(&self, tenant: &str) {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         f.remove(tenant);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DealerTenantSpec, Phase};
+
+    #[tokio::test]
+    async fn a_written_status_is_kept_only_until_the_cache_shows_it() {
+        let client = Client::try_from(kube::Config::new(
+            "http://127.0.0.1:1".parse().expect("a URL"),
+        ))
+        .expect("a client");
+        let (stores, _) = Stores::new();
+        let ctx = Context::new(
+            client,
+            OperatorConfig::default(),
+            stores,
+            Providers::default(),
+        );
+        let spec: DealerTenantSpec = serde_json::from_value(
+            serde_json::json!({"displayName": "A", "region": "europe-west3"}),
+        )
+        .expect("a spec");
+        let mut t = DealerTenant::new("a", spec);
+        t.metadata.uid = Some("u".into());
+        let written = DealerTenantStatus {
+            phase: Some(Phase::Ready),
+            ..Default::default()
+        };
+        ctx.wrote_status(&t, written.clone());
+        // The cache does not show the write yet: the copy answers.
+        ctx.seen_tenant(&t);
+        assert_eq!(ctx.status_of(&t), Some(written.clone()));
+        // Now it does: the copy is dropped, and the cache answers the same.
+        t.status = Some(written.clone());
+        ctx.seen_tenant(&t);
+        assert!(ctx.lock_statuses().is_empty());
+        assert_eq!(ctx.status_of(&t), Some(written));
     }
 }

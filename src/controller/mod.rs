@@ -3,6 +3,7 @@
 pub mod access;
 pub mod apply;
 pub mod assemble;
+pub mod cache;
 pub mod cleanup;
 pub mod components;
 pub mod context;
@@ -30,7 +31,6 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::reflector::{ObjectRef, reflector, store::Writer};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
-use serde::de::DeserializeOwned;
 use tracing::{info, warn};
 
 pub use context::{Context, Stores};
@@ -57,6 +57,9 @@ fn decides_on(t: &DealerTenant) -> Option<u64> {
     t.metadata.deletion_timestamp.is_some().hash(&mut h);
     Some(h.finish())
 }
+
+/// The annotation in which `kubectl apply` keeps its copy of the object.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
 /// After a failure: back off per tenant, faster for transient errors.
 pub fn error_policy(tenant: Arc<DealerTenant>, err: &Error, ctx: Arc<Context>) -> Action {
@@ -88,44 +91,56 @@ pub fn error_policy(tenant: Arc<DealerTenant>, err: &Error, ctx: Arc<Context>) -
     Action::requeue(delay)
 }
 
-/// A watch of one owned kind, filtered to what this operator manages, feeding a cache.
-/// Managed fields are dropped from the cache: they are large and never read. Every event
-/// reaches the cache; only changes of what a pass decides on trigger one
-/// ([`triggers::decides_on`]).
+/// A watch of one owned kind, filtered to what this operator manages, feeding a compact
+/// cache ([`cache`]): the objects pass through, only what a pass decides on is kept. Every
+/// event reaches the cache; only changes of what a pass decides on trigger one
+/// ([`triggers::decides_on`]), and not the echo of the operator's own write: the pass that
+/// wrote it saw the answer.
 fn owned<K>(
     ctx: &Context,
-    writer: Writer<K>,
+    mut writer: cache::CacheWriter<K>,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
-    K: Resource<DynamicType = ()>
-        + Clone
-        + std::fmt::Debug
-        + DeserializeOwned
-        + serde::Serialize
-        + Send
-        + Sync
-        + 'static,
+    K: cache::Cached,
 {
     let api: Api<K> = Api::all(ctx.client.clone());
     let (written, health) = (ctx.written.clone(), ctx.metrics.watches.clone());
-    let cfg = watcher::Config::default().labels(&names::managed_selector());
-    reflector(
-        writer,
-        watcher(api, cfg)
-            .inspect(move |event| watched(&health, &K::kind(&()), event.is_ok()))
-            .modify(|o: &mut K| o.managed_fields_mut().clear()),
-    )
-    .default_backoff()
-    .touched_objects()
-    // First the predicate (it must see every version, the echo included, to know what
-    // changed later), then the echo of the operator's own write: the pass that wrote it
-    // saw the answer.
-    .predicate_filter(triggers::decides_on::<K>, Default::default())
-    .try_filter(move |obj| {
-        let key = apply::describe::<K>(obj.namespace().as_deref(), &obj.name_any());
-        futures::future::ready(!written.is_echo(&key, obj.resource_version().as_deref()))
-    })
+    let cfg = watcher::Config::default()
+        .labels(&names::managed_selector())
+        .page_size(LIST_PAGE_SIZE);
+    let cache = writer.as_reader();
+    watcher(api, cfg)
+        .inspect(move |event| watched(&health, &K::kind(&()), event.is_ok()))
+        .default_backoff()
+        .map_ok(move |event| {
+            let trigger = writer.apply_watcher_event(&event);
+            let object = match event {
+                watcher::Event::Apply(o) | watcher::Event::InitApply(o) => {
+                    let (namespace, name) = (o.namespace(), o.name_any());
+                    let key = apply::describe::<K>(namespace.as_deref(), &name);
+                    // The echo of the operator's own write: the cache shows it now, as
+                    // applied, and what was kept of the write is dropped.
+                    match written.take_echo(&key, o.resource_version().as_deref()) {
+                        Some(content) => {
+                            if content != 0 {
+                                cache.verify(namespace.as_deref(), &name, content);
+                            }
+                            None
+                        }
+                        None => Some(o),
+                    }
+                }
+                watcher::Event::Delete(o) => Some(o),
+                _ => None,
+            };
+            futures::stream::iter(object.filter(|_| trigger).map(Ok))
+        })
+        .try_flatten()
 }
+
+/// Objects per page of a watch's list: the objects of one page are held at once, so a
+/// small page keeps the peak of a (re)list low; kube's default is 500.
+const LIST_PAGE_SIZE: u32 = 100;
 
 /// Records whether a watch delivered or failed, for `/healthz`.
 fn watched(health: &metrics::WatchHealth, kind: &str, ok: bool) {
@@ -349,20 +364,36 @@ pub async fn run(
     }
     let tenant_stream = reflector(
         tenant_store,
-        watcher(tenants, watcher::Config::default().any_semantic()).inspect({
-            let health = ctx.metrics.watches.clone();
-            move |event| watched(&health, "DealerTenant", event.is_ok())
-        }),
+        watcher(tenants, watcher::Config::default().any_semantic())
+            .inspect({
+                let health = ctx.metrics.watches.clone();
+                move |event| watched(&health, "DealerTenant", event.is_ok())
+            })
+            // Never read, and large: who wrote which field (the status's conditions are
+            // written by this operator), and kubectl's copy of the whole object.
+            .modify(|t: &mut DealerTenant| {
+                t.managed_fields_mut().clear();
+                t.annotations_mut().remove(LAST_APPLIED);
+            }),
     )
     .default_backoff()
     .touched_objects()
+    // The cache now shows this: the status this process wrote need not be kept besides.
+    .inspect_ok({
+        let ctx = ctx.clone();
+        move |t| ctx.seen_tenant(t)
+    })
     .predicate_filter(decides_on, Default::default())
     // The finalizer this operator just added: the pass that added it went on.
     .try_filter({
         let written = ctx.written.clone();
         move |t| {
             let key = reconcile::tenant_key(&t.name_any());
-            futures::future::ready(!written.is_echo(&key, t.resource_version().as_deref()))
+            futures::future::ready(
+                written
+                    .take_echo(&key, t.resource_version().as_deref())
+                    .is_none(),
+            )
         }
     })
     .inspect_ok({

@@ -21,6 +21,22 @@ fn read_status(kind: &str) -> &'static [&'static str] {
 /// A hash of everything about `obj` that a pass decides on; `None` if it cannot be read
 /// (then every change triggers, as without a filter).
 pub fn decides_on<K: Serialize>(obj: &K) -> Option<u64> {
+    fingerprints(obj).map(|f| f.trigger)
+}
+
+/// Two hashes of an owned object, taken when a watch delivers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fingerprints {
+    /// Everything but the status, the resourceVersion and others' annotations: what a
+    /// comparison with the desired object can look at. When it is unchanged since the
+    /// object was last found to be as applied, it still is.
+    pub content: u64,
+    /// The content and the status fields the reconciler reads ([`decides_on`]).
+    pub trigger: u64,
+}
+
+/// The [`Fingerprints`] of `obj`; `None` if it cannot be serialized.
+pub fn fingerprints<K: Serialize>(obj: &K) -> Option<Fingerprints> {
     let mut v = serde_json::to_value(obj).ok()?;
     let kind = v
         .get("kind")
@@ -28,13 +44,7 @@ pub fn decides_on<K: Serialize>(obj: &K) -> Option<u64> {
         .unwrap_or_default()
         .to_string();
     let map = v.as_object_mut()?;
-    if let Some(status) = map.remove("status") {
-        let kept: serde_json::Map<String, Value> = read_status(&kind)
-            .iter()
-            .filter_map(|f| status.get(*f).map(|x| (f.to_string(), x.clone())))
-            .collect();
-        map.insert("status".into(), Value::Object(kept));
-    }
+    let status = map.remove("status");
     if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.remove("resourceVersion");
         meta.remove("managedFields");
@@ -49,9 +59,24 @@ pub fn decides_on<K: Serialize>(obj: &K) -> Option<u64> {
         }
         meta.remove("deletionGracePeriodSeconds");
     }
+    let content = hash(&serde_json::to_string(&v).ok()?);
+    let kept: serde_json::Map<String, Value> = read_status(&kind)
+        .iter()
+        .filter_map(|f| {
+            status
+                .as_ref()
+                .and_then(|s| s.get(*f))
+                .map(|x| (f.to_string(), x.clone()))
+        })
+        .collect();
+    let trigger = hash(&(content, serde_json::to_string(&kept).ok()?));
+    Some(Fingerprints { content, trigger })
+}
+
+fn hash<T: Hash + ?Sized>(t: &T) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    serde_json::to_string(&v).ok()?.hash(&mut h);
-    Some(h.finish())
+    t.hash(&mut h);
+    h.finish()
 }
 
 #[cfg(test)]
@@ -112,5 +137,32 @@ mod tests {
         let mut deleting = base.clone();
         deleting["metadata"]["deletionTimestamp"] = json!("2026-01-01T00:00:00Z");
         assert_ne!(decides_on(&base), decides_on(&deleting));
+    }
+
+    #[test]
+    fn content_ignores_status_and_others_annotations_but_not_spec_or_ours() {
+        let d = |replicas: i64, annotations: Value, status: Value| {
+            json!({"kind": "Deployment", "metadata": {"name": "server", "resourceVersion": "1",
+                   "annotations": annotations}, "spec": {"replicas": replicas}, "status": status})
+        };
+        let ours = json!({"dealerdesk.de/applied-hash": "a"});
+        let base = fingerprints(&d(0, ours.clone(), json!({"observedGeneration": 1}))).unwrap();
+        let rolled = fingerprints(&d(
+            0,
+            json!({"dealerdesk.de/applied-hash": "a", "deployment.kubernetes.io/revision": "2"}),
+            json!({"observedGeneration": 2}),
+        ))
+        .unwrap();
+        assert_eq!(base.content, rolled.content);
+        assert_ne!(base.trigger, rolled.trigger);
+        let scaled = fingerprints(&d(3, ours, json!({"observedGeneration": 1}))).unwrap();
+        assert_ne!(base.content, scaled.content);
+        let restamped = fingerprints(&d(
+            0,
+            json!({"dealerdesk.de/applied-hash": "b"}),
+            json!({"observedGeneration": 1}),
+        ))
+        .unwrap();
+        assert_ne!(base.content, restamped.content);
     }
 }

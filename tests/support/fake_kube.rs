@@ -60,8 +60,8 @@ impl World {
 
     /// The caches a restarted operator would fill from its watches.
     fn fill(&self, w: &mut Writers) {
-        fn put<K: serde::de::DeserializeOwned + kube::Resource<DynamicType = ()> + Clone>(
-            w: &mut kube::runtime::reflector::store::Writer<K>,
+        fn put<K: dealertenant_operator::controller::cache::Cached>(
+            w: &mut dealertenant_operator::controller::cache::CacheWriter<K>,
             v: &Value,
         ) {
             w.apply_watcher_event(&watcher::Event::Apply(
