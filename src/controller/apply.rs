@@ -1,6 +1,7 @@
 //! The only place in-cluster objects are written: server-side apply, skipped when the
-//! cached object already holds every field we want and carries the digest of what we
-//! last applied (so a field dropped from the desired state is removed, too).
+//! object carries the digest of what we want (so a field dropped from the desired state is
+//! removed, too) and holds every field we want: known from the cache when its content is
+//! the one last found to be as applied ([`super::cache`]), else from a direct read.
 
 use std::collections::HashMap;
 use std::fmt::Debug;
