@@ -245,21 +245,13 @@ pub async fn ensure<K: Cached>(
             });
         }
     }
-    let object = api
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&want),
-        )
-        .await
-        .map_err(|e| Error::kube(format!("apply {what}"), e))?;
+    let object = server_side_apply(&api, &name, &want, &what).await?;
     ctx.written.remember(
         what.clone(),
         &digest,
         &object.resource_version().unwrap_or_default(),
         triggers::fingerprints(&object).map_or(0, |f| f.content),
     );
-    tracing::debug!(object = %what, "applied");
     Ok(Ensured {
         object,
         wrote: true,
@@ -286,19 +278,32 @@ pub async fn ensure_uncached<K: ApiFor>(
             wrote: false,
         });
     }
-    let object = K::api_for(&ctx.client, namespace.as_deref())
-        .patch(
-            &name,
-            &PatchParams::apply(FIELD_MANAGER).force(),
-            &Patch::Apply(&want),
-        )
-        .await
-        .map_err(|e| Error::kube(format!("apply {what}"), e))?;
-    tracing::debug!(object = %what, "applied");
+    let api = K::api_for(&ctx.client, namespace.as_deref());
+    let object = server_side_apply(&api, &name, &want, &what).await?;
     Ok(Ensured {
         object,
         wrote: true,
     })
+}
+
+/// One server-side apply of `want` as the operator's field manager, taking over fields
+/// another manager holds.
+async fn server_side_apply<K: ApiFor>(
+    api: &Api<K>,
+    name: &str,
+    want: &Value,
+    what: &str,
+) -> Result<K, Error> {
+    let object = api
+        .patch(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(want),
+        )
+        .await
+        .map_err(|e| Error::kube(format!("apply {what}"), e))?;
+    tracing::debug!(object = %what, "applied");
+    Ok(object)
 }
 
 fn satisfies<K: Serialize>(want: &Value, have: &K) -> Result<bool, Error> {
