@@ -260,4 +260,52 @@ mod tests {
         assert!(ctx.lock_statuses().is_empty());
         assert_eq!(ctx.status_of(&t), Some(written));
     }
+
+    #[tokio::test]
+    async fn a_status_with_fresh_conditions_is_dropped_once_it_comes_back_from_the_server() {
+        use crate::controller::status::{self, Observation, types};
+        let client = Client::try_from(kube::Config::new(
+            "http://127.0.0.1:1".parse().expect("a URL"),
+        ))
+        .expect("a client");
+        let (stores, _) = Stores::new();
+        let ctx = Context::new(
+            client,
+            OperatorConfig::default(),
+            stores,
+            Providers::default(),
+        );
+        let spec: DealerTenantSpec = serde_json::from_value(
+            serde_json::json!({"displayName": "A", "region": "europe-west3"}),
+        )
+        .expect("a spec");
+        let mut t = DealerTenant::new("a", spec);
+        t.metadata.uid = Some("u".into());
+        t.metadata.generation = Some(1);
+        // What a first pass writes: every condition new, stamped now.
+        let observed = [
+            Observation::ok(types::NAMESPACE, "Active", "namespace tenant-a is active"),
+            Observation::ok(types::SERVER, "Available", "0/0 replicas available"),
+        ];
+        let mut written = status::next_status(
+            None,
+            &observed,
+            Phase::Ready,
+            Some("tenant-a".into()),
+            Some(1),
+            &status::now(),
+        );
+        written.components = Some(status::components_summary(&written.conditions));
+        ctx.wrote_status(&t, written.clone());
+        // The watch brings it back as the API server keeps it: serialized and read again.
+        let echoed: DealerTenantStatus =
+            serde_json::from_value(serde_json::to_value(&written).expect("serializable"))
+                .expect("readable");
+        t.status = Some(echoed);
+        ctx.seen_tenant(&t);
+        assert!(
+            ctx.lock_statuses().is_empty(),
+            "the copy of a written status outlives its echo"
+        );
+    }
 }

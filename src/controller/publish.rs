@@ -4,7 +4,6 @@
 //! tells, once each — every component provisioned, the tenant Ready (or why not), and
 //! what went wrong.
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
@@ -27,7 +26,7 @@ pub async fn update_status(
     ctx: &Context,
     update: StatusUpdate,
 ) -> Result<(), Error> {
-    let now = Time(jiff::Timestamp::now());
+    let now = status::now();
     let old = ctx.status_of(t);
     let phase = update
         .phase

@@ -43,6 +43,16 @@ impl Observation {
     }
 }
 
+/// The time to stamp on a condition that changes now, in whole seconds: what the API
+/// server keeps of a `Time` (it is written as `%Y-%m-%dT%H:%M:%SZ`). A status carrying
+/// the nanoseconds would never equal the one the watch brings back, so the copy of it the
+/// process keeps until then ([`super::Context::wrote_status`]) would be kept for good, a
+/// status per tenant.
+pub fn now() -> Time {
+    let now = jiff::Timestamp::now();
+    Time(jiff::Timestamp::from_second(now.as_second()).unwrap_or(now))
+}
+
 /// The `Ready` condition that sums up the component conditions: true when all are.
 pub fn summarize(components: &[Observation]) -> Observation {
     match components.iter().find(|c| !c.status) {
