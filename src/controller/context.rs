@@ -227,8 +227,8 @@ mod tests {
     use super::*;
     use crate::api::{DealerTenantSpec, Phase};
 
-    #[tokio::test]
-    async fn a_written_status_is_kept_only_until_the_cache_shows_it() {
+    /// A context whose client reaches nothing, and a tenant with a uid.
+    fn context_and_tenant() -> (Context, DealerTenant) {
         let client = Client::try_from(kube::Config::new(
             "http://127.0.0.1:1".parse().expect("a URL"),
         ))
@@ -246,6 +246,12 @@ mod tests {
         .expect("a spec");
         let mut t = DealerTenant::new("a", spec);
         t.metadata.uid = Some("u".into());
+        (ctx, t)
+    }
+
+    #[tokio::test]
+    async fn a_written_status_is_kept_only_until_the_cache_shows_it() {
+        let (ctx, mut t) = context_and_tenant();
         let written = DealerTenantStatus {
             phase: Some(Phase::Ready),
             ..Default::default()
@@ -264,23 +270,7 @@ mod tests {
     #[tokio::test]
     async fn a_status_with_fresh_conditions_is_dropped_once_it_comes_back_from_the_server() {
         use crate::controller::status::{self, Observation, types};
-        let client = Client::try_from(kube::Config::new(
-            "http://127.0.0.1:1".parse().expect("a URL"),
-        ))
-        .expect("a client");
-        let (stores, _) = Stores::new();
-        let ctx = Context::new(
-            client,
-            OperatorConfig::default(),
-            stores,
-            Providers::default(),
-        );
-        let spec: DealerTenantSpec = serde_json::from_value(
-            serde_json::json!({"displayName": "A", "region": "europe-west3"}),
-        )
-        .expect("a spec");
-        let mut t = DealerTenant::new("a", spec);
-        t.metadata.uid = Some("u".into());
+        let (ctx, mut t) = context_and_tenant();
         t.metadata.generation = Some(1);
         // What a first pass writes: every condition new, stamped now.
         let observed = [
