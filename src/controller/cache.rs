@@ -1,9 +1,9 @@
 //! Compact caches of the owned objects. A pass needs little of an owned object: whether it
 //! is there, whether it still is as the operator applied it, and for two kinds a few fields
 //! (the namespace's owner and phase, the Deployment's rollout). So a cache keeps, per
-//! object, its name, hashes of its resourceVersion, of its applied digest
-//! (`dealerdesk.de/applied-hash`) and of its content, and those few fields: about a tenth
-//! of a kept object, and a hundredth of a full one. The objects themselves pass through.
+//! object, a 128-bit digest of its name (`Key`), hashes of its resourceVersion, of its
+//! applied digest (`dealerdesk.de/applied-hash`) and of its content, and those few fields:
+//! 158 bytes, where the object whole cost about 3 KB. The objects themselves pass through.
 //!
 //! "As applied" is decided without the object: the content hash (everything but the
 //! status, [`super::triggers::fingerprints`]) is compared with the content last found to
