@@ -229,6 +229,15 @@ fn lines(calls: &[Call]) -> Vec<String> {
     calls.iter().map(Call::line).collect()
 }
 
+/// The calls about the tenant's owned objects: not those about the DealerTenant itself
+/// (its finalizer and status) nor its Events.
+fn object_lines(calls: &[Call]) -> Vec<String> {
+    lines(calls)
+        .into_iter()
+        .filter(|l| !l.contains("dealertenants") && !l.contains("events"))
+        .collect()
+}
+
 const TENANT_PATH: &str = "/apis/dealerdesk.de/v1alpha1/dealertenants/acme";
 /// The direct read that confirms the tenant namespace is absent from the API server too.
 const NS_GET: &str = "GET /api/v1/namespaces/tenant-acme";
@@ -437,9 +446,9 @@ async fn more_than_one_replica_adds_a_disruption_budget() {
     let h = harness(&t, |_| {}, NamespaceDelete::Gone, None);
     let (result, calls) = h.run(t).await;
     result.unwrap();
-    let objects: Vec<_> = lines(&calls)
+    let objects: Vec<_> = object_lines(&calls)
         .into_iter()
-        .filter(|l| !l.contains("dealertenants") && !l.contains("events") && l != NS_GET)
+        .filter(|l| l != NS_GET)
         .collect();
     assert_eq!(objects, owned_object_paths(true));
 }
@@ -492,10 +501,7 @@ async fn drift_is_repaired_by_applying_only_the_drifted_object() {
     );
     let (result, calls) = h.run(t).await;
     result.unwrap();
-    let objects: Vec<_> = lines(&calls)
-        .into_iter()
-        .filter(|l| !l.contains("dealertenants") && !l.contains("events"))
-        .collect();
+    let objects = object_lines(&calls);
     // replicas 4 -> 0 also drops the PDB that 4 replicas had.
     assert_eq!(
         objects,
@@ -532,10 +538,7 @@ async fn a_hand_edit_that_keeps_the_digest_is_read_and_repaired() {
     let h = harness(&t, scaled, NamespaceDelete::Gone, None);
     let (result, calls) = h.run(t).await;
     result.unwrap();
-    let objects: Vec<_> = lines(&calls)
-        .into_iter()
-        .filter(|l| !l.contains("dealertenants") && !l.contains("events"))
-        .collect();
+    let objects = object_lines(&calls);
     assert_eq!(
         objects,
         [
