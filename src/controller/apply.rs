@@ -125,17 +125,9 @@ impl Written {
         self.lock().remove(key);
     }
     /// Whether `resource_version` of the object `key` (as [`describe`] names it) is the
-    /// one this process's own write produced.
-    pub fn is_echo(&self, key: &str, resource_version: Option<&str>) -> bool {
-        resource_version.is_some_and(|rv| {
-            self.lock()
-                .get(key)
-                .is_some_and(|w| w.resource_version == short_hash(rv))
-        })
-    }
-    /// [`Written::is_echo`], and then the write is forgotten: the watch cache shows it
-    /// now, so nothing needs to know about it any more. Returns the content hash of the
-    /// write (0 for a write other than an apply).
+    /// one this process's own write produced; if so the write is forgotten, as the watch
+    /// cache shows it now and nothing needs to know about it any more. Returns the content
+    /// hash of the write (0 for a write other than an apply).
     pub fn take_echo(&self, key: &str, resource_version: Option<&str>) -> Option<u64> {
         let rv = short_hash(resource_version?);
         let mut entries = self.lock();
@@ -393,7 +385,7 @@ mod tests {
         assert!(w.lock().is_empty());
         assert_eq!(w.take_echo("DealerTenant a", Some("7")), None);
         w.remember("Deployment t/server".into(), "d1", "8", 42);
-        assert!(w.is_echo("Deployment t/server", Some("8")));
+        assert_eq!(w.take_echo("Deployment t/server", Some("7")), None);
         assert_eq!(w.take_echo("Deployment t/server", Some("8")), Some(42));
         assert!(w.lock().is_empty());
     }
